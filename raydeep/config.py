@@ -1,0 +1,236 @@
+"""The run config: one pydantic model per part, read from YAML plus ``--set a.b=c`` overrides.
+
+Everything is validated here, on the driver, before Ray starts: an unknown key, a wrong type
+or an out-of-range value raises ``ConfigError`` with one line naming the file, the dotted key,
+the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raydeep.errors import ConfigError
+from raydeep.trainers.class_weights import ImbalanceConfig
+from raydeep.trainers.schedules import SCHEDULES, ConstantSchedule, ScheduleConfig
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the data lives and how it is batched.
+
+    ``train``/``val``/``test`` take a directory of parquet shards, a single ``.parquet`` file,
+    a glob, or a bundled set: ``datasets://digits-lt/train?imbalance_ratio=100&seed=0``,
+    ``datasets://synthetic-text/train?rows=2000&num_classes=4``.
+    """
+
+    train: str
+    val: str
+    test: str | None = None
+    batch_size: int = Field(64, ge=1, description="micro-batch per worker")
+    shuffle_buffer: int = Field(1024, ge=0, description="rows in each worker's local shuffle buffer; 0 = off")
+
+
+class ModelConfig(Section):
+    kind: Literal["transformer", "cnn"] = "transformer"
+    num_classes: int = Field(..., ge=2)
+    d_model: int = Field(128, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    pooling: Literal["mean", "cls"] = "mean"
+    max_len: int = Field(512, ge=1, description="size of the learned position table")
+    vocab_size: int | None = Field(None, ge=2, description="token models; default: the data manifest's")
+    patch_size: int = Field(2, ge=1, description="image models: square patch side in pixels")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.kind == "transformer" and self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = off")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+
+
+class DeepSpeedConfig(Section):
+    """How each worker's DeepSpeed engine is built; ``deepspeed: path.json`` uses a user's file."""
+
+    zero_stage: int = Field(1, ge=0, le=3)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    offload: Literal["none", "cpu"] = "none"
+    config_file: str | None = Field(None, description="a ds_config.json used as is (batch keys filled in)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_form(cls, v: Any) -> Any:
+        return {"config_file": v} if isinstance(v, str) else v
+
+
+class ScalingConfig(Section):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool | Literal["auto"] = "auto"
+    cpus_per_worker: float | Literal["auto"] = Field(
+        "auto", description="auto: share the node's CPUs, keeping one for Ray Data"
+    )
+    gpus_per_worker: float = Field(1.0, gt=0)
+
+    @field_validator("cpus_per_worker")
+    @classmethod
+    def _positive(cls, v: float | str) -> float | str:
+        if v != "auto" and v <= 0:
+            raise ValueError("must be > 0 or 'auto'")
+        return v
+
+
+class EarlyStoppingConfig(Section):
+    metric: str = "val/macro_f1"
+    mode: Literal["max", "min"] = "max"
+    patience: int | None = Field(None, ge=1, description="epochs without improvement; null = off")
+
+
+class RunSection(Section):
+    epochs: int = Field(5, ge=1)
+    seed: int = 0
+    storage: str | None = Field(None, description="where checkpoints go; default: the run directory")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last always is)")
+    num_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=-1, description="worker-group restarts; -1 = unlimited")
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+
+class Config(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ConstantSchedule()
+    imbalance: ImbalanceConfig = ImbalanceConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    run: RunSection = RunSection()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.layers=6"`` -> (["model", "layers"], 6); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. --set model.layers=6")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {} if child is None else child
+                if not isinstance(child, dict):
+                    raise ConfigError(f"--set {text!r}: {'.'.join(path[:-1])} is not a section")
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc[:-1]`` (for did-you-mean)."""
+    model: Any = Config
+    if len(loc) >= 3 and loc[0] == "schedule":  # the discriminated union: loc is (schedule, <name>, key)
+        return SCHEDULES.get(str(loc[1]))
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None:
+            return None
+    return model
+
+
+def _describe(err: dict, source: str, overridden: set[str]) -> str:
+    loc = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
+    owner = _model_at(loc)
+    if len(loc) >= 2 and loc[0] == "schedule" and loc[1] in SCHEDULES:
+        loc = (loc[0],) + loc[2:]  # pydantic puts the union member's name in the path; users never write it
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    origin = " (from --set)" if key in overridden else ""
+    if err["type"] == "extra_forbidden":
+        hint = ""
+        if owner is not None:
+            close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1)
+            allowed = ", ".join(owner.model_fields)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {allowed})"
+        return f"{source}: {key}{origin}: unknown key{hint}"
+    if err["type"] == "union_tag_not_found" or err["type"] == "union_tag_invalid":
+        allowed = ", ".join(SCHEDULES)
+        return f"{source}: {key}.name{origin}: expected one of {allowed}"
+    if err["type"] == "missing":
+        return f"{source}: {key}: required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: {key} = {err.get('input')!r}{origin}: {msg}"
+
+
+def validate(raw: Any, source: str, overrides: list[str] = ()) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    overridden = {".".join(parse_override(o)[0]) for o in overrides}
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e, source, overridden) for e in exc.errors()]
+        more = f" (and {len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
+        raise ConfigError(lines[0] + more) from None
+
+
+def load_raw(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return raw if raw is not None else {}
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
+    """Read ``path``, apply ``--set`` overrides, validate; raise ConfigError on anything bad."""
+    raw = load_raw(path)
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, list(overrides))
+    return validate(raw, str(path), list(overrides))
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

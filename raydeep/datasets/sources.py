@@ -1,0 +1,378 @@
+"""Where a split's parquet shards are, what they hold, and how they become a Ray Dataset.
+
+``open_split`` runs on the driver before Ray starts: it resolves a URI to a sorted list of
+shard files and reads only their parquet footers, so a missing, empty, corrupt or mis-shaped
+data set fails in milliseconds with one line naming the config key and the file, rather than
+minutes later inside a Ray read task. ``label_histogram`` scans the label column with plain
+pyarrow (RAY_NOTES: 0.1 s per 1M rows, against 7-15 s through Ray Data aggregations).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raydeep.datasets.manifest import MANIFEST_NAME, read_manifest
+from raydeep.datasets.schema import (
+    FEATURE_COLUMNS,
+    ID_COLUMN,
+    LABEL_COLUMN,
+    FeatureSpec,
+    is_int_list,
+    is_numeric_list,
+)
+from raydeep.errors import DataError
+
+if TYPE_CHECKING:
+    import ray.data
+
+BUNDLED_SCHEME = "datasets://"
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class ParquetSplit:
+    """One opened split: its shard files and what they hold, known before any data is read."""
+
+    uri: str  # what the user wrote
+    key: str  # the config key, e.g. "data.train", for error messages
+    files: list[str]  # absolute shard paths, sorted
+    filesystem: pafs.FileSystem  # LocalFileSystem today; the seam for S3
+    manifest: dict | None  # the manifest, when it describes exactly these files
+    feature: FeatureSpec
+    num_rows: int
+    num_classes: int | None  # from the manifest when present
+    label_names: list[str] | None
+    schema: pa.Schema | None = field(default=None, repr=False)  # the shards' common arrow schema
+
+    @property
+    def has_ids(self) -> bool:
+        return self.schema is not None and ID_COLUMN in self.schema.names
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving a URI to files
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("RAYDEEP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "raydeep")
+
+
+def _int_param(v: str) -> int:
+    return int(v)
+
+
+def _float_param(v: str) -> float:
+    x = float(v)
+    if not math.isfinite(x):
+        raise ValueError(v)
+    return x
+
+
+def _bundled() -> dict[str, tuple[Callable[..., str], dict[str, Callable[[str], Any]]]]:
+    # Imported lazily: generators pull in scikit-learn, which a run on user parquet never needs.
+    from raydeep.datasets.digits import ensure_digits_lt
+    from raydeep.datasets.synthetic import ensure_synthetic_text
+
+    return {
+        "digits-lt": (ensure_digits_lt, {"imbalance_ratio": _float_param, "seed": _int_param,
+                                         "val_per_class": _int_param, "test_per_class": _int_param}),
+        "synthetic-text": (ensure_synthetic_text, {"rows": _int_param, "num_classes": _int_param,
+                                                   "seq_len": _int_param, "vocab_size": _int_param,
+                                                   "imbalance_ratio": _float_param, "seed": _int_param}),
+    }
+
+
+def resolve_bundled(uri: str, *, key: str, cache_dir: str | None = None) -> str:
+    """``datasets://NAME/SPLIT?k=v`` -> the split's directory, generating the set on first use."""
+    parts = urlsplit(uri)
+    name, split = parts.netloc, parts.path.strip("/")
+    sets = _bundled()
+    if name not in sets:
+        raise DataError(f"{key}: {uri}: unknown bundled data set {name!r}; known: {', '.join(sets)}")
+    if split not in SPLIT_NAMES:
+        raise DataError(f"{key}: {uri}: split must be one of {', '.join(SPLIT_NAMES)}, "
+                        f"e.g. {BUNDLED_SCHEME}{name}/train; got {split!r}")
+    ensure, allowed = sets[name]
+    params: dict[str, Any] = {}
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k not in allowed:
+            raise DataError(f"{key}: {uri}: unknown parameter {k!r}; allowed: {', '.join(allowed)}")
+        if k in params:
+            raise DataError(f"{key}: {uri}: parameter {k!r} given twice")
+        try:
+            params[k] = allowed[k](v)
+        except ValueError:
+            kind = "an integer" if allowed[k] is _int_param else "a finite number"
+            raise DataError(f"{key}: {uri}: {k} = {v!r}: expected {kind}") from None
+    try:
+        root = ensure(cache_dir or default_cache_dir(), **params)
+    except ValueError as exc:
+        raise DataError(f"{key}: {uri}: {exc}") from None
+    return os.path.join(root, split)
+
+
+def _is_shard(name: str) -> bool:
+    # Hidden and underscore names are writers' side files (_SUCCESS, .crc, macOS ._ forks);
+    # pyarrow and Ray skip them too. Ray's reader also keeps only *.parquet, so we agree with it.
+    return name.lower().endswith(".parquet") and not name.startswith((".", "_"))
+
+
+def _list_files(uri: str, *, key: str) -> tuple[list[str], str | None, bool]:
+    """Local URI -> (sorted shard paths, the directory that may hold a manifest, whether the
+    files are the whole directory)."""
+    raw = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = os.path.abspath(os.path.expanduser(raw))
+    if any(c in raw for c in "*?["):
+        import glob
+
+        matches = sorted(glob.glob(path))
+        if not matches:
+            raise DataError(f"{key}: {path}: no path matches this glob")
+        files = [m for m in matches if os.path.isfile(m) and _is_shard(os.path.basename(m))]
+        if not files:
+            raise DataError(f"{key}: {path}: no parquet files match this glob (expected *.parquet)")
+        parents = {os.path.dirname(f) for f in files}
+        return files, parents.pop() if len(parents) == 1 else None, False
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, n) for n in os.listdir(path)
+                       if _is_shard(n) and os.path.isfile(os.path.join(path, n)))
+        if not files:
+            raise DataError(f"{key}: {path}: no parquet files in this directory "
+                            "(expected *.parquet; subdirectories are not searched)")
+        return files, path, True
+    if os.path.isfile(path):
+        if not path.lower().endswith(".parquet"):
+            raise DataError(f"{key}: {path}: expected a .parquet file, a directory of them, a glob "
+                            f"or {BUNDLED_SCHEME}NAME/SPLIT")
+        return [path], os.path.dirname(path), False
+    raise DataError(f"{key}: {path}: path does not exist")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading footers and inferring the feature
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _read_footer(path: str, fs: pafs.FileSystem, *, key: str) -> pq.FileMetaData:
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.read_metadata(f)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{key}: {path}: not a readable parquet file ({_one_line(exc)})") from None
+
+
+def _schema_difference(a: pa.Schema, b: pa.Schema) -> str | None:
+    """Why shard schema ``b`` cannot be read together with ``a``; None when it can.
+
+    Nullability differences are tolerated (writers disagree on it; Ray reads both), so this
+    goes through ``unify_schemas`` rather than ``Schema.equals``.
+    """
+    if set(a.names) != set(b.names):
+        return f"columns {b.names} != {a.names}"
+    try:
+        pa.unify_schemas([a, b])
+    except pa.ArrowException:
+        for name in a.names:
+            if not a.field(name).type.equals(b.field(name).type):
+                return f"column {name!r} is {b.field(name).type} != {a.field(name).type}"
+        return "schemas cannot be merged"
+    return None
+
+
+def _first_row_length(files: list[str], footers: list[pq.FileMetaData], column: str, fs: pafs.FileSystem,
+                      *, key: str) -> int:
+    """The list length of the first row (reads one small batch of one column of one file)."""
+    path = next(p for p, md in zip(files, footers) if md.num_rows > 0)
+    try:
+        with fs.open_input_file(path) as f:
+            batch = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=[column]))
+    except (pa.ArrowException, OSError, StopIteration) as exc:
+        raise DataError(f"{key}: {path}: cannot read the first row of {column!r} ({_one_line(exc)})") from None
+    value = batch.column(0)[0].as_py()
+    if not value:
+        raise DataError(f"{key}: {path}: the first row of {column!r} is empty or null; "
+                        "expected a list padded to a fixed length")
+    return len(value)
+
+
+def _feature_from_manifest(manifest: dict, where: str, schema: pa.Schema, *, key: str) -> FeatureSpec:
+    try:
+        feature = FeatureSpec.from_dict(manifest["feature"])
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{key}: {where}: bad 'feature' in manifest: {exc}") from None
+    if feature.column not in schema.names:
+        raise DataError(f"{key}: {where}: the manifest's feature column {feature.column!r} is not in the shards "
+                        f"(columns: {', '.join(schema.names)})")
+    t = schema.field(feature.column).type
+    ok = is_int_list(t) if feature.kind == "tokens" else is_numeric_list(t)
+    if not ok:
+        expected = "a list of integers" if feature.kind == "tokens" else "a list of numbers"
+        raise DataError(f"{key}: {where}: column {feature.column!r} is {t}, expected {expected}")
+    if pa.types.is_fixed_size_list(t) and t.list_size != feature.width:
+        raise DataError(f"{key}: {where}: column {feature.column!r} holds {t.list_size} values per row but the "
+                        f"manifest's feature says {feature.width}")
+    return feature
+
+
+def _infer_feature(files: list[str], footers: list[pq.FileMetaData], schema: pa.Schema, fs: pafs.FileSystem,
+                   *, key: str) -> FeatureSpec:
+    where = files[0]
+    present = [c for c in FEATURE_COLUMNS if c in schema.names]
+    if not present:
+        raise DataError(f"{key}: {where}: no feature column; expected one of {', '.join(map(repr, FEATURE_COLUMNS))} "
+                        f"(columns: {', '.join(schema.names)})")
+    if len(present) > 1:
+        raise DataError(f"{key}: {where}: both {present[0]!r} and {present[1]!r} present; add a {MANIFEST_NAME} "
+                        "whose feature.column names the one to train on")
+    column = present[0]
+    kind = FEATURE_COLUMNS[column]
+    t = schema.field(column).type
+    if kind == "tokens" and not is_int_list(t):
+        raise DataError(f"{key}: {where}: column {column!r} is {t}, expected list<int32> token ids")
+    if kind == "image" and not is_numeric_list(t):
+        raise DataError(f"{key}: {where}: column {column!r} is {t}, expected fixed_size_list<float32>[C*H*W]")
+    width = t.list_size if pa.types.is_fixed_size_list(t) else _first_row_length(files, footers, column, fs, key=key)
+    if kind == "tokens":
+        return FeatureSpec(column=column, kind="tokens", seq_len=width)
+    side = math.isqrt(width)
+    if side * side != width:
+        raise DataError(f"{key}: {where}: column {column!r} has {width} values per row, not a square image; add a "
+                        f"{MANIFEST_NAME} with feature.shape [C, H, W]")
+    return FeatureSpec(column=column, kind="image", image_shape=(1, side, side))
+
+
+def _check_manifest_matches(manifest: dict, where: str, files: list[str], footers: list[pq.FileMetaData],
+                            *, key: str) -> None:
+    """A manifest must describe exactly the shards on disk: a stale one would mislead row counts
+    and the exactly-once checks that rely on them."""
+    listed = {s.get("file"): s.get("rows") for s in manifest.get("shards", []) if isinstance(s, dict)}
+    found = {os.path.basename(p): md.num_rows for p, md in zip(files, footers)}
+    if listed.keys() != found.keys():
+        extra = sorted(found.keys() - listed.keys())
+        missing = sorted(listed.keys() - found.keys())
+        what = f"unlisted shards {extra}" if extra else f"missing shards {missing}"
+        raise DataError(f"{key}: {where}: manifest does not match the directory ({what}); regenerate or delete it")
+    for name, rows in found.items():
+        if listed[name] != rows:
+            raise DataError(f"{key}: {where}: manifest says {name} has {listed[name]} rows, the file has {rows}; "
+                            "regenerate or delete it")
+
+
+def open_split(uri: str, *, key: str, cache_dir: str | None = None) -> ParquetSplit:
+    """Resolve ``uri`` to its shards and check them from their footers alone (see module doc)."""
+    if not isinstance(uri, str) or not uri:
+        raise DataError(f"{key}: expected a path, glob or {BUNDLED_SCHEME}NAME/SPLIT, got {uri!r}")
+    local = uri
+    if uri.startswith(BUNDLED_SCHEME):
+        local = resolve_bundled(uri, key=key, cache_dir=cache_dir)
+    elif "://" in uri and not uri.startswith("file://"):
+        scheme = uri.split("://", 1)[0]
+        raise DataError(f"{key}: {uri}: {scheme}:// is not supported yet; use a local path, a glob or "
+                        f"{BUNDLED_SCHEME}NAME/SPLIT")
+    fs: pafs.FileSystem = pafs.LocalFileSystem()
+    files, manifest_dir, whole_dir = _list_files(local, key=key)
+
+    footers = [_read_footer(p, fs, key=key) for p in files]
+    schemas = [md.schema.to_arrow_schema().remove_metadata() for md in footers]
+    for path, s in zip(files[1:], schemas[1:]):
+        why = _schema_difference(schemas[0], s)
+        if why:
+            raise DataError(f"{key}: {path}: schema differs from {files[0]}: {why}")
+    schema = pa.unify_schemas(schemas) if len(schemas) > 1 else schemas[0]
+    num_rows = sum(md.num_rows for md in footers)
+    where = files[0] if len(files) == 1 else os.path.dirname(files[0])
+    if num_rows == 0:
+        raise DataError(f"{key}: {where}: zero rows in {len(files)} parquet file(s)")
+    if LABEL_COLUMN not in schema.names:
+        raise DataError(f"{key}: {files[0]}: no {LABEL_COLUMN!r} column (columns: {', '.join(schema.names)})")
+    label_type = schema.field(LABEL_COLUMN).type
+    if not pa.types.is_integer(label_type):
+        raise DataError(f"{key}: {files[0]}: column {LABEL_COLUMN!r} is {label_type}, expected an integer type (int64)")
+
+    manifest = None
+    num_classes: int | None = None
+    label_names: list[str] | None = None
+    manifest_path = os.path.join(manifest_dir, MANIFEST_NAME) if manifest_dir else None
+    if manifest_path and os.path.isfile(manifest_path):
+        manifest = read_manifest(manifest_path, key=key)
+        feature = _feature_from_manifest(manifest, manifest_path, schema, key=key)
+        num_classes, label_names = manifest.get("num_classes"), manifest.get("label_names")
+        listed = {s.get("file") for s in manifest["shards"] if isinstance(s, dict)}
+        if whole_dir:
+            _check_manifest_matches(manifest, manifest_path, files, footers, key=key)
+        elif listed != {os.path.basename(p) for p in files}:
+            # A file or glob picked a subset: the manifest's schema facts still hold, its counts don't.
+            manifest = None
+    else:
+        feature = _infer_feature(files, footers, schema, fs, key=key)
+    return ParquetSplit(uri=uri, key=key, files=files, filesystem=fs, manifest=manifest, feature=feature,
+                        num_rows=num_rows, num_classes=num_classes, label_names=label_names, schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label statistics and the Ray Dataset
+
+
+def label_histogram(split: ParquetSplit, num_classes: int) -> list[int]:
+    """Per-class row counts from a pyarrow scan of the ``label`` column only, file by file."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for path in split.files:
+        try:
+            with split.filesystem.open_input_file(path) as f:
+                labels = pq.ParquetFile(f).read(columns=[LABEL_COLUMN]).column(LABEL_COLUMN)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(
+                f"{split.key}: {path}: cannot read the {LABEL_COLUMN!r} column ({_one_line(exc)})"
+            ) from None
+        if labels.null_count:
+            raise DataError(f"{split.key}: {path}: {labels.null_count} null label(s); every row needs a label "
+                            f"in [0, {num_classes})")
+        values = labels.to_numpy()
+        if values.size == 0:
+            continue
+        bad = (values < 0) | (values >= num_classes)
+        if bad.any():
+            raise DataError(f"{split.key}: {path}: label {values[np.argmax(bad)]} outside [0, {num_classes}) "
+                            f"(model.num_classes = {num_classes})")
+        counts += np.bincount(values.astype(np.int64), minlength=num_classes)
+    return counts.tolist()
+
+
+def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with_ids: bool = False) -> ray.data.Dataset:
+    """A lazy Ray Dataset over the split's shards with only the columns training needs.
+
+    ``shuffle_seed`` shuffles the file order reproducibly and differently every epoch
+    (``reseed_after_execution``); row-level mixing is the workers' local shuffle buffer.
+    """
+    import ray.data  # lazily: importing this module must not need (or start) Ray
+
+    columns = [split.feature.column, LABEL_COLUMN]
+    if with_ids:
+        if not split.has_ids:
+            raise DataError(f"{split.key}: {split.uri}: no {ID_COLUMN!r} column, which this run needs")
+        columns.append(ID_COLUMN)
+    shuffle = None
+    if shuffle_seed is not None:
+        shuffle = ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
+    ds = ray.data.read_parquet(
+        split.files,
+        filesystem=split.filesystem,
+        shuffle=shuffle,
+        # The files are already listed; hive partitioning would turn any "k=v" directory in
+        # their paths into an extra column.
+        partitioning=None,
+    )
+    return ds.select_columns(columns)

@@ -1,0 +1,255 @@
+"""Driver side of ``raydeep train``: check the data, plan resources, build the TorchTrainer, follow it.
+
+Order matters: everything that can be checked without Ray (config, data paths, schemas, labels)
+is checked before Ray starts, so a bad run fails in a second on a laptop instead of minutes
+into a cluster job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from raydeep.config import Config, to_yaml
+from raydeep.datasets.schema import FeatureSpec
+from raydeep.datasets.sources import ParquetSplit, label_histogram, open_split, to_ray_dataset
+from raydeep.errors import ConfigError, DataError, RaydeepError
+from raydeep.fileio import atomic_write_text
+from raydeep.trainers.class_weights import class_weights
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class DataPlan:
+    train: ParquetSplit
+    val: ParquetSplit
+    feature: FeatureSpec
+    class_counts: list[int]
+    label_names: list[str]
+
+
+def plan_data(cfg: Config) -> DataPlan:
+    """Open and check both splits and count the training labels, on the driver, once."""
+    train = open_split(cfg.data.train, key="data.train")
+    val = open_split(cfg.data.val, key="data.val")
+    k = cfg.model.num_classes
+    for split in (train, val):
+        if split.num_classes is not None and split.num_classes != k:
+            raise ConfigError(
+                f"model.num_classes = {k}, but {split.key} ({split.uri}) has {split.num_classes} classes "
+                f"in its manifest; set model.num_classes: {split.num_classes}"
+            )
+    if (train.feature.column, train.feature.kind) != (val.feature.column, val.feature.kind):
+        raise DataError(f"data.val: feature column {val.feature.column!r} differs from data.train's "
+                        f"{train.feature.column!r}")
+    counts = label_histogram(train, k)
+    label_histogram(val, k)  # range check: a bad validation label must fail here, not on a worker
+    names = train.label_names or [str(i) for i in range(k)]
+    return DataPlan(train, val, train.feature, counts, names)
+
+
+def new_run_dir(cfg: Config, root: str = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{cfg.name}-{stamp}"
+
+
+def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str | None = None,
+          resume: bool = False, verbose: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run one training job end to end; returns the summary written to ``summary.json``."""
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raydeep.cluster.connect import connect
+    from raydeep.cluster.resources import cpus_per_worker
+    from raydeep.trainers.engine import deepspeed_config
+    from raydeep.trainers.loop import steps_per_epoch, train_loop_per_worker
+    from raydeep.trainers.progress import ProgressBoard
+
+    console = console or Console()
+    t_start = time.time()
+    data = plan_data(cfg)
+    weights = None if cfg.imbalance.weighting == "none" else class_weights(
+        data.class_counts, cfg.imbalance.weighting, cfg.imbalance.beta, cfg.imbalance.zero_count)
+
+    run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
+    if (run_dir / SUMMARY).exists() and not resume:
+        raise ConfigError(f"--run-dir {run_dir}: holds a finished run; pick a new directory or use --resume")
+
+    info = connect(address, verbose=verbose)
+    use_gpu = info.gpus > 0 if cfg.scaling.use_gpu == "auto" else bool(cfg.scaling.use_gpu)
+    if use_gpu and info.gpus < cfg.scaling.num_workers * cfg.scaling.gpus_per_worker:
+        raise RaydeepError(f"scaling: {cfg.scaling.num_workers} GPU workers need "
+                           f"{cfg.scaling.num_workers * cfg.scaling.gpus_per_worker:g} GPUs; the cluster has {info.gpus:g}")
+    cpw = cpus_per_worker(cfg.scaling.cpus_per_worker, num_workers=cfg.scaling.num_workers,
+                          cluster_cpus=info.cpus, max_node_cpus=info.max_node_cpus, use_gpu=use_gpu)
+    world = cfg.scaling.num_workers
+    device = "cuda" if use_gpu else "cpu"
+    ds_config = deepspeed_config(cfg, world_size=world, device=device)
+    spe = steps_per_epoch(data.train.num_rows, world, cfg.data.batch_size)
+    total_steps = max(1, (spe * cfg.run.epochs) // cfg.optim.grad_accum)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    atomic_write_text(run_dir / "deepspeed.json", json.dumps(ds_config, indent=2) + "\n")
+    dropped = data.train.num_rows % world
+    console.print(
+        f"[bold]{cfg.name}[/]: {data.train.num_rows:,} train rows ({dropped} dropped to equalize "
+        f"{world} shards), {data.val.num_rows:,} val rows; {world} workers x {cpw:g} CPU"
+        f"{' + %g GPU' % cfg.scaling.gpus_per_worker if use_gpu else ''}, ZeRO-"
+        f"{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
+        f"{'bf16' if ds_config.get('bf16', {}).get('enabled') else 'fp16' if ds_config.get('fp16', {}).get('enabled') else 'fp32'}; "
+        f"{spe} steps/epoch x {cfg.run.epochs} epochs; {cfg.data.batch_size * world * cfg.optim.grad_accum} samples per optimizer step"
+    )
+    console.print(f"run dir: {run_dir}" + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""))
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = verbose
+    board = ProgressBoard.remote()
+    job = {
+        "config": cfg.model_dump(mode="json"),
+        "feature": data.feature.to_dict(),
+        "label_names": data.label_names,
+        "class_weights": weights,
+        "device": device,
+        "ds_config": ds_config,
+        "steps_per_epoch": spe,
+        "total_steps": total_steps,
+        "board": board,
+    }
+    storage = cfg.run.storage or str(run_dir.resolve().parent)
+    es = cfg.run.early_stopping
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job,
+        scaling_config=ScalingConfig(
+            num_workers=world, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpw, **({"GPU": cfg.scaling.gpus_per_worker} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run_dir.resolve().name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.run.num_to_keep, checkpoint_score_attribute="best/" + es.metric,
+                checkpoint_score_order=es.mode),
+        ),
+        datasets={
+            "train": to_ray_dataset(data.train, shuffle_seed=cfg.run.seed),
+            "val": to_ray_dataset(data.val),
+        },
+        # Only the training set is split; see trainers/loop.py for why validation is not.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = follow(trainer, board, run_dir, cfg.run.epochs, console)
+
+    final = result.return_value or {}
+    best_ckpt = result.best_checkpoints[0][0].path if result.best_checkpoints else None
+    summary = {
+        "name": cfg.name,
+        "run_dir": str(run_dir),
+        "final": {k: v for k, v in final.items() if k != "val/confusion"},
+        "best": {"metric": es.metric, "value": final.get("best/" + es.metric), "checkpoint": best_ckpt},
+        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "confusion": final.get("val/confusion"),
+        "label_names": data.label_names,
+        "class_counts": data.class_counts,
+        "wall_time_s": time.time() - t_start,
+    }
+    write_plots(run_dir, summary, console)
+    atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")  # last: marks the run complete
+    return summary
+
+
+def follow(trainer, board, run_dir: Path, epochs: int, console: Console):
+    """Fit in a thread; meanwhile draw progress from the board and keep metrics.jsonl current."""
+    import ray
+
+    from raydeep.trainers.console import epoch_line, new_progress
+
+    box: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised on the main thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit, name="raydeep-fit", daemon=True)
+    thread.start()
+    by_epoch: dict[int, dict] = {}
+    if (run_dir / METRICS).exists():  # a resumed run keeps the epochs it already has
+        for line in (run_dir / METRICS).read_text().splitlines():
+            m = json.loads(line)
+            by_epoch[m["epoch"]] = m
+    seen_epochs = seen_events = 0
+    with new_progress(console) as progress:
+        task = None
+        while True:
+            alive = thread.is_alive()
+            try:
+                live, new_epochs, events = ray.get(board.poll.remote(seen_epochs, seen_events), timeout=10)
+            except Exception:
+                live, new_epochs, events = {}, [], []
+            seen_epochs += len(new_epochs)
+            seen_events += len(events)
+            for text in events:
+                progress.console.print(f"[yellow]{text}")
+            for m in new_epochs:
+                by_epoch[m["epoch"]] = {k: v for k, v in m.items() if k != "val/confusion"}
+                progress.console.print(epoch_line(m, epochs))
+            if new_epochs:
+                lines = [json.dumps(by_epoch[e]) for e in sorted(by_epoch)]
+                atomic_write_text(run_dir / METRICS, "\n".join(lines) + "\n")
+            if live:
+                desc = f"{live['epoch'] + 1}/{epochs}"
+                rate = f"{live['samples_per_s']:,.0f} samples/s"
+                if task is None:
+                    task = progress.add_task("train", total=live["steps"], epoch=desc, rate=rate)
+                progress.update(task, completed=live["step"], total=live["steps"], epoch=desc, rate=rate)
+            if not alive:
+                break
+            time.sleep(0.25)
+    thread.join()
+    if "error" in box:
+        raise training_error(box["error"]) from box["error"]
+    return box["result"]
+
+
+def training_error(exc: BaseException) -> BaseException:
+    """One line for a failed fit: the first worker's own error, not Ray's wrapper."""
+    worker_errors = getattr(exc, "worker_failures", None) or {}
+    for rank, err in sorted(worker_errors.items()):
+        cause = getattr(err, "cause", None) or err
+        if isinstance(cause, RaydeepError):
+            return cause
+        return RaydeepError(f"training failed on worker rank {rank}: {type(cause).__name__}: "
+                            f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}")
+    if isinstance(exc, (RaydeepError, KeyboardInterrupt)):
+        return exc
+    return RaydeepError(f"training failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+
+
+def write_plots(run_dir: Path, summary: dict, console: Console) -> None:
+    from raydeep.trainers.plots import plot_confusion, plot_learning_curves
+
+    try:
+        lines = (run_dir / METRICS).read_text().splitlines()
+        plot_learning_curves([json.loads(x) for x in lines], run_dir / "learning_curves.png")
+        if summary.get("confusion"):
+            plot_confusion(summary["confusion"], summary["label_names"], run_dir / "confusion.png")
+    except Exception as exc:  # a plot must never fail a finished training run
+        console.print(f"[yellow]could not draw plots: {exc}")
+
+

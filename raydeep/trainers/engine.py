@@ -1,0 +1,171 @@
+"""The DeepSpeed engine each worker wraps its model in.
+
+The DeepSpeed JSON is resolved once, on the driver (``deepspeed_config``), saved in the run
+directory, and shipped to the workers, so what ran is exactly what the run dir says.
+The engine itself is built on the worker (``create_engine``), after Ray Train has set up the
+process group (gloo on CPU, NCCL on GPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from raydeep.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from raydeep.config import Config
+
+Device = Literal["cpu", "cuda"]
+
+# DeepSpeed's keys for batch geometry: a user's ds_config.json may leave them out or say "auto";
+# raydeep owns them because the data pipeline must agree with them.
+_BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
+
+
+def resolve_precision(requested: str, device: Device) -> str:
+    """``auto`` is bf16 on GPUs and fp32 on CPUs.
+
+    On CPUs without AMX, bf16 matmuls are slower than fp32 and lose accuracy, so ``auto``
+    does not pick them there; ask for ``bf16`` explicitly to use it. Whether a GPU supports
+    bf16 is checked on the worker (``check_precision``), which has the device.
+    """
+    if requested != "auto":
+        return requested
+    return "bf16" if device == "cuda" else "fp32"
+
+
+def deepspeed_config(cfg: Config, *, world_size: int, device: Device) -> dict[str, Any]:
+    """The DeepSpeed JSON for this run, from the config or from the user's file."""
+    micro = cfg.data.batch_size
+    accum = cfg.optim.grad_accum
+    batch = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": micro * accum * world_size,
+    }
+    ds = cfg.deepspeed
+    if ds.config_file:
+        path = Path(ds.config_file)
+        try:
+            user = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"deepspeed.config_file: {path}: file not found") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"deepspeed.config_file: {path}: not valid JSON: {exc}") from None
+        if not isinstance(user, dict):
+            raise ConfigError(f"deepspeed.config_file: {path}: expected a JSON object")
+        for key in _BATCH_KEYS:
+            if key in user and user[key] != "auto" and user[key] != batch[key]:
+                raise ConfigError(
+                    f"deepspeed.config_file: {path}: {key} = {user[key]!r} disagrees with the run "
+                    f"(data.batch_size, optim.grad_accum and scaling.num_workers give {batch[key]}); "
+                    f"remove it or set it to \"auto\""
+                )
+        if "optimizer" in user or "scheduler" in user:
+            raise ConfigError(
+                f"deepspeed.config_file: {path}: remove 'optimizer'/'scheduler'; "
+                "raydeep builds them from the optim: and schedule: sections"
+            )
+        return {**user, **batch}
+
+    precision = resolve_precision(ds.precision, device)
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.offload == "cpu":
+        if ds.zero_stage == 0:
+            raise ConfigError("deepspeed.offload = 'cpu' needs deepspeed.zero_stage >= 1")
+        # On a CPU-only run the optimizer state already lives in host memory; offloading
+        # would only add copies.
+        if device == "cuda":
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if ds.zero_stage == 3:
+        # Small models: gather parameters eagerly rather than per-submodule.
+        zero["stage3_param_persistence_threshold"] = 0
+    return {
+        **batch,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        # raydeep passes its own torch optimizer; DeepSpeed must accept it under ZeRO and
+        # with CPU offload (its fused CPU Adam needs a C++ op build on every machine).
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def precision_of(ds_config: dict[str, Any]) -> str:
+    if ds_config.get("bf16", {}).get("enabled"):
+        return "bf16"
+    if ds_config.get("fp16", {}).get("enabled"):
+        return "fp16"
+    return "fp32"
+
+
+def check_precision(ds_config: dict[str, Any], device: Device) -> None:
+    """Fail on the worker, with what to do instead, when the GPU cannot run the precision."""
+    import torch
+
+    if device == "cuda" and precision_of(ds_config) == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"deepspeed.precision: {torch.cuda.get_device_name()} has no bf16; "
+            "set deepspeed.precision: fp16 (or fp32)"
+        )
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """A torch optimizer; weight decay only on matrices (not biases, norms or the CLS token)."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    o = cfg.optim
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+    if o.name == "adam":
+        # Adam's weight decay is L2 added to the gradient (not decoupled as in AdamW).
+        return torch.optim.Adam(groups, lr=o.lr, betas=o.betas)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    raise ConfigError(f"optim.name = {o.name!r}: not supported")
+
+
+def create_engine(cfg: Config, model: torch.nn.Module, ds_config: dict[str, Any], device: Device):
+    """Wrap ``model`` in a DeepSpeed engine inside an already-initialised process group."""
+    if device == "cpu":
+        # Must be set before deepspeed is first imported in this process.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    check_precision(ds_config, device)
+    optimizer = build_optimizer(cfg, model)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_config, dist_init_required=False
+    )
+    return engine
+
+
+def set_lr(engine, lr: float) -> None:
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def input_dtype(engine) -> torch.dtype:
+    """The dtype float inputs must have to match the engine's parameters (bf16/fp16/fp32)."""
+    import torch
+
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    if engine.fp16_enabled():
+        return torch.float16
+    return torch.float32

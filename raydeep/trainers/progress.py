@@ -1,0 +1,50 @@
+"""Live progress from the workers to the driver's console.
+
+``ray.train.report`` is a barrier across all workers, so it is called once per epoch, never
+per step. Step progress instead goes from rank 0 to a tiny actor (``ProgressBoard``) with
+fire-and-forget calls at most a few times a second; the driver polls it to draw a progress
+bar and the per-epoch lines, and to write ``metrics.jsonl``. The actor lives as long as the
+driver, so it also survives a worker-group restart.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    def __init__(self) -> None:
+        self.live: dict[str, Any] = {}
+        self.epochs: list[dict[str, Any]] = []
+        self.events: list[str] = []
+
+    def update(self, live: dict[str, Any]) -> None:
+        self.live = live
+
+    def epoch_end(self, metrics: dict[str, Any]) -> None:
+        self.epochs.append(metrics)
+
+    def event(self, text: str) -> None:
+        self.events.append(text)
+
+    def poll(self, epochs_seen: int, events_seen: int) -> tuple[dict, list, list]:
+        return self.live, self.epochs[epochs_seen:], self.events[events_seen:]
+
+
+class StepTicker:
+    """Rank 0's side: rate-limited, non-blocking progress updates."""
+
+    def __init__(self, board, every_s: float = 0.5) -> None:
+        self.board = board
+        self.every_s = every_s
+        self._last = 0.0
+
+    def tick(self, **live: Any) -> None:
+        now = time.monotonic()
+        if self.board is not None and now - self._last >= self.every_s:
+            self._last = now
+            self.board.update.remote(live)  # no ray.get: never wait on the driver

@@ -1,0 +1,320 @@
+"""open_split / label_histogram / FeatureSpec / manifests: what is accepted and every error a user can cause."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raydeep.datasets import FeatureSpec, label_histogram, open_split, write_manifest, write_split
+from raydeep.datasets.manifest import publish_dir
+from raydeep.datasets.schema import pixels_array, tokens_array
+from raydeep.errors import DataError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tokens_table(labels: list[int], seq_len: int = 8, start_id: int = 0) -> pa.Table:
+    n = len(labels)
+    ids = (np.arange(n * seq_len).reshape(n, seq_len) % 50) + 1
+    return pa.table({"input_ids": tokens_array(ids, seq_len), "label": pa.array(labels, pa.int64()),
+                     "id": pa.array(np.arange(start_id, start_id + n, dtype=np.int64))})
+
+
+def pixels_table(labels: list[int], width: int = 16) -> pa.Table:
+    return pa.table({"pixels": pixels_array(np.full((len(labels), width), 0.5), width),
+                     "label": pa.array(labels, pa.int64())})
+
+
+def write_shards(d: Path, *tables: pa.Table) -> list[Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, t in enumerate(tables):
+        paths.append(d / f"part-{i:05d}.parquet")
+        pq.write_table(t, paths[-1])
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# FeatureSpec
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        FeatureSpec(column="input_ids", kind="tokens", seq_len=32, vocab_size=256),
+        FeatureSpec(column="input_ids", kind="tokens", seq_len=7),
+        FeatureSpec(column="pixels", kind="image", image_shape=(3, 4, 5)),
+    ],
+)
+def test_feature_spec_json_round_trip(spec: FeatureSpec) -> None:
+    back = FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert back == spec and hash(back) == hash(spec)
+
+
+def test_feature_spec_forms() -> None:
+    spec = FeatureSpec.from_dict({"column": "pixels", "kind": "image", "image_shape": [1, 8, 8]})
+    assert spec.image_shape == (1, 8, 8) and spec.width == 64
+    assert FeatureSpec(column="input_ids", kind="tokens", seq_len=5).width == 5
+    for bad in ({"column": "x", "kind": "tokens"}, {"column": "x", "kind": "image", "shape": [8, 8]},
+                {"column": "x", "kind": "audio", "seq_len": 3}, {"kind": "tokens", "seq_len": 3}):
+        with pytest.raises(ValueError):
+            FeatureSpec.from_dict(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Accepted forms
+
+
+def test_directory_file_and_glob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = write_shards(tmp_path / "d", tokens_table([0, 1, 2]), tokens_table([1, 1], start_id=3))
+    (tmp_path / "d" / "notes.txt").write_text("ignored")
+    (tmp_path / "d" / "_SUCCESS").write_text("")
+    (tmp_path / "d" / "sub").mkdir()
+    pq.write_table(tokens_table([0]), tmp_path / "d" / "sub" / "part-00000.parquet")  # not recursive
+
+    d = open_split(str(tmp_path / "d"), key="data.train")
+    assert d.files == [str(p) for p in paths] and d.num_rows == 5 and d.manifest is None
+    assert d.feature == FeatureSpec(column="input_ids", kind="tokens", seq_len=8)
+    assert d.num_classes is None and d.label_names is None and d.has_ids
+    assert label_histogram(d, 3) == [1, 3, 1]
+
+    f = open_split(str(paths[1]), key="data.val")
+    assert f.files == [str(paths[1])] and f.num_rows == 2
+
+    monkeypatch.chdir(tmp_path)  # relative globs resolve against the working directory
+    g = open_split("d/*.parquet", key="data.train")
+    assert g.files == d.files and g.num_rows == 5
+    assert open_split("file://" + str(tmp_path / "d"), key="k").files == d.files
+
+
+def test_pixels_inferred_square(tmp_path: Path) -> None:
+    write_shards(tmp_path, pixels_table([0, 1], width=16))
+    s = open_split(str(tmp_path), key="data.train")
+    assert s.feature.kind == "image" and s.feature.image_shape == (1, 4, 4) and not s.has_ids
+
+
+def test_variable_list_pixels_use_first_row(tmp_path: Path) -> None:
+    t = pa.table({"pixels": pa.array([[0.1] * 9, [0.2] * 9], pa.list_(pa.float32())), "label": [0, 1]})
+    write_shards(tmp_path, t)
+    assert open_split(str(tmp_path), key="k").feature.image_shape == (1, 3, 3)
+
+
+def test_manifest_used_and_subset(tmp_path: Path) -> None:
+    table = pa.table({"pixels": pixels_array(np.zeros((6, 12)), 12), "label": pa.array([0, 1, 2, 0, 1, 2], pa.int64())})
+    feature = FeatureSpec(column="pixels", kind="image", image_shape=(3, 2, 2))  # 12: not a square
+    m = write_split(tmp_path, table, name="t", split="train", task="image_classification", feature=feature,
+                    num_classes=3, label_names=["a", "b", "c"], shards=3)
+    assert m["label_histogram"] == [2, 2, 2] and [s["rows"] for s in m["shards"]] == [2, 2, 2]
+    whole = open_split(str(tmp_path), key="data.train")
+    assert whole.feature == feature and whole.num_classes == 3 and whole.label_names == ["a", "b", "c"]
+    assert whole.manifest == m
+    # A glob over part of the set keeps the manifest's schema facts but not the manifest itself
+    part = open_split(str(tmp_path / "part-0000[01].parquet"), key="data.train")
+    assert part.feature == feature and part.num_rows == 4 and part.manifest is None and part.num_classes == 3
+    assert open_split(str(tmp_path / "part-*.parquet"), key="k").manifest == m
+
+
+def test_write_split_caps_shards_and_manifest_is_atomic(tmp_path: Path) -> None:
+    m = write_split(tmp_path, tokens_table([0, 1]), name="t", split="val", task="text_classification",
+                    feature=FeatureSpec(column="input_ids", kind="tokens", seq_len=8), num_classes=2,
+                    label_names=["0", "1"], shards=4)
+    assert [s["rows"] for s in m["shards"]] == [1, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_raydeep.json", "part-00000.parquet", "part-00001.parquet"]
+    write_manifest(tmp_path, {**m, "name": "u"})
+    assert json.loads((tmp_path / "_raydeep.json").read_text())["name"] == "u"
+    assert len(list(tmp_path.iterdir())) == 3  # no temp file left behind
+
+
+def test_publish_dir_is_all_or_nothing(tmp_path: Path) -> None:
+    final = tmp_path / "set"
+
+    def broken(tmp: Path) -> None:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        publish_dir(final, broken)
+    assert list(tmp_path.iterdir()) == []  # neither the set nor a temp dir
+
+    def racing(tmp: Path) -> None:
+        (tmp / "mine").write_text("loser")
+        final.mkdir()  # another writer finishes first
+        (final / "theirs").write_text("winner")
+
+    assert publish_dir(final, racing) == final
+    assert [p.name for p in tmp_path.iterdir()] == ["set"] and [p.name for p in final.iterdir()] == ["theirs"]
+    assert publish_dir(final, broken) == final  # present: never rebuilt
+
+
+def test_default_cache_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAYDEEP_CACHE", str(tmp_path))
+    s = open_split("datasets://synthetic-text/val?rows=100&num_classes=2&seq_len=8", key="data.val")
+    assert s.files[0].startswith(str(tmp_path)) and s.num_rows == 20
+
+
+def test_import_needs_neither_ray_nor_trainers() -> None:
+    code = ("import sys, raydeep.datasets; "
+            "bad = [m for m in ('ray', 'raydeep.trainers', 'sklearn') if m in sys.modules]; assert not bad, bad")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line, naming the key and the path (or column, or parameter)
+
+
+def _error(uri: str, key: str = "data.train", **kwargs: object) -> str:
+    with pytest.raises(DataError) as info:
+        open_split(uri, key=key, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{key}: ")
+    return msg
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    msg = _error(str(tmp_path / "nope"))
+    assert str(tmp_path / "nope") in msg and "does not exist" in msg
+
+
+def test_no_parquet_files(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("label\n1\n")
+    assert "no parquet files" in _error(str(tmp_path)) and str(tmp_path) in _error(str(tmp_path))
+    assert "no path matches" in _error(str(tmp_path / "zz*.parquet"))
+    assert "no parquet files match" in _error(str(tmp_path / "*.csv"))
+    msg = _error(str(tmp_path / "a.csv"))
+    assert "a.csv" in msg and ".parquet" in msg
+
+
+def test_corrupt_file(tmp_path: Path) -> None:
+    write_shards(tmp_path, tokens_table([0]))
+    (tmp_path / "x.parquet").write_text("this is not parquet")
+    msg = _error(str(tmp_path), key="data.val")
+    assert str(tmp_path / "x.parquet") in msg and "not a readable parquet file" in msg
+
+
+def test_zero_rows(tmp_path: Path) -> None:
+    write_shards(tmp_path, tokens_table([0]).slice(0, 0))
+    msg = _error(str(tmp_path / "part-00000.parquet"))
+    assert "zero rows" in msg and "part-00000.parquet" in msg
+
+
+def test_no_label(tmp_path: Path) -> None:
+    write_shards(tmp_path, tokens_table([0]).drop_columns(["label"]))
+    msg = _error(str(tmp_path))
+    assert "'label'" in msg and "part-00000.parquet" in msg
+
+
+def test_string_labels(tmp_path: Path) -> None:
+    t = tokens_table([0, 1]).set_column(1, "label", pa.array(["cat", "dog"]))
+    write_shards(tmp_path, t)
+    msg = _error(str(tmp_path))
+    assert "'label'" in msg and "string" in msg and "integer" in msg
+
+
+def test_no_feature_column(tmp_path: Path) -> None:
+    write_shards(tmp_path, pa.table({"text": ["a", "b"], "label": [0, 1]}))
+    msg = _error(str(tmp_path))
+    assert "'input_ids'" in msg and "'pixels'" in msg and "part-00000.parquet" in msg
+
+
+def test_pixels_without_shape(tmp_path: Path) -> None:
+    write_shards(tmp_path, pixels_table([0, 1], width=12))
+    msg = _error(str(tmp_path))
+    assert "'pixels'" in msg and "12" in msg and "_raydeep.json" in msg
+
+
+def test_wrong_feature_type(tmp_path: Path) -> None:
+    write_shards(tmp_path, pa.table({"input_ids": ["1 2 3"], "label": [0]}))
+    assert "'input_ids'" in _error(str(tmp_path))
+
+
+def test_different_schemas(tmp_path: Path) -> None:
+    paths = write_shards(tmp_path, tokens_table([0]), pixels_table([1]))
+    msg = _error(str(tmp_path))
+    assert str(paths[1]) in msg and str(paths[0]) in msg and "schema differs" in msg
+
+
+def test_stale_manifest(tmp_path: Path) -> None:
+    write_split(tmp_path, tokens_table([0, 1, 0, 1]), name="t", split="train", task="text_classification",
+                feature=FeatureSpec(column="input_ids", kind="tokens", seq_len=8), num_classes=2,
+                label_names=["0", "1"], shards=2)
+    pq.write_table(tokens_table([1], start_id=9), tmp_path / "part-00002.parquet")
+    msg = _error(str(tmp_path))
+    assert "_raydeep.json" in msg and "part-00002.parquet" in msg
+    (tmp_path / "_raydeep.json").write_text("{not json")
+    assert "_raydeep.json" in _error(str(tmp_path))
+
+
+def test_unsupported_scheme() -> None:
+    assert "s3://" in _error("s3://bucket/train")
+
+
+@pytest.mark.parametrize(
+    ("uri", "fragment"),
+    [
+        ("datasets://digits-lt/train?ratio=3", "unknown parameter 'ratio'; allowed: imbalance_ratio, seed"),
+        ("datasets://digits-lt/train?seed=abc", "seed = 'abc': expected an integer"),
+        ("datasets://digits-lt/train?seed=1&seed=2", "given twice"),
+        ("datasets://digits-lt/dev", "split must be one of train, val, test"),
+        ("datasets://cifar/train", "unknown bundled data set 'cifar'; known: digits-lt, synthetic-text"),
+        ("datasets://synthetic-text/train?imbalance_ratio=nan", "expected a finite number"),
+    ],
+)
+def test_bundled_uri_errors(tmp_path: Path, uri: str, fragment: str) -> None:
+    msg = _error(uri, cache_dir=str(tmp_path))
+    assert uri in msg and fragment in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# label_histogram
+
+
+def test_label_out_of_range(tmp_path: Path) -> None:
+    paths = write_shards(tmp_path, tokens_table([0, 9]), tokens_table([3, 12, 4]))
+    split = open_split(str(tmp_path), key="data.train")
+    with pytest.raises(DataError) as info:
+        label_histogram(split, 10)
+    assert str(info.value) == f"data.train: {paths[1]}: label 12 outside [0, 10) (model.num_classes = 10)"
+    with pytest.raises(DataError, match=r"label -1 outside"):
+        write_shards(tmp_path, tokens_table([0, -1]))
+        label_histogram(open_split(str(tmp_path), key="data.train"), 10)
+
+
+def test_null_labels(tmp_path: Path) -> None:
+    t = tokens_table([0, 1]).set_column(1, "label", pa.array([0, None], pa.int64()))
+    paths = write_shards(tmp_path, t)
+    with pytest.raises(DataError) as info:
+        label_histogram(open_split(str(tmp_path), key="data.val"), 2)
+    assert str(info.value).startswith(f"data.val: {paths[0]}: 1 null label")
+
+
+def test_unreadable_label_column(tmp_path: Path) -> None:
+    paths = write_shards(tmp_path, tokens_table([0, 1]))
+    split = open_split(str(tmp_path), key="data.train")
+    paths[0].write_bytes(b"garbage" * 10)  # replaced after the footers were checked
+    with pytest.raises(DataError, match=rf"^data\.train: {paths[0]}: cannot read the 'label' column"):
+        label_histogram(split, 2)
+
+
+def test_histogram_counts_every_file(tmp_path: Path) -> None:
+    labels = np.random.default_rng(0).integers(0, 5, 1000)
+    write_shards(tmp_path, *(tokens_table(chunk.tolist()) for chunk in np.array_split(labels, 7)))
+    split = open_split(str(tmp_path), key="k")
+    assert split.num_rows == 1000 and label_histogram(split, 5) == np.bincount(labels, minlength=5).tolist()
+    assert label_histogram(split, 6)[-1] == 0
+
+
+def test_nullability_differences_are_not_schema_differences(tmp_path: Path) -> None:
+    t = tokens_table([0, 1])
+    strict = t.cast(pa.schema([pa.field("input_ids", pa.list_(pa.field("element", pa.int32(), nullable=False))),
+                               pa.field("label", pa.int64(), nullable=False), pa.field("id", pa.int64())]))
+    write_shards(tmp_path, t, strict)
+    assert open_split(str(tmp_path), key="k").num_rows == 4

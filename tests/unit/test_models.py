@@ -1,0 +1,260 @@
+"""The model registry, the Transformer and the CNN: shapes, masking, learning, errors, sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raydeep.config import ModelConfig
+from raydeep.datasets.schema import FeatureSpec
+from raydeep.trainers.models import MODELS, build_model, count_parameters, register
+from raydeep.trainers.models.cnn import ConvClassifier
+from raydeep.trainers.models.transformer import TransformerClassifier
+
+TOKENS = FeatureSpec(column="input_ids", kind="tokens", seq_len=12, vocab_size=50, pad_id=0)
+DIGITS = FeatureSpec(column="pixels", kind="image", image_shape=(1, 8, 8))
+CIFAR = FeatureSpec(column="pixels", kind="image", image_shape=(3, 32, 32))
+
+
+def tiny(kind: str = "transformer", **kw) -> ModelConfig:
+    base = dict(kind=kind, num_classes=3, d_model=32, layers=2, heads=4, dropout=0.0, max_len=64)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def padded_tokens(rows: int, length: int, vocab: int = 50, seed: int = 0) -> torch.Tensor:
+    """Random ids in [1, vocab) with a random number of trailing pads (at least one real token)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, vocab, (rows, length), generator=g)
+    real = torch.randint(1, length + 1, (rows,), generator=g)
+    return x.masked_fill(torch.arange(length)[None, :] >= real[:, None], 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry and sizes
+
+
+def test_registry_names_and_dispatch() -> None:
+    assert set(MODELS) == {"transformer", "cnn"}
+    assert isinstance(build_model(tiny(), TOKENS), TransformerClassifier)
+    assert isinstance(build_model(tiny("cnn"), DIGITS), ConvClassifier)
+
+
+def test_unknown_kind_and_double_registration_are_errors() -> None:
+    with pytest.raises(ValueError, match="unknown model.kind 'mlp'.*cnn, transformer"):
+        build_model(ModelConfig.model_construct(kind="mlp", num_classes=2), DIGITS)
+    with pytest.raises(ValueError, match="already registered"):
+        register("cnn")(lambda cfg, feature: torch.nn.Identity())
+    assert MODELS["cnn"].__name__ == "build_cnn"
+
+
+def test_cnn_parameter_count_by_hand() -> None:
+    conv1 = 1 * 32 * 3 * 3 + 32  # 320
+    conv2 = 32 * 64 * 3 * 3 + 64  # 18_496
+    conv3 = 64 * 64 * 3 * 3 + 64  # 36_928
+    dense = (64 * 2 * 2) * 64 + 64  # 8x8 -> 4x4 -> 2x2, 64 channels: 16_448
+    head = 64 * 10 + 10  # 650
+    assert conv1 + conv2 + conv3 + dense + head == 72_842
+    assert count_parameters(build_model(ModelConfig(kind="cnn", num_classes=10), DIGITS)) == 72_842
+    # 32x32 -> 16 -> 8: only the first conv and the dense layer change.
+    cifar = (3 * 32 * 9 + 32) + conv2 + conv3 + (64 * 8 * 8 * 64 + 64) + head
+    assert count_parameters(build_model(ModelConfig(kind="cnn", num_classes=10), CIFAR)) == cifar == 319_178
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_transformer_parameter_count_by_formula(pooling: str) -> None:
+    cfg = tiny(pooling=pooling, mlp_ratio=2.0, num_classes=5)
+    d, hidden, layers, vocab, max_len, k = 32, 64, 2, 50, 64, 5
+    block = (2 * d) + (d * 3 * d + 3 * d) + (d * d + d) + (2 * d) + (d * hidden + hidden) + (hidden * d + d)
+    expected = vocab * d + max_len * d + layers * block + 2 * d + (d * k + k) + (d if pooling == "cls" else 0)
+    assert count_parameters(build_model(cfg, TOKENS)) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_transformer_tokens_shape(pooling: str) -> None:
+    model = build_model(tiny(pooling=pooling), TOKENS)
+    out = model(padded_tokens(5, 12))
+    assert out.shape == (5, 3) and out.dtype == torch.float32
+    # int32, as list<int32> parquet columns arrive, works too.
+    assert model(padded_tokens(5, 12).int()).shape == (5, 3)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_transformer_images_flat_and_4d(pooling: str) -> None:
+    model = build_model(tiny(pooling=pooling, patch_size=2), DIGITS).eval()
+    x = torch.rand(4, 1, 8, 8)
+    flat, full = model(x.reshape(4, 64)), model(x)
+    assert flat.shape == full.shape == (4, 3)
+    torch.testing.assert_close(flat, full)
+
+
+def test_transformer_rgb_images() -> None:
+    model = build_model(tiny(patch_size=4), CIFAR)
+    assert model(torch.rand(2, 3 * 32 * 32)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("feature", [DIGITS, CIFAR], ids=["1x8x8", "3x32x32"])
+def test_cnn_shapes(feature: FeatureSpec) -> None:
+    model = build_model(ModelConfig(kind="cnn", num_classes=10), feature).eval()
+    c, h, w = feature.image_shape
+    x = torch.rand(3, c, h, w)
+    flat, full = model(x.reshape(3, -1)), model(x)
+    assert flat.shape == full.shape == (3, 10)
+    torch.testing.assert_close(flat, full)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masking
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_trailing_padding_does_not_change_logits(pooling: str) -> None:
+    torch.manual_seed(0)
+    # Dropout on, to show eval mode switches all of it (attention dropout included) off.
+    model = build_model(tiny(pooling=pooling, dropout=0.2), TOKENS).eval()
+    x = padded_tokens(6, 12)
+    longer = torch.cat([x, torch.zeros(6, 20, dtype=x.dtype)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(longer), model(x), atol=1e-5, rtol=0)
+
+
+def test_padding_mask_is_what_makes_it_invariant() -> None:
+    # The same model with a different pad id treats the zeros as real tokens: logits move.
+    # (Guards the test above against passing because padding happens not to matter.)
+    torch.manual_seed(0)
+    model = build_model(tiny(), TOKENS).eval()
+    x = padded_tokens(6, 12)
+    longer = torch.cat([x, torch.zeros(6, 20, dtype=x.dtype)], dim=1)
+    model.pad_id = 49
+    with torch.no_grad():
+        assert (model(longer) - model(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_all_padding_row_is_finite_forward_and_backward(pooling: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny(pooling=pooling, dropout=0.1), TOKENS).train()
+    x = padded_tokens(4, 12)
+    x[1] = 0
+    logits = model(x)
+    assert torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.tensor([0, 1, 2, 0])).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # The real rows do not depend on the empty one.
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[[0, 2, 3]], model(x[[0, 2, 3]]), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning
+
+
+def train_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> tuple[float, float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses[0], losses[-1]
+
+
+def test_transformer_learns_which_token_marks_the_class() -> None:
+    torch.manual_seed(0)
+    # Class c's sequences contain marker token 40 + c somewhere among filler tokens 1..9,
+    # then padding: only attention to the marker (not its position) can separate them.
+    rows, length = 48, 12
+    y = torch.arange(rows) % 3
+    x = padded_tokens(rows, length, vocab=10, seed=1)
+    lengths = (x != 0).sum(1)
+    where = (torch.rand(rows) * lengths).long()
+    x[torch.arange(rows), where] = 40 + y
+    model = build_model(tiny(), TOKENS)
+    first, last = train_steps(model, x, y, steps=40, lr=3e-3)
+    assert first > 0.9  # about ln 3 = 1.10 at init
+    assert last < 0.1 * first
+    assert (model.eval()(x).argmax(1) == y).all()
+
+
+@pytest.mark.parametrize("kind", ["transformer", "cnn"])
+def test_image_models_learn_bright_half(kind: str) -> None:
+    torch.manual_seed(0)
+    # Class 0 is bright on the top half, class 1 on the bottom half.
+    y = torch.arange(32) % 2
+    x = torch.rand(32, 1, 8, 8) * 0.2
+    x[y == 0, :, :4] += 0.8
+    x[y == 1, :, 4:] += 0.8
+    model = build_model(tiny(kind, num_classes=2), DIGITS)
+    first, last = train_steps(model, x.reshape(32, 64), y, steps=30, lr=3e-3)
+    assert last < 0.2 * first
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_token_model_needs_a_vocab_size() -> None:
+    no_vocab = FeatureSpec(column="input_ids", kind="tokens", seq_len=12)
+    with pytest.raises(ValueError, match="set model.vocab_size"):
+        build_model(tiny(), no_vocab)
+    assert build_model(tiny(vocab_size=77), no_vocab).vocab_size == 77
+    with pytest.raises(ValueError, match=r"model.vocab_size \(20\) is smaller than the data's vocab_size \(50\)"):
+        build_model(tiny(vocab_size=20), TOKENS)
+
+
+def test_sequence_longer_than_position_table() -> None:
+    model = build_model(tiny(max_len=16), TOKENS)
+    with pytest.raises(ValueError, match=r"sequence length 17 exceeds model.max_len \(16\)"):
+        model(torch.ones(2, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"sequence length 12 .*max_len \(8\)"):
+        build_model(tiny(max_len=8), TOKENS)
+
+
+def test_cls_needs_one_more_position() -> None:
+    assert build_model(tiny(max_len=12), TOKENS)  # mean pooling: 12 tokens fit 12 positions
+    with pytest.raises(ValueError, match=r"sequence length 12 plus 1 for the CLS token exceeds model.max_len \(12\)"):
+        build_model(tiny(max_len=12, pooling="cls"), TOKENS)
+    model = build_model(tiny(max_len=13, pooling="cls"), TOKENS)
+    with pytest.raises(ValueError, match="sequence length 13 plus 1"):
+        model(torch.ones(1, 13, dtype=torch.long))
+
+
+def test_image_errors() -> None:
+    with pytest.raises(ValueError, match=r"\(8x8\) must be divisible by model.patch_size \(3\)"):
+        build_model(tiny(patch_size=3), DIGITS)
+    with pytest.raises(ValueError, match=r"256 positions.*max_len \(64\)"):
+        build_model(tiny(patch_size=2), CIFAR)
+    model = build_model(tiny(), DIGITS)
+    with pytest.raises(ValueError, match=r"\[B, 64\] or \[B, 1, 8, 8\], got \[2, 63\]"):
+        model(torch.rand(2, 63))
+    with pytest.raises(ValueError, match=r"got \[2, 3, 8, 8\]"):
+        model(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="expected float pixels"):
+        model(torch.ones(2, 64, dtype=torch.long))
+
+
+def test_token_model_rejects_pixels() -> None:
+    model = build_model(tiny(), TOKENS)
+    with pytest.raises(ValueError, match="expected integer token ids"):
+        model(torch.rand(2, 12))
+
+
+def test_cnn_errors() -> None:
+    with pytest.raises(ValueError, match="'cnn' classifies images.*model.kind: transformer"):
+        build_model(tiny("cnn"), TOKENS)
+    with pytest.raises(ValueError, match="at least 4x4, got 3x8"):
+        build_model(tiny("cnn"), FeatureSpec(column="pixels", kind="image", image_shape=(1, 3, 8)))
+    model = build_model(tiny("cnn"), DIGITS)
+    with pytest.raises(ValueError, match="expected float pixels"):
+        model(torch.ones(2, 64, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"got \[2, 60\]"):
+        model(torch.rand(2, 60))
