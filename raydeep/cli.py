@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         # Keep Ray's and DeepSpeed's start-up chatter off the console; errors still show.
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
         os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    from raydeep.cluster.connect import prepare_auth_env
+
+    prepare_auth_env(getattr(args, "address", None))
     try:
         return COMMANDS[args.command](args)
     except RaydeepError as exc:

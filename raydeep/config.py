@@ -37,6 +37,11 @@ class DataConfig(Section):
     test: str | None = None
     batch_size: int = Field(64, ge=1, description="micro-batch per worker")
     shuffle_buffer: int = Field(1024, ge=0, description="rows in each worker's local shuffle buffer; 0 = off")
+    materialize_max_mb: float = Field(
+        256, ge=0,
+        description="a split whose parquet files total at most this many MiB is read once into Ray's "
+        "object store instead of re-read from storage every epoch; 0 = always stream",
+    )
 
 
 class ModelConfig(Section):

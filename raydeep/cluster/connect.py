@@ -28,11 +28,15 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, verbose:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
+    prepare_auth_env(address)
     if not ray.is_initialized():
         common = dict(
             logging_level=logging.INFO if verbose else logging.WARNING,
             log_to_driver=True,
             configure_logging=True,
+            # Workers inherit this: Ray Data's per-execution INFO lines ("Starting execution
+            # of Dataset ...") would otherwise fill the console every epoch.
+            runtime_env={"env_vars": {} if verbose else {"RAY_DATA_LOG_LEVEL": "WARNING"}},
         )
         try:
             if address:
@@ -42,6 +46,27 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, verbose:
         except ConnectionError as exc:
             raise RaydeepError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     return describe(address)
+
+
+def prepare_auth_env(address: str | None) -> None:
+    """Send the Ray auth token when connecting to a cluster and one is configured.
+
+    Ray 2.60 heads enable token auth by default, but a connecting driver only sends its token
+    when RAY_AUTH_MODE=token is in its environment before Ray is first imported; without it,
+    ray.init retries "InvalidAuthToken" for minutes instead of failing. The CLI calls this
+    first thing.
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and "RAY_AUTH_MODE" not in os.environ and auth_token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def auth_token_available() -> bool:
+    """Whether a Ray auth token is configured: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    return os.path.isfile(path)
 
 
 def describe(address: str | None) -> ClusterInfo:

@@ -351,11 +351,22 @@ def label_histogram(split: ParquetSplit, num_classes: int) -> list[int]:
     return counts.tolist()
 
 
-def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with_ids: bool = False) -> ray.data.Dataset:
-    """A lazy Ray Dataset over the split's shards with only the columns training needs.
+def split_bytes(split: ParquetSplit) -> int:
+    """Total size of the split's files on storage (one metadata call, no data read)."""
+    return sum(info.size or 0 for info in split.filesystem.get_file_info(split.files))
+
+
+def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with_ids: bool = False,
+                   materialize_max_bytes: int = 0) -> ray.data.Dataset:
+    """A Ray Dataset over the split's shards with only the columns training needs.
 
     ``shuffle_seed`` shuffles the file order reproducibly and differently every epoch
     (``reseed_after_execution``); row-level mixing is the workers' local shuffle buffer.
+
+    A split no larger than ``materialize_max_bytes`` on storage is read once into the object
+    store: every streaming execution costs about a second of scheduling (3-6 s per epoch
+    measured on 2 busy cores for a 300-row split), which dominates small sets. Large splits
+    stay lazy and stream.
     """
     import ray.data  # lazily: importing this module must not need (or start) Ray
 
@@ -375,4 +386,7 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with
         # their paths into an extra column.
         partitioning=None,
     )
-    return ds.select_columns(columns)
+    ds = ds.select_columns(columns)
+    if materialize_max_bytes and split_bytes(split) <= materialize_max_bytes:
+        ds = ds.materialize()
+    return ds

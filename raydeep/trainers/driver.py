@@ -68,7 +68,7 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     """Run one training job end to end; returns the summary written to ``summary.json``."""
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raydeep.cluster.connect import connect
@@ -127,8 +127,10 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         "steps_per_epoch": spe,
         "total_steps": total_steps,
         "board": board,
+        "verbose": verbose,
     }
     storage = cfg.run.storage or str(run_dir.resolve().parent)
+    cache_bytes = int(cfg.data.materialize_max_mb * 2**20)
     es = cfg.run.early_stopping
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -141,13 +143,14 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
             name=run_dir.resolve().name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.run.num_to_keep, checkpoint_score_attribute="best/" + es.metric,
                 checkpoint_score_order=es.mode),
         ),
         datasets={
-            "train": to_ray_dataset(data.train, shuffle_seed=cfg.run.seed),
-            "val": to_ray_dataset(data.val),
+            "train": to_ray_dataset(data.train, shuffle_seed=cfg.run.seed, materialize_max_bytes=cache_bytes),
+            "val": to_ray_dataset(data.val, materialize_max_bytes=cache_bytes),
         },
         # Only the training set is split; see trainers/loop.py for why validation is not.
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -208,7 +211,7 @@ def follow(trainer, board, run_dir: Path, epochs: int, console: Console):
                 progress.console.print(f"[yellow]{text}")
             for m in new_epochs:
                 by_epoch[m["epoch"]] = {k: v for k, v in m.items() if k != "val/confusion"}
-                progress.console.print(epoch_line(m, epochs))
+                progress.console.print(epoch_line(m, epochs), soft_wrap=True)
             if new_epochs:
                 lines = [json.dumps(by_epoch[e]) for e in sorted(by_epoch)]
                 atomic_write_text(run_dir / METRICS, "\n".join(lines) + "\n")

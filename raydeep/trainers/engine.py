@@ -140,12 +140,18 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     raise ConfigError(f"optim.name = {o.name!r}: not supported")
 
 
-def create_engine(cfg: Config, model: torch.nn.Module, ds_config: dict[str, Any], device: Device):
+def create_engine(cfg: Config, model: torch.nn.Module, ds_config: dict[str, Any], device: Device,
+                  verbose: bool = False):
     """Wrap ``model`` in a DeepSpeed engine inside an already-initialised process group."""
     if device == "cpu":
         # Must be set before deepspeed is first imported in this process.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import logging
+
     import deepspeed
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
     check_precision(ds_config, device)
     optimizer = build_optimizer(cfg, model)

@@ -58,7 +58,7 @@ def evaluate_command(path: str, data: str, *, out: str | None = None, batch_size
     cm = torch.zeros(k, k, dtype=torch.int64)
     with torch.no_grad():
         for x, y in batches(split, feature.column, batch_size):
-            xt = torch.from_numpy(x)
+            xt = torch.from_numpy(np.ascontiguousarray(x).copy())
             xt = xt.float() if xt.is_floating_point() else xt.long()
             cm += confusion_matrix(model(xt).argmax(-1), torch.from_numpy(y).long(), k)
     names = state.get("label_names") or [str(i) for i in range(k)]

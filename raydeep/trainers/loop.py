@@ -17,6 +17,7 @@ small next to an epoch of training on any realistic split.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -45,12 +46,19 @@ from raydeep.trainers.schedules import Schedule
 
 def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     cfg = Config.model_validate(job["config"])
+    if not job.get("verbose"):
+        # Ray Train logs every report at INFO, with the whole metrics dict, on every rank.
+        # (That module's logger is named by its file path, not "ray.train...".)
+        from ray.train.v2._internal.execution import context as train_context
+
+        train_context.logger.setLevel(logging.WARNING)
     feature = FeatureSpec.from_dict(job["feature"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(cfg.run.seed)  # identical initial weights on every rank
 
-    engine = create_engine(cfg, build_model(cfg.model, feature), job["ds_config"], job["device"])
+    engine = create_engine(cfg, build_model(cfg.model, feature), job["ds_config"], job["device"],
+                           job.get("verbose", False))
     schedule = Schedule(cfg.schedule, cfg.optim.lr, job["total_steps"], job["steps_per_epoch"])
     loss_fn = build_loss(cfg.imbalance, job["class_weights"], cfg.model.num_classes)
     state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0}

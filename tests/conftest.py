@@ -1,0 +1,132 @@
+"""Shared fixtures: one real local Ray head per test session, started and stopped by us.
+
+The head is a ``ray start --head --block`` child process on free loopback ports with the
+dashboard on (Ray Jobs and Tune's placement-group cleanup need it). It advertises 4 logical
+CPUs on this 2-core machine: RAY_NOTES measured that workers holding every CPU starve Ray
+Data's read tasks, and extra logical CPUs are how a small machine runs a 2-worker run plus
+its data tasks. Teardown kills exactly the processes this fixture started (its process
+group), never other Ray instances on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# `ray start --head` turns on token auth (token in ~/.ray/auth_token); a driver sends it only
+# with RAY_AUTH_MODE=token in its environment before ray is imported. Subprocesses inherit it.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Quiet Ray Data's per-execution INFO lines in this process and in CLI subprocesses.
+os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    address: str  # GCS address for ray.init / --address
+    dashboard_url: str  # for the Jobs SDK
+    proc: subprocess.Popen
+    temp_dir: str
+
+
+def start_head(tmp: Path, *, num_cpus: int = 4, env: dict | None = None, extra: list[str] = ()) -> RayHead:
+    port, dash = free_port(), free_port()
+    # Ray's default worker port range is 10002-19999; free_port() returns an ephemeral
+    # (>= 32768) port, so the two never collide.
+    # Short: Ray's AF_UNIX socket paths under the temp dir must stay under 108 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
+    log = open(tmp / "ray-head.log", "wb")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--num-gpus=0",
+         f"--port={port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", "--include-dashboard=true", f"--temp-dir={temp_dir}",
+         "--disable-usage-stats", *extra],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
+    )
+    head = RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", proc, str(temp_dir))
+    deadline = time.time() + 90
+    import urllib.error
+    import urllib.request
+
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray head exited: {(tmp / 'ray-head.log').read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2)
+            return head
+        except urllib.error.HTTPError:  # 401 under token auth: the dashboard is up
+            return head
+        except OSError:
+            time.sleep(1)
+    stop_head(head)
+    raise RuntimeError("ray head did not start within 90 s")
+
+
+def stop_head(head: RayHead) -> None:
+    try:
+        os.killpg(head.proc.pid, signal.SIGTERM)
+        head.proc.wait(timeout=40)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(head.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def raydeep_cache(tmp_path_factory) -> str:
+    """One cache of bundled data sets for the session (generated once, reused by all tests)."""
+    path = str(tmp_path_factory.mktemp("raydeep-cache"))
+    os.environ["RAYDEEP_CACHE"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory, raydeep_cache) -> RayHead:
+    head = start_head(tmp_path_factory.mktemp("ray-head"))
+    yield head
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    stop_head(head)
+
+
+@pytest.fixture(scope="session")
+def ray_connected(ray_head):
+    """This test process as a driver of the shared head."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_head.address, logging_level="WARNING",
+                 runtime_env={"env_vars": {"RAY_DATA_LOG_LEVEL": "WARNING"}})
+    return ray_head
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bool = False
+            ) -> subprocess.CompletedProcess:
+    """The real ``raydeep`` console script, as a user runs it."""
+    proc = subprocess.run([str(BIN / "raydeep"), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"raydeep {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
