@@ -24,6 +24,7 @@ from raydeep.datasets.sources import ParquetSplit, label_histogram, open_split, 
 from raydeep.errors import ConfigError, DataError, RaydeepError
 from raydeep.fileio import atomic_write_text
 from raydeep.trainers.class_weights import class_weights
+from raydeep.trainers.engine import precision_of
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -63,31 +64,51 @@ def new_run_dir(cfg: Config, root: str = "runs") -> Path:
     return Path(root) / f"{cfg.name}-{stamp}"
 
 
-def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str | None = None,
-          resume: bool = False, verbose: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run one training job end to end; returns the summary written to ``summary.json``."""
-    import ray
-    import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+@dataclass
+class RunPlan:
+    """Everything resolved for one run before any worker starts (also one Tune trial)."""
 
-    from raydeep.cluster.connect import connect
+    cfg: Config
+    data: DataPlan
+    class_weights: list[float] | None
+    world: int
+    use_gpu: bool
+    cpus_per_worker: float
+    device: str
+    ds_config: dict[str, Any]
+    steps_per_epoch: int
+    total_steps: int
+
+    def describe(self) -> str:
+        cfg, d = self.cfg, self.data
+        stage = self.ds_config.get("zero_optimization", {}).get("stage", 0)
+        gpu = f" + {cfg.scaling.gpus_per_worker:g} GPU" if self.use_gpu else ""
+        return (
+            f"[bold]{cfg.name}[/]: {d.train.num_rows:,} train rows ({d.train.num_rows % self.world} dropped to "
+            f"equalize {self.world} shards), {d.val.num_rows:,} val rows; {self.world} workers x "
+            f"{self.cpus_per_worker:g} CPU{gpu}, ZeRO-{stage}, {precision_of(self.ds_config)}; "
+            f"{self.steps_per_epoch} steps/epoch x {cfg.run.epochs} epochs; "
+            f"{cfg.data.batch_size * self.world * cfg.optim.grad_accum} samples per optimizer step"
+        )
+
+
+def plan_run(cfg: Config, info, data: DataPlan | None = None) -> RunPlan:
+    """Resolve resources, DeepSpeed JSON and step counts for ``cfg`` on the cluster ``info``.
+
+    ``data`` lets a sweep open and count the data once for all its trials.
+    """
     from raydeep.cluster.resources import cpus_per_worker
     from raydeep.trainers.engine import deepspeed_config
-    from raydeep.trainers.loop import steps_per_epoch, train_loop_per_worker
-    from raydeep.trainers.progress import ProgressBoard
+    from raydeep.trainers.loop import steps_per_epoch
 
-    console = console or Console()
-    t_start = time.time()
-    data = plan_data(cfg)
+    data = data or plan_data(cfg)
+    if cfg.imbalance.sampling != "none":
+        raise ConfigError(f"imbalance.sampling = {cfg.imbalance.sampling!r}: not implemented yet; use 'none' "
+                          "(class weighting via imbalance.weighting works)")
+    if cfg.imbalance.loss == "mse":
+        raise ConfigError("imbalance.loss = 'mse': needs a regression model, which raydeep does not have yet")
     weights = None if cfg.imbalance.weighting == "none" else class_weights(
         data.class_counts, cfg.imbalance.weighting, cfg.imbalance.beta, cfg.imbalance.zero_count)
-
-    run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
-    if (run_dir / SUMMARY).exists() and not resume:
-        raise ConfigError(f"--run-dir {run_dir}: holds a finished run; pick a new directory or use --resume")
-
-    info = connect(address, verbose=verbose)
     use_gpu = info.gpus > 0 if cfg.scaling.use_gpu == "auto" else bool(cfg.scaling.use_gpu)
     if use_gpu and info.gpus < cfg.scaling.num_workers * cfg.scaling.gpus_per_worker:
         raise RaydeepError(f"scaling: {cfg.scaling.num_workers} GPU workers need "
@@ -96,57 +117,57 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
                           cluster_cpus=info.cpus, max_node_cpus=info.max_node_cpus, use_gpu=use_gpu)
     world = cfg.scaling.num_workers
     device = "cuda" if use_gpu else "cpu"
-    ds_config = deepspeed_config(cfg, world_size=world, device=device)
     spe = steps_per_epoch(data.train.num_rows, world, cfg.data.batch_size)
-    total_steps = max(1, (spe * cfg.run.epochs) // cfg.optim.grad_accum)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    atomic_write_text(run_dir / "deepspeed.json", json.dumps(ds_config, indent=2) + "\n")
-    dropped = data.train.num_rows % world
-    console.print(
-        f"[bold]{cfg.name}[/]: {data.train.num_rows:,} train rows ({dropped} dropped to equalize "
-        f"{world} shards), {data.val.num_rows:,} val rows; {world} workers x {cpw:g} CPU"
-        f"{' + %g GPU' % cfg.scaling.gpus_per_worker if use_gpu else ''}, ZeRO-"
-        f"{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
-        f"{'bf16' if ds_config.get('bf16', {}).get('enabled') else 'fp16' if ds_config.get('fp16', {}).get('enabled') else 'fp32'}; "
-        f"{spe} steps/epoch x {cfg.run.epochs} epochs; {cfg.data.batch_size * world * cfg.optim.grad_accum} samples per optimizer step"
+    if spe == 0:
+        raise DataError(f"data.train: {data.train.num_rows} rows cannot feed {world} workers")
+    return RunPlan(
+        cfg=cfg, data=data, class_weights=weights, world=world, use_gpu=use_gpu, cpus_per_worker=cpw,
+        device=device, ds_config=deepspeed_config(cfg, world_size=world, device=device),
+        steps_per_epoch=spe, total_steps=max(1, (spe * cfg.run.epochs) // cfg.optim.grad_accum),
     )
-    console.print(f"run dir: {run_dir}" + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""))
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = verbose
-    board = ProgressBoard.remote()
+
+def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesystem=None, board=None,
+                  callbacks: list | None = None, verbose: bool = False):
+    """The TorchTrainer for one run: what ``raydeep train`` fits, and the body of every Tune trial."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raydeep.trainers.loop import train_loop_per_worker
+
+    cfg, data = plan.cfg, plan.data
     job = {
         "config": cfg.model_dump(mode="json"),
         "feature": data.feature.to_dict(),
         "label_names": data.label_names,
-        "class_weights": weights,
-        "device": device,
-        "ds_config": ds_config,
-        "steps_per_epoch": spe,
-        "total_steps": total_steps,
+        "class_weights": plan.class_weights,
+        "device": plan.device,
+        "ds_config": plan.ds_config,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "total_steps": plan.total_steps,
         "board": board,
         "verbose": verbose,
     }
-    storage = cfg.run.storage or str(run_dir.resolve().parent)
     cache_bytes = int(cfg.data.materialize_max_mb * 2**20)
     es = cfg.run.early_stopping
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,
         scaling_config=ScalingConfig(
-            num_workers=world, use_gpu=use_gpu,
-            resources_per_worker={"CPU": cpw, **({"GPU": cfg.scaling.gpus_per_worker} if use_gpu else {})},
+            num_workers=plan.world, use_gpu=plan.use_gpu,
+            resources_per_worker={"CPU": plan.cpus_per_worker,
+                                  **({"GPU": cfg.scaling.gpus_per_worker} if plan.use_gpu else {})},
         ),
         run_config=RunConfig(
-            name=run_dir.resolve().name,
-            storage_path=storage,
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.run.num_to_keep, checkpoint_score_attribute="best/" + es.metric,
                 checkpoint_score_order=es.mode),
+            callbacks=callbacks,
         ),
         datasets={
             "train": to_ray_dataset(data.train, shuffle_seed=cfg.run.seed, materialize_max_bytes=cache_bytes),
@@ -155,21 +176,62 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         # Only the training set is split; see trainers/loop.py for why validation is not.
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
+
+
+def best_checkpoint(result, metric: str, mode: str) -> str | None:
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda cm: cm[1][metric])[0].path
+
+
+def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str | None = None,
+          resume: bool = False, verbose: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run one training job end to end; returns the summary written to ``summary.json``."""
+    import ray.data
+
+    from raydeep.cluster.connect import connect
+    from raydeep.trainers.progress import ProgressBoard
+
+    console = console or Console()
+    t_start = time.time()
+    data = plan_data(cfg)
+    run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
+    if (run_dir / SUMMARY).exists() and not resume:
+        raise ConfigError(f"--run-dir {run_dir}: holds a finished run; pick a new directory or use --resume")
+
+    info = connect(address, verbose=verbose)
+    plan = plan_run(cfg, info, data)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    atomic_write_text(run_dir / "deepspeed.json", json.dumps(plan.ds_config, indent=2) + "\n")
+    console.print(plan.describe())
+    console.print(f"run dir: {run_dir}" + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""))
+
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
+    board = ProgressBoard.remote()
+    # Ray Train's run folder is <storage>/<name>; by default that is the run directory itself.
+    trainer = build_trainer(plan, name=run_dir.resolve().name,
+                            storage_path=cfg.run.storage or str(run_dir.resolve().parent),
+                            board=board, verbose=verbose)
     result = follow(trainer, board, run_dir, cfg.run.epochs, console)
 
     final = result.return_value or {}
-    best_ckpt = result.best_checkpoints[0][0].path if result.best_checkpoints else None
+    es = cfg.run.early_stopping
     summary = {
         "name": cfg.name,
         "run_dir": str(run_dir),
         "final": {k: v for k, v in final.items() if k != "val/confusion"},
-        "best": {"metric": es.metric, "value": final.get("best/" + es.metric), "checkpoint": best_ckpt},
+        "best": {"metric": es.metric, "value": final.get("best/" + es.metric),
+                 "checkpoint": best_checkpoint(result, "best/" + es.metric, es.mode)},
         "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
         "confusion": final.get("val/confusion"),
         "label_names": data.label_names,
         "class_counts": data.class_counts,
         "wall_time_s": time.time() - t_start,
     }
+    print_final(console, summary)
     write_plots(run_dir, summary, console)
     atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")  # last: marks the run complete
     return summary
@@ -242,6 +304,25 @@ def training_error(exc: BaseException) -> BaseException:
     if isinstance(exc, (RaydeepError, KeyboardInterrupt)):
         return exc
     return RaydeepError(f"training failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+
+
+def print_final(console: Console, summary: dict) -> None:
+    """The final table: validation metrics per class, from the last epoch's confusion matrix."""
+    from raydeep.trainers.console import metrics_table
+    from raydeep.trainers.metrics import classification_metrics
+
+    if not summary.get("confusion"):
+        return
+    import numpy as np
+
+    m = classification_metrics(np.asarray(summary["confusion"]), summary["label_names"])
+    final = summary["final"]
+    title = f"validation after epoch {final['epoch'] + 1} (step {final['global_step']})"
+    console.print(metrics_table(m, summary["label_names"], title))
+    best = summary["best"]
+    if best["value"] is not None:
+        console.print(f"best {best['metric']}: {best['value']:.4f}   checkpoint: {best['checkpoint']}")
+    console.print(f"wall time {summary['wall_time_s']:.1f} s   run dir: {summary['run_dir']}")
 
 
 def write_plots(run_dir: Path, summary: dict, console: Console) -> None:

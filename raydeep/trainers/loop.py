@@ -63,9 +63,10 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     loss_fn = build_loss(cfg.imbalance, job["class_weights"], cfg.model.num_classes)
     state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0}
     resumed_from = restore(engine, schedule, state)
-    ticker = StepTicker(job["board"] if rank == 0 else None)
-    if rank == 0 and resumed_from is not None:
-        job["board"].event.remote(f"resumed at epoch {state['epoch']}, global step {engine.global_steps}")
+    board = job["board"] if rank == 0 else None  # None in Tune trials: Tune draws its own table
+    ticker = StepTicker(board)
+    if board is not None and resumed_from is not None:
+        board.event.remote(f"resumed at epoch {state['epoch']}, global step {engine.global_steps}")
 
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
@@ -115,8 +116,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
         metrics["best/" + es.metric] = state["best"]
         state["epoch"] = epoch + 1
         last = stop or epoch + 1 == cfg.run.epochs
-        if rank == 0:
-            job["board"].epoch_end.remote(metrics)
+        if board is not None:
+            board.epoch_end.remote(metrics)
         if last or (epoch + 1) % cfg.run.checkpoint_every == 0:
             save_and_report(engine, schedule, state, metrics, rank, job)
         else:
