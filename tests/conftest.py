@@ -83,7 +83,7 @@ def start_head(tmp: Path, *, num_cpus: int = 4, env: dict | None = None, extra: 
 def stop_head(head: RayHead) -> None:
     try:
         os.killpg(head.proc.pid, signal.SIGTERM)
-        head.proc.wait(timeout=40)
+        head.proc.wait(timeout=15)  # Ray drains for up to 30 s on SIGTERM; our processes need no drain
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
             os.killpg(head.proc.pid, signal.SIGKILL)
