@@ -34,9 +34,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, verbose:
             logging_level=logging.INFO if verbose else logging.WARNING,
             log_to_driver=True,
             configure_logging=True,
-            # Workers inherit this: Ray Data's per-execution INFO lines ("Starting execution
-            # of Dataset ...") would otherwise fill the console every epoch.
-            runtime_env={"env_vars": {} if verbose else {"RAY_DATA_LOG_LEVEL": "WARNING"}},
+            runtime_env={"env_vars": job_env(verbose)},
         )
         try:
             if address:
@@ -46,6 +44,22 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, verbose:
         except ConnectionError as exc:
             raise RaydeepError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     return describe(address)
+
+
+def job_env(verbose: bool) -> dict[str, str]:
+    """Environment for every process of this job (Train controller, workers, Ray Data tasks)."""
+    env = {
+        # Ray Train's controller polls workers for reports every 2 s by default, and a worker's
+        # report blocks until the previous one was consumed: on short epochs that added ~2 s
+        # per epoch (measured: 40-epoch demo, 24 s of training in 140 s). 0.25 s costs a few
+        # cheap RPCs a second.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"),
+    }
+    if not verbose:
+        # Ray Data's per-execution INFO lines ("Starting execution of Dataset ...") would
+        # otherwise fill the console every epoch.
+        env["RAY_DATA_LOG_LEVEL"] = "WARNING"
+    return env
 
 
 def prepare_auth_env(address: str | None) -> None:

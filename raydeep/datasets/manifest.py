@@ -24,6 +24,9 @@ from raydeep.datasets.schema import LABEL_COLUMN, FeatureSpec
 from raydeep.errors import DataError
 
 MANIFEST_NAME = "_raydeep.json"
+# Written into an S3 split before its shards are copied in and removed after its manifest:
+# S3 has no atomic rename, so a split that holds this marker is one a prepare did not finish.
+INCOMPLETE_NAME = "_raydeep.incomplete"
 FORMAT = "raydeep/1"
 
 
@@ -47,11 +50,18 @@ def write_manifest(split_dir: str | os.PathLike, manifest: dict[str, Any]) -> st
     return str(final)
 
 
-def read_manifest(path: str | os.PathLike, *, key: str) -> dict[str, Any]:
-    """Parse a manifest; anything but a ``raydeep/1`` JSON object is a DataError naming the file."""
+def read_manifest(path: str | os.PathLike, *, key: str, filesystem: Any = None) -> dict[str, Any]:
+    """Parse a manifest; anything but a ``raydeep/1`` JSON object is a DataError naming the file.
+
+    ``filesystem``: a pyarrow filesystem to read it from (S3); default: the local disk.
+    """
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        if filesystem is None:
+            with open(path) as f:
+                manifest = json.load(f)
+        else:
+            with filesystem.open_input_stream(str(path)) as f:
+                manifest = json.loads(f.read().decode())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{key}: {path}: not a readable JSON manifest ({exc})") from None
     if not isinstance(manifest, dict):

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raydeep.datasets.manifest import MANIFEST_NAME, read_manifest
+from raydeep.datasets.manifest import INCOMPLETE_NAME, MANIFEST_NAME, read_manifest
 from raydeep.datasets.schema import (
     FEATURE_COLUMNS,
     ID_COLUMN,
@@ -28,6 +28,16 @@ from raydeep.datasets.schema import (
     FeatureSpec,
     is_int_list,
     is_numeric_list,
+)
+from raydeep.datasets.storage import (
+    S3_SCHEME,
+    StorageConfig,
+    arrow_filesystem,
+    check_bucket,
+    is_s3,
+    s3_errors,
+    s3_filesystem,
+    strip_s3,
 )
 from raydeep.errors import DataError
 
@@ -44,8 +54,8 @@ class ParquetSplit:
 
     uri: str  # what the user wrote
     key: str  # the config key, e.g. "data.train", for error messages
-    files: list[str]  # absolute shard paths, sorted
-    filesystem: pafs.FileSystem  # LocalFileSystem today; the seam for S3
+    files: list[str]  # absolute shard paths, sorted; s3://bucket/key for S3
+    filesystem: pafs.FileSystem  # LocalFileSystem, or s3fs wrapped for pyarrow
     manifest: dict | None  # the manifest, when it describes exactly these files
     feature: FeatureSpec
     num_rows: int
@@ -126,11 +136,22 @@ def _is_shard(name: str) -> bool:
     return name.lower().endswith(".parquet") and not name.startswith((".", "_"))
 
 
-def _list_files(uri: str, *, key: str) -> tuple[list[str], str | None, bool]:
-    """Local URI -> (sorted shard paths, the directory that may hold a manifest, whether the
-    files are the whole directory)."""
+@dataclass
+class _Listing:
+    files: list[str]  # sorted shard paths (s3://bucket/key for S3)
+    manifest_path: str | None  # an existing manifest beside them, if any
+    whole_dir: bool  # the files are all the shards of one directory
+    incomplete: str | None = None  # the marker an unfinished prepare left, if any
+
+
+def _list_files(uri: str, *, key: str) -> _Listing:
+    """Local URI -> its shards, the manifest beside them, and whether they are a whole directory."""
     raw = uri[len("file://"):] if uri.startswith("file://") else uri
     path = os.path.abspath(os.path.expanduser(raw))
+
+    def manifest_in(d: str | None) -> str | None:
+        return os.path.join(d, MANIFEST_NAME) if d and os.path.isfile(os.path.join(d, MANIFEST_NAME)) else None
+
     if any(c in raw for c in "*?["):
         import glob
 
@@ -141,20 +162,70 @@ def _list_files(uri: str, *, key: str) -> tuple[list[str], str | None, bool]:
         if not files:
             raise DataError(f"{key}: {path}: no parquet files match this glob (expected *.parquet)")
         parents = {os.path.dirname(f) for f in files}
-        return files, parents.pop() if len(parents) == 1 else None, False
+        return _Listing(files, manifest_in(parents.pop() if len(parents) == 1 else None), False)
     if os.path.isdir(path):
-        files = sorted(os.path.join(path, n) for n in os.listdir(path)
+        names = os.listdir(path)
+        files = sorted(os.path.join(path, n) for n in names
                        if _is_shard(n) and os.path.isfile(os.path.join(path, n)))
-        if not files:
+        incomplete = os.path.join(path, INCOMPLETE_NAME) if INCOMPLETE_NAME in names else None
+        if not files and not incomplete:
             raise DataError(f"{key}: {path}: no parquet files in this directory "
                             "(expected *.parquet; subdirectories are not searched)")
-        return files, path, True
+        return _Listing(files, manifest_in(path), True, incomplete)
     if os.path.isfile(path):
         if not path.lower().endswith(".parquet"):
             raise DataError(f"{key}: {path}: expected a .parquet file, a directory of them, a glob "
                             f"or {BUNDLED_SCHEME}NAME/SPLIT")
-        return [path], os.path.dirname(path), False
+        return _Listing([path], manifest_in(os.path.dirname(path)), False)
     raise DataError(f"{key}: {path}: path does not exist")
+
+
+def _list_s3(uri: str, s3: Any, *, key: str) -> _Listing:
+    """``s3://bucket/prefix`` (a prefix of shards, one object, or a glob) -> its shards.
+
+    S3 errors (no bucket, credentials, endpoint) propagate as s3fs raised them; the caller
+    turns them into one line with ``storage.s3_errors``.
+    """
+    path = strip_s3(uri)
+    if "/" not in path:
+        raise DataError(f"{key}: {uri}: expected s3://BUCKET/PREFIX (a prefix of parquet shards), not a bare bucket")
+
+    def full(p: str) -> str:
+        return S3_SCHEME + p
+
+    if any(c in path for c in "*?["):
+        matches = sorted(s3.glob(path))
+        if not matches:
+            check_bucket(s3, uri)  # a missing bucket says so, rather than "no match"
+            raise DataError(f"{key}: {uri}: no S3 object matches this glob")
+        files = [full(m) for m in matches if _is_shard(m.rsplit("/", 1)[-1])]
+        if not files:
+            raise DataError(f"{key}: {uri}: no parquet objects match this glob (expected *.parquet)")
+        parents = {f.rsplit("/", 1)[0] for f in files}
+        manifest = None
+        if len(parents) == 1:
+            candidate = parents.pop() + "/" + MANIFEST_NAME
+            manifest = candidate if s3.exists(strip_s3(candidate)) else None
+        return _Listing(files, manifest, False)
+    try:
+        entries = s3.ls(path, detail=True)
+    except FileNotFoundError:
+        check_bucket(s3, uri)
+        raise DataError(f"{key}: {uri}: nothing at this S3 path (no object and no prefix)") from None
+    if len(entries) == 1 and entries[0]["name"].rstrip("/") == path and entries[0]["type"] == "file":
+        if not path.lower().endswith(".parquet"):
+            raise DataError(f"{key}: {uri}: expected a .parquet object or a prefix of them")
+        parent = path.rsplit("/", 1)[0]
+        manifest = full(parent + "/" + MANIFEST_NAME)
+        return _Listing([full(path)], manifest if s3.exists(strip_s3(manifest)) else None, False)
+    names = {e["name"].rsplit("/", 1)[-1]: e for e in entries if e["type"] == "file"}
+    files = sorted(full(e["name"]) for n, e in names.items() if _is_shard(n))
+    incomplete = full(f"{path}/{INCOMPLETE_NAME}") if INCOMPLETE_NAME in names else None
+    if not files and not incomplete:
+        raise DataError(f"{key}: {uri}: no parquet objects under this prefix "
+                        "(expected *.parquet; deeper prefixes are not searched)")
+    manifest = full(f"{path}/{MANIFEST_NAME}") if MANIFEST_NAME in names else None
+    return _Listing(files, manifest, True, incomplete)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,20 +342,35 @@ def _check_manifest_matches(manifest: dict, where: str, files: list[str], footer
                             "regenerate or delete it")
 
 
-def open_split(uri: str, *, key: str, cache_dir: str | None = None) -> ParquetSplit:
-    """Resolve ``uri`` to its shards and check them from their footers alone (see module doc)."""
+def open_split(uri: str, *, key: str, cache_dir: str | None = None,
+               storage: StorageConfig | None = None) -> ParquetSplit:
+    """Resolve ``uri`` to its shards and check them from their footers alone (see module doc).
+
+    ``uri``: a local directory, file or glob, ``datasets://NAME/SPLIT``, or the same forms
+    under ``s3://bucket/prefix`` (``storage`` says how to reach S3).
+    """
     if not isinstance(uri, str) or not uri:
-        raise DataError(f"{key}: expected a path, glob or {BUNDLED_SCHEME}NAME/SPLIT, got {uri!r}")
+        raise DataError(f"{key}: expected a path, glob, s3://BUCKET/PREFIX or {BUNDLED_SCHEME}NAME/SPLIT, got {uri!r}")
+    if is_s3(uri):
+        s3 = s3_filesystem(storage)
+        with s3_errors(uri, key=key, storage=storage):
+            listing = _list_s3(uri, s3, key=key)
+            return _open_listing(uri, listing, arrow_filesystem(s3), key=key)
     local = uri
     if uri.startswith(BUNDLED_SCHEME):
         local = resolve_bundled(uri, key=key, cache_dir=cache_dir)
     elif "://" in uri and not uri.startswith("file://"):
         scheme = uri.split("://", 1)[0]
-        raise DataError(f"{key}: {uri}: {scheme}:// is not supported yet; use a local path, a glob or "
-                        f"{BUNDLED_SCHEME}NAME/SPLIT")
-    fs: pafs.FileSystem = pafs.LocalFileSystem()
-    files, manifest_dir, whole_dir = _list_files(local, key=key)
+        raise DataError(f"{key}: {uri}: {scheme}:// is not supported; use a local path, a glob, "
+                        f"s3://BUCKET/PREFIX or {BUNDLED_SCHEME}NAME/SPLIT")
+    return _open_listing(uri, _list_files(local, key=key), pafs.LocalFileSystem(), key=key)
 
+
+def _open_listing(uri: str, listing: _Listing, fs: pafs.FileSystem, *, key: str) -> ParquetSplit:
+    if listing.incomplete:
+        raise DataError(f"{key}: {listing.incomplete}: a `raydeep data prepare` did not finish writing this "
+                        "split; run it again (or delete the directory)")
+    files = listing.files
     footers = [_read_footer(p, fs, key=key) for p in files]
     schemas = [md.schema.to_arrow_schema().remove_metadata() for md in footers]
     for path, s in zip(files[1:], schemas[1:]):
@@ -305,13 +391,13 @@ def open_split(uri: str, *, key: str, cache_dir: str | None = None) -> ParquetSp
     manifest = None
     num_classes: int | None = None
     label_names: list[str] | None = None
-    manifest_path = os.path.join(manifest_dir, MANIFEST_NAME) if manifest_dir else None
-    if manifest_path and os.path.isfile(manifest_path):
-        manifest = read_manifest(manifest_path, key=key)
+    manifest_path = listing.manifest_path
+    if manifest_path:
+        manifest = read_manifest(manifest_path, key=key, filesystem=fs)
         feature = _feature_from_manifest(manifest, manifest_path, schema, key=key)
         num_classes, label_names = manifest.get("num_classes"), manifest.get("label_names")
         listed = {s.get("file") for s in manifest["shards"] if isinstance(s, dict)}
-        if whole_dir:
+        if listing.whole_dir:
             _check_manifest_matches(manifest, manifest_path, files, footers, key=key)
         elif listed != {os.path.basename(p) for p in files}:
             # A file or glob picked a subset: the manifest's schema facts still hold, its counts don't.
