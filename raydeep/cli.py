@@ -15,6 +15,18 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="override a config value by dotted key, e.g. --set model.layers=6 (repeatable)")
 
 
+def _add_tune_command(sub) -> None:
+    p = sub.add_parser("tune", help="sweep a config's tune: section with Ray Tune (each trial a DeepSpeed run)",
+                       description="Ray Tune sweep: every trial trains the config with its own parameters; "
+                                   "prints a leaderboard and writes best.yaml, leaderboard.csv, sweep.png.")
+    p.add_argument("config", nargs="?", help="config YAML with a tune: section (omit with --resume)")
+    _add_overrides(p)
+    p.add_argument("--run-dir", help="sweep directory (default: runs/<name>-sweep-<timestamp>)")
+    p.add_argument("--resume", metavar="SWEEP_DIR",
+                   help="continue an interrupted sweep; finished trials are not rerun")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raydeep", description=__doc__.split(":")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and Ray's own logs")
@@ -30,11 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its config.yaml, plus any --set, e.g. --set run.epochs=10)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
 
+    _add_tune_command(sub)
+    _add_data_command(sub)
+
     p = sub.add_parser("config", help="inspect configs")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = csub.add_parser("show", help="print the resolved config (defaults filled, overrides applied)")
     show.add_argument("config")
     _add_overrides(show)
+
+    p = sub.add_parser("schedules", help="learning-rate schedules")
+    ssub = p.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
+    plot = ssub.add_parser("plot", help="draw the run's LR schedule over its real step count")
+    plot.add_argument("config")
+    _add_overrides(plot)
+    plot.add_argument("--out", default="lr_schedule.png", help="PNG path (default: lr_schedule.png)")
+    plot.add_argument("--compare", action="append", default=[], metavar="SCHEDULE",
+                      help="another schedule to draw beside it: a name (cosine) or YAML "
+                           "('{name: step, step_size: 2}'); repeatable")
 
     p = sub.add_parser("evaluate", help="metrics and confusion matrix of a checkpoint on a data set")
     p.add_argument("checkpoint", help="a run directory (uses its best checkpoint) or a checkpoint directory")
@@ -69,6 +94,15 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from raydeep.config import load_config
+    from raydeep.trainers.driver import plot_schedule_command
+
+    out = plot_schedule_command(load_config(args.config, args.overrides), args.out, args.compare)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from raydeep.trainers.evaluate import evaluate_command
 
@@ -76,7 +110,100 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "evaluate": cmd_evaluate}
+COMMANDS = {"train": cmd_train, "config": cmd_config, "evaluate": cmd_evaluate, "schedules": cmd_schedules}
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from raydeep.config import load_config
+    from raydeep.trainers.sweeps import resume_sweep, run_sweep
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise RaydeepError("tune: --resume SWEEP_DIR continues a sweep with its own config; "
+                               "give neither CONFIG nor --set")
+        resume_sweep(args.resume, address=args.address, verbose=args.debug)
+        return 0
+    if not args.config:
+        raise RaydeepError("tune: missing CONFIG (or --resume SWEEP_DIR)")
+    cfg = load_config(args.config, args.overrides)
+    run_sweep(cfg, source=args.config, run_dir=args.run_dir, address=args.address, verbose=args.debug)
+    return 0
+
+
+COMMANDS["tune"] = cmd_tune
+
+
+def _add_storage_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    p.add_argument("--region", help="S3 region (default: AWS_REGION / AWS_DEFAULT_REGION / the profile's)")
+    p.add_argument("--profile", help="AWS profile (default: AWS_PROFILE); credentials only ever come from "
+                                     "the standard AWS variables and files")
+
+
+def _add_data_command(sub) -> None:
+    p = sub.add_parser("data", help="prepare raw text as tokenized parquet splits; inspect a data set")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    prep = dsub.add_parser(
+        "prepare", help="jsonl/csv/parquet/text-dirs -> tokenized, sharded parquet splits with manifests",
+        description="Parse, split (stratified, seeded), tokenize and shard raw text through Ray Data. "
+                    "Writes OUTPUT/{train,val,test}/part-*.parquet + _raydeep.json, OUTPUT/tokenizer.json.")
+    prep.add_argument("--input", required=True, help="a file, directory, glob or s3://... (text-dirs: DIR/LABEL/*.txt)")
+    prep.add_argument("--format", required=True, choices=["jsonl", "csv", "parquet", "text-dirs"])
+    prep.add_argument("--output", required=True, help="a new directory or s3://BUCKET/PREFIX")
+    prep.add_argument("--text-field", default="text")
+    prep.add_argument("--label-field", default="label")
+    prep.add_argument("--labels", help="label names in id order, comma-separated (default: the sorted values "
+                                       "found); a record with any other label is a bad record")
+    tok = prep.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--tokenizer", metavar="PATH", help="a Hugging Face tokenizer.json to use")
+    tok.add_argument("--train-tokenizer", choices=["bpe", "wordpiece"], help="train one on the training split")
+    prep.add_argument("--vocab-size", type=int, default=8000)
+    prep.add_argument("--max-len", type=int, default=128, help="pad or truncate every sequence to this length")
+    prep.add_argument("--val-fraction", type=float, default=0.1)
+    prep.add_argument("--test-fraction", type=float, default=0.0)
+    prep.add_argument("--shard-rows", type=int, default=100_000, help="rows per parquet shard")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--on-bad-record", choices=["error", "skip"], default="error",
+                      help="stop at the first unusable record (default), or skip and count them")
+    prep.add_argument("--no-shuffle", action="store_true", help="keep input order in the shards")
+    prep.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    prep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
+    _add_storage_flags(prep)
+    ins = dsub.add_parser("inspect", help="schema, rows, shards, label histogram and decoded samples",
+                          description="Describe a split (or every split of a prepared set) without Ray.")
+    ins.add_argument("path", help="a split directory, file, glob, s3://... or a prepared set's root")
+    ins.add_argument("--samples", type=int, default=3, help="rows to decode and print (default 3)")
+    _add_storage_flags(ins)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from raydeep.datasets.storage import StorageConfig
+
+    try:
+        storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
+    except ValueError as exc:  # pydantic's ValidationError; only endpoint_url is checked
+        msg = exc.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(exc, "errors") else str(exc)
+        raise RaydeepError(f"--endpoint-url {args.endpoint_url}: {msg}") from None
+    if args.data_command == "inspect":
+        from raydeep.datasets.inspect import inspect_path
+
+        print(inspect_path(args.path, storage=storage, samples=args.samples))
+        return 0
+    from raydeep.cluster.connect import connect
+    from raydeep.datasets.prepare import PrepareOptions, prepare
+
+    opts = PrepareOptions(
+        input=args.input, format=args.format, output=args.output, text_field=args.text_field,
+        label_field=args.label_field, tokenizer=args.tokenizer, train_tokenizer=args.train_tokenizer,
+        vocab_size=args.vocab_size, max_len=args.max_len, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, shard_rows=args.shard_rows, seed=args.seed,
+        on_bad_record=args.on_bad_record, labels=args.labels.split(",") if args.labels else None,
+        shuffle=not args.no_shuffle, overwrite=args.overwrite, storage=storage)
+    prepare(opts, verbose=args.debug, start_ray=lambda: connect(args.address, verbose=args.debug))
+    return 0
+
+
+COMMANDS["data"] = cmd_data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raydeep.errors import ConfigError
 from raydeep.trainers.class_weights import ImbalanceConfig
 from raydeep.trainers.schedules import SCHEDULES, ConstantSchedule, ScheduleConfig
+from raydeep.trainers.sweeps import TuneConfig
 
 
 class Section(BaseModel):
@@ -65,11 +66,13 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
     lr: float = Field(3e-4, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop")
+    nesterov: bool = Field(False, description="sgd only")
+    l1: float = Field(0.0, ge=0, description="L1 penalty coefficient on weight matrices, added to the loss")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = off")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
 
@@ -130,6 +133,15 @@ class Config(Section):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     scaling: ScalingConfig = ScalingConfig()
     run: RunSection = RunSection()
+    tune: TuneConfig | None = None  # what `raydeep tune` searches; `raydeep train` ignores it
+
+    @model_validator(mode="after")
+    def _l1_needs_whole_parameters(self) -> "Config":
+        if self.optim.l1 and self.deepspeed.zero_stage == 3 and not self.deepspeed.config_file:
+            # Under ZeRO-3 a rank holds only a slice of each parameter outside forward, so a
+            # penalty summed over parameters would be wrong.
+            raise ValueError("optim.l1 > 0 needs deepspeed.zero_stage <= 2")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,6 +187,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
+        # `X | None` (e.g. tune): the model inside
+        ann = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
         if model is None:
             return None

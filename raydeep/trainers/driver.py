@@ -23,7 +23,7 @@ from raydeep.datasets.schema import FeatureSpec
 from raydeep.datasets.sources import ParquetSplit, label_histogram, open_split, to_ray_dataset
 from raydeep.errors import ConfigError, DataError, RaydeepError
 from raydeep.fileio import atomic_write_text
-from raydeep.trainers.class_weights import class_weights
+from raydeep.trainers.class_weights import class_weights, expected_sampled_counts, sampling_rates
 from raydeep.trainers.engine import precision_of
 
 SUMMARY = "summary.json"
@@ -78,6 +78,8 @@ class RunPlan:
     ds_config: dict[str, Any]
     steps_per_epoch: int
     total_steps: int
+    sampling_rates: list[float] | None = None  # imbalance.sampling: copies per row of each class
+    expected_counts: list[float] | None = None  # the exact expected class counts after sampling
 
     def describe(self) -> str:
         cfg, d = self.cfg, self.data
@@ -89,6 +91,8 @@ class RunPlan:
             f"{self.cpus_per_worker:g} CPU{gpu}, ZeRO-{stage}, {precision_of(self.ds_config)}; "
             f"{self.steps_per_epoch} steps/epoch x {cfg.run.epochs} epochs; "
             f"{cfg.data.batch_size * self.world * cfg.optim.grad_accum} samples per optimizer step"
+            + (f"\n{cfg.imbalance.sampling} sampling: class counts {d.class_counts} -> expected "
+               f"{[round(c, 1) for c in self.expected_counts]} per epoch" if self.expected_counts else "")
         )
 
 
@@ -102,9 +106,6 @@ def plan_run(cfg: Config, info, data: DataPlan | None = None) -> RunPlan:
     from raydeep.trainers.loop import steps_per_epoch
 
     data = data or plan_data(cfg)
-    if cfg.imbalance.sampling != "none":
-        raise ConfigError(f"imbalance.sampling = {cfg.imbalance.sampling!r}: not implemented yet; use 'none' "
-                          "(class weighting via imbalance.weighting works)")
     if cfg.imbalance.loss == "mse":
         raise ConfigError("imbalance.loss = 'mse': needs a regression model, which raydeep does not have yet")
     weights = None if cfg.imbalance.weighting == "none" else class_weights(
@@ -117,13 +118,20 @@ def plan_run(cfg: Config, info, data: DataPlan | None = None) -> RunPlan:
                           cluster_cpus=info.cpus, max_node_cpus=info.max_node_cpus, use_gpu=use_gpu)
     world = cfg.scaling.num_workers
     device = "cuda" if use_gpu else "cpu"
-    spe = steps_per_epoch(data.train.num_rows, world, cfg.data.batch_size)
+    rates = expected = None
+    train_rows = data.train.num_rows
+    if cfg.imbalance.sampling != "none":
+        rates = sampling_rates(data.class_counts, cfg.imbalance.sampling)
+        expected = expected_sampled_counts(data.class_counts, cfg.imbalance.sampling)
+        train_rows = int(round(sum(expected)))
+    spe = steps_per_epoch(train_rows, world, cfg.data.batch_size)
     if spe == 0:
         raise DataError(f"data.train: {data.train.num_rows} rows cannot feed {world} workers")
     return RunPlan(
         cfg=cfg, data=data, class_weights=weights, world=world, use_gpu=use_gpu, cpus_per_worker=cpw,
         device=device, ds_config=deepspeed_config(cfg, world_size=world, device=device),
         steps_per_epoch=spe, total_steps=max(1, (spe * cfg.run.epochs) // cfg.optim.grad_accum),
+        sampling_rates=rates, expected_counts=expected,
     )
 
 
@@ -143,8 +151,9 @@ def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesy
         "class_weights": plan.class_weights,
         "device": plan.device,
         "ds_config": plan.ds_config,
-        "steps_per_epoch": plan.steps_per_epoch,
-        "total_steps": plan.total_steps,
+        "steps_per_epoch": plan.steps_per_epoch,  # micro-batches per worker per epoch
+        "optimizer_steps_per_epoch": max(1, plan.steps_per_epoch // cfg.optim.grad_accum),
+        "total_steps": plan.total_steps,  # optimizer steps in the run
         "board": board,
         "verbose": verbose,
     }
@@ -170,12 +179,19 @@ def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesy
             callbacks=callbacks,
         ),
         datasets={
-            "train": to_ray_dataset(data.train, shuffle_seed=cfg.run.seed, materialize_max_bytes=cache_bytes),
+            "train": train_dataset(plan, cache_bytes),
             "val": to_ray_dataset(data.val, materialize_max_bytes=cache_bytes),
         },
         # Only the training set is split; see trainers/loop.py for why validation is not.
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
+
+
+def train_dataset(plan: RunPlan, cache_bytes: int):
+    from raydeep.datasets.resample import resample
+
+    ds = to_ray_dataset(plan.data.train, shuffle_seed=plan.cfg.run.seed, materialize_max_bytes=cache_bytes)
+    return resample(ds, plan.sampling_rates, plan.cfg.run.seed) if plan.sampling_rates else ds
 
 
 def best_checkpoint(result, metric: str, mode: str) -> str | None:
@@ -232,7 +248,7 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         "wall_time_s": time.time() - t_start,
     }
     print_final(console, summary)
-    write_plots(run_dir, summary, console)
+    write_plots(run_dir, summary, plan, console)
     atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")  # last: marks the run complete
     return summary
 
@@ -325,10 +341,14 @@ def print_final(console: Console, summary: dict) -> None:
     console.print(f"wall time {summary['wall_time_s']:.1f} s   run dir: {summary['run_dir']}")
 
 
-def write_plots(run_dir: Path, summary: dict, console: Console) -> None:
+def write_plots(run_dir: Path, summary: dict, plan: RunPlan, console: Console) -> None:
     from raydeep.trainers.plots import plot_confusion, plot_learning_curves
+    from raydeep.trainers.schedules import plot_schedules
 
     try:
+        sched = plan.cfg.schedule
+        plot_schedules([(sched.name, sched)], plan.cfg.optim.lr, plan.total_steps,
+                       max(1, plan.steps_per_epoch // plan.cfg.optim.grad_accum), str(run_dir / "lr_schedule.png"))
         lines = (run_dir / METRICS).read_text().splitlines()
         plot_learning_curves([json.loads(x) for x in lines], run_dir / "learning_curves.png")
         if summary.get("confusion"):
@@ -337,3 +357,34 @@ def write_plots(run_dir: Path, summary: dict, console: Console) -> None:
         console.print(f"[yellow]could not draw plots: {exc}")
 
 
+
+
+def plot_schedule_command(cfg: Config, out: str, compare: list[str]) -> Path:
+    """``raydeep schedules plot``: the run's LR schedule over its real step count, and others beside it.
+
+    The step count comes from the training split's row count, the workers, the batch size
+    and the epochs, exactly as the run computes it (no Ray needed).
+    """
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+
+    from raydeep.trainers.loop import steps_per_epoch
+    from raydeep.trainers.schedules import ScheduleConfig, plot_schedules
+
+    data = plan_data(cfg)
+    spe = steps_per_epoch(data.train.num_rows, cfg.scaling.num_workers, cfg.data.batch_size)
+    total = max(1, (spe * cfg.run.epochs) // cfg.optim.grad_accum)
+    items = [(f"{cfg.schedule.name} (this run)", cfg.schedule)]
+    adapter = TypeAdapter(ScheduleConfig)
+    for text in compare:
+        raw = yaml.safe_load(text)
+        raw = {"name": raw} if isinstance(raw, str) else raw
+        try:
+            other = adapter.validate_python(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"][1:]) or "name"
+            raise ConfigError(f"--compare {text!r}: {where}: {err['msg']}") from None
+        items.append((text, other))
+    plot_schedules(items, cfg.optim.lr, total, max(spe // max(cfg.optim.grad_accum, 1), 1), out)
+    return Path(out)

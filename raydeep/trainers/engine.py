@@ -136,7 +136,9 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
         # Adam's weight decay is L2 added to the gradient (not decoupled as in AdamW).
         return torch.optim.Adam(groups, lr=o.lr, betas=o.betas)
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=o.lr, momentum=o.momentum)
     raise ConfigError(f"optim.name = {o.name!r}: not supported")
 
 
@@ -159,6 +161,11 @@ def create_engine(cfg: Config, model: torch.nn.Module, ds_config: dict[str, Any]
         model=model, optimizer=optimizer, config=ds_config, dist_init_required=False
     )
     return engine
+
+
+def l1_penalty(model: torch.nn.Module, coeff: float):
+    """``coeff * sum |W|`` over weight matrices (the parameters weight decay applies to)."""
+    return coeff * sum(p.abs().sum() for p in model.parameters() if p.requires_grad and p.ndim >= 2)
 
 
 def set_lr(engine, lr: float) -> None:

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from raydeep.config import Config
 from raydeep.datasets.schema import FeatureSpec
 from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE
-from raydeep.trainers.engine import create_engine, input_dtype, set_lr
+from raydeep.trainers.engine import create_engine, input_dtype, l1_penalty, set_lr
 from raydeep.trainers.losses import build_loss
 from raydeep.trainers.metrics import classification_metrics, confusion_matrix, flat_metrics
 from raydeep.trainers.models import build_model
@@ -59,7 +59,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
 
     engine = create_engine(cfg, build_model(cfg.model, feature), job["ds_config"], job["device"],
                            job.get("verbose", False))
-    schedule = Schedule(cfg.schedule, cfg.optim.lr, job["total_steps"], job["steps_per_epoch"])
+    schedule = Schedule(cfg.schedule, cfg.optim.lr, job["total_steps"], job["optimizer_steps_per_epoch"])
     loss_fn = build_loss(cfg.imbalance, job["class_weights"], cfg.model.num_classes)
     state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0}
     resumed_from = restore(engine, schedule, state)
@@ -91,6 +91,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
             x, y = inputs(batch, feature, dtype), batch["label"]
             set_lr(engine, schedule(engine.global_steps))
             loss = loss_fn(engine(x).float(), y, epoch)
+            if cfg.optim.l1:
+                loss = loss + l1_penalty(engine.module, cfg.optim.l1)
             engine.backward(loss)
             engine.step()
             loss_sum += loss.detach().double() * len(y)

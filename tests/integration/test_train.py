@@ -73,3 +73,20 @@ def test_finished_run_dir_is_not_overwritten(ray_connected, tmp_path):
     (run_dir / "summary.json").write_text("{}")
     with pytest.raises(ConfigError, match="finished run"):
         train(validate(tiny_config(), "test"), run_dir=run_dir, address=ray_connected.address)
+
+
+def test_oversampling_focal_rmsprop_l1_run(ray_connected, tmp_path):
+    """Class resampling runs inside Ray Data: an epoch holds the expected, rebalanced count."""
+    from raydeep.trainers.class_weights import expected_sampled_counts
+
+    cfg = validate(tiny_config(
+        optim={"name": "rmsprop", "lr": 1.0e-3, "l1": 1.0e-6},
+        imbalance={"sampling": "oversample", "loss": "focal", "gamma": 2.0, "weighting": "inverse"},
+    ), "test")
+    summary = train(cfg, run_dir=tmp_path / "run", address=ray_connected.address)
+    expected = sum(expected_sampled_counts(summary["class_counts"], "oversample"))
+    assert summary["class_counts"][0] > 3 * summary["class_counts"][-1]  # the raw split is long-tailed
+    # Rows seen by both workers: the resampled total, up to sampling noise and the <= 1 row
+    # dropped to equalize the two shards.
+    assert abs(summary["final"]["train/samples"] - expected) < 0.1 * expected
+    assert (tmp_path / "run" / "lr_schedule.png").is_file()

@@ -107,3 +107,12 @@ def test_data_errors_name_what_and_where(tmp_path, case, needles):
 def test_train_help():
     proc = run_cli("train", "--help", check=True)
     assert "--set" in proc.stdout and "--resume" in proc.stdout and "--address" in proc.stdout
+
+
+def test_schedules_plot_draws_the_run_and_comparisons(config_file, tmp_path):
+    out = tmp_path / "lr.png"
+    run_cli("schedules", "plot", str(config_file), "--out", str(out), "--compare", "cosine",
+            "--compare", "{name: step, step_size: 4, per: step}", check=True)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = run_cli("schedules", "plot", str(config_file), "--out", str(out), "--compare", "{name: step}")
+    assert_one_line_error(bad, "--compare", "step_size")
