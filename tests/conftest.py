@@ -59,7 +59,11 @@ def start_head(tmp: Path, *, num_cpus: int = 4, env: dict | None = None, extra: 
          f"--port={port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dash}", "--include-dashboard=true", f"--temp-dir={temp_dir}",
          "--disable-usage-stats", *extra],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # RAY_ADDRESS pins the head's own processes (e.g. Ray Train's PlacementGroupCleaner,
+        # which calls the state API with no address) to this cluster when other Ray
+        # instances run on the same machine.
+        env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", **(env or {})},
     )
     head = RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", proc, str(temp_dir))
     deadline = time.time() + 90
