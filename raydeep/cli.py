@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
 
     _add_tune_command(sub)
+    _add_cluster_commands(sub)
     _add_data_command(sub)
 
     p = sub.add_parser("config", help="inspect configs")
@@ -204,6 +205,79 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS["data"] = cmd_data
+
+
+def _add_cluster_commands(sub) -> None:
+    p = sub.add_parser("submit", help="run `raydeep train|tune CONFIG` on a Ray cluster as a Ray Job",
+                       description="Submit `raydeep train` (or `tune`) as a Ray Job: the project is uploaded as "
+                                   "the job's working dir; prints the submission id and the dashboard URL.")
+    p.add_argument("config", help="run config YAML, inside the working dir")
+    p.add_argument("mode", nargs="?", choices=["train", "tune"], default="train",
+                   help="the command the job runs (default: train)")
+    _add_overrides(p)
+    p.add_argument("--address", help="the head's dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--working-dir", help="directory uploaded as the job's working dir (default: the project: "
+                                         "the nearest directory up from here with pyproject.toml or .git)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--image", help="run the job in this container image (Ray image_uri; nothing is uploaded: "
+                                   "the image holds the code, and CONFIG is read inside it)")
+    g.add_argument("--pip", action="append", default=[], metavar="REQS",
+                   help="install these into the job's environment: a requirements file, or package specs "
+                        "separated by spaces (repeatable)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME",
+                   help="forward this variable from this shell to the job's driver and workers, by name: "
+                        "its value is never printed or stored in the job's metadata (repeatable)")
+    p.add_argument("--wait", action="store_true",
+                   help="stream the job's logs until it ends; exit 0 only if it SUCCEEDED")
+
+    p = sub.add_parser("jobs", help="list, inspect, follow and stop Ray Jobs on a cluster")
+    jsub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    actions = [jsub.add_parser("list", help="submitted jobs, oldest first")]
+    for name, help_text in (("status", "a job's status, entrypoint and times"), ("logs", "a job's logs"),
+                            ("stop", "stop a job and wait until it has stopped")):
+        a = jsub.add_parser(name, help=help_text)
+        a.add_argument("id", help="submission id (from `raydeep submit` or `raydeep jobs list`)")
+        actions.append(a)
+    actions[2].add_argument("--follow", "-f", action="store_true", help="stream the logs until the job ends")
+    for a in actions:
+        a.add_argument("--address", help="the head's dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from raydeep.cluster.jobs import build_job, submit
+    from raydeep.config import load_config
+    from raydeep.errors import ConfigError
+
+    cfg = load_config(args.config, args.overrides)  # a bad value fails here, not minutes into the job
+    if args.mode == "tune" and cfg.tune is None:
+        raise ConfigError(f"{args.config}: has no tune: section, which `raydeep submit CONFIG tune` needs")
+    spec = build_job(args.config, args.mode, name=cfg.name, overrides=args.overrides,
+                     working_dir=args.working_dir, image=args.image, pip=args.pip, env_names=args.env)
+    if cfg.run.storage is None:
+        print("note: run.storage is unset, so outputs and checkpoints stay on the head node, inside the "
+              "job's working dir; on a multi-node cluster set run.storage to shared storage (s3://... or NFS)")
+    return submit(spec, address=args.address, wait=args.wait)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from raydeep.cluster import jobs
+
+    if args.jobs_command == "list":
+        sys.stdout.write(jobs.format_jobs(jobs.list_jobs(args.address)))
+    elif args.jobs_command == "status":
+        info = jobs.job_info(args.id, args.address)
+        sys.stdout.write(jobs.format_job(info, jobs.dashboard_address(args.address)))
+    elif args.jobs_command == "logs":
+        jobs.logs(args.id, args.address, follow_logs=args.follow)
+    else:
+        status = jobs.stop(args.id, args.address)
+        print(f"{args.id}: {status}")
+        return 0 if status in ("STOPPED", "SUCCEEDED", "FAILED") else 1
+    return 0
+
+
+COMMANDS["submit"] = cmd_submit
+COMMANDS["jobs"] = cmd_jobs
 
 
 def main(argv: list[str] | None = None) -> int:

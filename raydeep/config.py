@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raydeep.errors import ConfigError
+from raydeep.datasets.storage import StorageConfig
 from raydeep.trainers.class_weights import ImbalanceConfig
 from raydeep.trainers.schedules import SCHEDULES, ConstantSchedule, ScheduleConfig
 from raydeep.trainers.sweeps import TuneConfig
@@ -133,6 +134,7 @@ class Config(Section):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     scaling: ScalingConfig = ScalingConfig()
     run: RunSection = RunSection()
+    storage: StorageConfig = StorageConfig()
     tune: TuneConfig | None = None  # what `raydeep tune` searches; `raydeep train` ignores it
 
     @model_validator(mode="after")

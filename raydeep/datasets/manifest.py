@@ -27,6 +27,8 @@ MANIFEST_NAME = "_raydeep.json"
 # Written into an S3 split before its shards are copied in and removed after its manifest:
 # S3 has no atomic rename, so a split that holds this marker is one a prepare did not finish.
 INCOMPLETE_NAME = "_raydeep.incomplete"
+# The summary ``raydeep data prepare`` writes last at the root of a prepared set (beside train/, val/...).
+PREPARED_NAME = "_raydeep_prepare.json"
 FORMAT = "raydeep/1"
 
 

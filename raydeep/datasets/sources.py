@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raydeep.datasets.manifest import INCOMPLETE_NAME, MANIFEST_NAME, read_manifest
+from raydeep.datasets.manifest import INCOMPLETE_NAME, MANIFEST_NAME, PREPARED_NAME, read_manifest
 from raydeep.datasets.schema import (
     FEATURE_COLUMNS,
     ID_COLUMN,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import ray.data
 
 BUNDLED_SCHEME = "datasets://"
+MIN_CACHED_BLOCKS = 16  # blocks of a materialized split: the unit its per-epoch reshuffle moves
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -169,6 +170,9 @@ def _list_files(uri: str, *, key: str) -> _Listing:
                        if _is_shard(n) and os.path.isfile(os.path.join(path, n)))
         incomplete = os.path.join(path, INCOMPLETE_NAME) if INCOMPLETE_NAME in names else None
         if not files and not incomplete:
+            if PREPARED_NAME in names:
+                raise DataError(f"{key}: {path}: this is a prepared data set's root; name one split, e.g. "
+                                f"{os.path.join(path, 'train')}")
             raise DataError(f"{key}: {path}: no parquet files in this directory "
                             "(expected *.parquet; subdirectories are not searched)")
         return _Listing(files, manifest_in(path), True, incomplete)
@@ -222,6 +226,9 @@ def _list_s3(uri: str, s3: Any, *, key: str) -> _Listing:
     files = sorted(full(e["name"]) for n, e in names.items() if _is_shard(n))
     incomplete = full(f"{path}/{INCOMPLETE_NAME}") if INCOMPLETE_NAME in names else None
     if not files and not incomplete:
+        if PREPARED_NAME in names:
+            raise DataError(f"{key}: {uri}: this is a prepared data set's root; name one split, e.g. "
+                            f"{uri.rstrip('/')}/train")
         raise DataError(f"{key}: {uri}: no parquet objects under this prefix "
                         "(expected *.parquet; deeper prefixes are not searched)")
     manifest = full(f"{path}/{MANIFEST_NAME}") if MANIFEST_NAME in names else None
@@ -442,12 +449,45 @@ def split_bytes(split: ParquetSplit) -> int:
     return sum(info.size or 0 for info in split.filesystem.get_file_info(split.files))
 
 
+def check_finite(split: ParquetSplit) -> None:
+    """Raise a DataError naming file, row group and row at the first NaN or inf in an image split's
+    pixels (one pyarrow pass over the pixel column, a row group at a time). Token splits: no-op."""
+    import pyarrow.compute as pc
+
+    if split.feature.kind != "image":
+        return
+    column = split.feature.column
+    for path in split.files:
+        try:
+            with split.filesystem.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                for g in range(pf.num_row_groups):
+                    values = pf.read_row_group(g, columns=[column]).column(column).combine_chunks()
+                    flat = pc.list_flatten(values)
+                    finite = pc.is_finite(flat) if pa.types.is_floating(flat.type) else None
+                    if finite is None or pc.all(pc.fill_null(finite, False)).as_py():
+                        continue
+                    first = pc.index(pc.fill_null(finite, False), False).as_py()
+                    row = pc.list_parent_indices(values)[first].as_py()
+                    raise DataError(f"{split.key}: {path}: row group {g}, row {row}: {column!r} holds "
+                                    f"{flat[first].as_py()} (NaN or inf); every pixel must be finite")
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{split.key}: {path}: cannot read the {column!r} column ({_one_line(exc)})") from None
+
+
 def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with_ids: bool = False,
-                   materialize_max_bytes: int = 0) -> ray.data.Dataset:
+                   materialize_max_bytes: int = 0, first_epoch: int = 0) -> ray.data.Dataset:
     """A Ray Dataset over the split's shards with only the columns training needs.
 
-    ``shuffle_seed`` shuffles the file order reproducibly and differently every epoch
-    (``reseed_after_execution``); row-level mixing is the workers' local shuffle buffer.
+    ``shuffle_seed`` shuffles the file order reproducibly and differently every epoch: Ray
+    seeds each execution from ``hash((seed, execution_idx))``, and a Train run re-executes the
+    dataset once per epoch. Row-level mixing is the workers' local shuffle buffer. A resumed
+    run passes ``first_epoch`` so that epoch k gets epoch k's file order, not epoch 0's (Ray
+    counts executions per dataset from 0; this sets the dataset's private counter).
+
+    Every row reaches exactly one worker per epoch under ``streaming_split(n, equal=True)``
+    except ``num_rows % n`` rows dropped to equalize. Which worker gets which rows depends on
+    read-task completion order unless the ingest's ``ExecutionOptions(preserve_order=True)``.
 
     A split no larger than ``materialize_max_bytes`` on storage is read once into the object
     store: every streaming execution costs about a second of scheduling (3-6 s per epoch
@@ -464,6 +504,7 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with
     shuffle = None
     if shuffle_seed is not None:
         shuffle = ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
+    cache = bool(materialize_max_bytes) and split_bytes(split) <= materialize_max_bytes
     ds = ray.data.read_parquet(
         split.files,
         filesystem=split.filesystem,
@@ -473,6 +514,20 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with
         partitioning=None,
     )
     ds = ds.select_columns(columns)
-    if materialize_max_bytes and split_bytes(split) <= materialize_max_bytes:
+    if cache:
         ds = ds.materialize()
+        if shuffle_seed is not None:
+            # The file shuffle ran once, when materializing; reorder the cached blocks per
+            # epoch instead (no data moves, only the order the blocks are handed out). Ray
+            # packs a small split into one block, which would split between the workers the
+            # same way every epoch: cut it into MIN_CACHED_BLOCKS first.
+            from ray.data import RandomSeedConfig
+
+            if ds.num_blocks() < MIN_CACHED_BLOCKS:
+                ds = ds.repartition(MIN_CACHED_BLOCKS).materialize()
+
+            ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
+    if first_epoch:
+        ds = ds.copy(ds, _deep_copy=True)  # its own context, so the counter below is this dataset's alone
+        ds.context._execution_idx = int(first_epoch)
     return ds

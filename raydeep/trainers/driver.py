@@ -21,6 +21,7 @@ from rich.console import Console
 from raydeep.config import Config, to_yaml
 from raydeep.datasets.schema import FeatureSpec
 from raydeep.datasets.sources import ParquetSplit, label_histogram, open_split, to_ray_dataset
+from raydeep.datasets.storage import resolve_storage
 from raydeep.errors import ConfigError, DataError, RaydeepError
 from raydeep.fileio import atomic_write_text
 from raydeep.trainers.class_weights import class_weights, expected_sampled_counts, sampling_rates
@@ -41,8 +42,8 @@ class DataPlan:
 
 def plan_data(cfg: Config) -> DataPlan:
     """Open and check both splits and count the training labels, on the driver, once."""
-    train = open_split(cfg.data.train, key="data.train")
-    val = open_split(cfg.data.val, key="data.val")
+    train = open_split(cfg.data.train, key="data.train", storage=cfg.storage)
+    val = open_split(cfg.data.val, key="data.val", storage=cfg.storage)
     k = cfg.model.num_classes
     for split in (train, val):
         if split.num_classes is not None and split.num_classes != k:
@@ -129,10 +130,35 @@ def plan_run(cfg: Config, info, data: DataPlan | None = None) -> RunPlan:
         raise DataError(f"data.train: {data.train.num_rows} rows cannot feed {world} workers")
     return RunPlan(
         cfg=cfg, data=data, class_weights=weights, world=world, use_gpu=use_gpu, cpus_per_worker=cpw,
-        device=device, ds_config=deepspeed_config(cfg, world_size=world, device=device),
+        device=device, ds_config=bounded_buckets(deepspeed_config(cfg, world_size=world, device=device), cfg, data.feature),
         steps_per_epoch=spe, total_steps=max(1, (spe * cfg.run.epochs) // cfg.optim.grad_accum),
         sampling_rates=rates, expected_counts=expected,
     )
+
+
+# DeepSpeed's gradient-reduction bucket holds 5e8 elements whatever the model. ZeRO-3 allocates
+# it on every rank when the engine is built (1.9 GB in fp32), ZeRO-1/2 at every backward:
+# measured for a 23M-parameter model under ZeRO-3, 2.1 GB of model states per worker instead of
+# 0.23 GB (benchmarks/memory.py). An eighth of the model keeps a few reductions per step.
+MIN_BUCKET = 2**22  # elements: 16 MiB in fp32; small models keep one bucket, as before
+
+
+def bounded_buckets(ds_config: dict[str, Any], cfg: Config, feature: FeatureSpec) -> dict[str, Any]:
+    """Size ``reduce_bucket_size`` to the model unless the user's DeepSpeed file sets it."""
+    zero = ds_config.get("zero_optimization", {})
+    if cfg.deepspeed.config_file or zero.get("stage", 0) == 0 or "reduce_bucket_size" in zero:
+        return ds_config
+    import torch
+
+    from raydeep.trainers.models import build_model, count_parameters
+
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            n = count_parameters(build_model(cfg.model, feature))
+    except ValueError:
+        return ds_config  # the workers raise the model's own error
+    zero["reduce_bucket_size"] = int(min(5e8, max(n // 8, MIN_BUCKET)))
+    return ds_config
 
 
 def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesystem=None, board=None,
@@ -212,12 +238,19 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
 
     console = console or Console()
     t_start = time.time()
+    marks = {"process_start": process_start_time(), "train_entry": t_start}  # start-up timeline
     data = plan_data(cfg)
+    marks["data_checked"] = time.time()
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
     if (run_dir / SUMMARY).exists() and not resume:
         raise ConfigError(f"--run-dir {run_dir}: holds a finished run; pick a new directory or use --resume")
 
+    if cfg.run.storage:  # checked before Ray starts: a missing bucket fails in a second
+        storage_path, storage_fs = resolve_storage(cfg.run.storage, cfg.storage, key="run.storage")
+    else:  # Ray Train's run folder is <storage>/<name>: by default the run directory itself
+        storage_path, storage_fs = str(run_dir.resolve().parent), None
     info = connect(address, verbose=verbose)
+    marks["ray_ready"] = time.time()
     plan = plan_run(cfg, info, data)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
@@ -227,11 +260,11 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
 
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     board = ProgressBoard.remote()
-    # Ray Train's run folder is <storage>/<name>; by default that is the run directory itself.
-    trainer = build_trainer(plan, name=run_dir.resolve().name,
-                            storage_path=cfg.run.storage or str(run_dir.resolve().parent),
-                            board=board, verbose=verbose)
+    trainer = build_trainer(plan, name=run_dir.resolve().name, storage_path=storage_path,
+                            storage_filesystem=storage_fs, board=board, verbose=verbose)
+    marks["fit_start"] = time.time()
     result = follow(trainer, board, run_dir, cfg.run.epochs, console)
+    marks["fit_done"] = time.time()
 
     final = result.return_value or {}
     es = cfg.run.early_stopping
@@ -246,11 +279,54 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         "label_names": data.label_names,
         "class_counts": data.class_counts,
         "wall_time_s": time.time() - t_start,
+        "startup": startup_timeline(marks, board),
     }
     print_final(console, summary)
     write_plots(run_dir, summary, plan, console)
     atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")  # last: marks the run complete
     return summary
+
+
+def process_start_time() -> float | None:
+    """When this process started (``time.time()`` clock), so start-up counts Python's imports."""
+    try:
+        import psutil  # a Ray dependency
+    except ImportError:
+        return None
+    return psutil.Process().create_time()
+
+
+# (name, from mark, to mark): the start-up phases in order; worker marks come from rank 0
+STARTUP_PHASES = [
+    ("python_imports", "process_start", "train_entry"),  # interpreter, raydeep, Ray's driver modules
+    ("data_check", "train_entry", "data_checked"),  # open_split footers, label histogram (data generation)
+    ("ray_start", "data_checked", "ray_ready"),  # ray.init of the embedded local Ray, or connect
+    ("datasets_and_trainer", "ray_ready", "fit_start"),  # plan, read/materialize small splits, TorchTrainer
+    ("worker_group_start", "fit_start", "loop_entry"),  # controller, worker actors, torch process group
+    ("deepspeed_init", "loop_entry", "engine_ready"),  # model build, deepspeed.initialize (comm op build)
+    ("first_batch", "engine_ready", "first_batch"),  # restore, dataset execution start, first batch
+    ("first_step", "first_batch", "first_step"),  # forward, backward, the first optimizer step
+]
+
+
+def startup_timeline(marks: dict[str, float | None], board) -> dict[str, Any]:
+    """Seconds per start-up phase and from process start to the first optimizer step.
+
+    Worker timestamps are ``time.time()`` on rank 0's machine: on one machine the phases are
+    exact; across machines they are off by the clocks' skew.
+    """
+    import ray
+
+    try:
+        marks = {**marks, **ray.get(board.startup.remote(), timeout=10)}
+    except Exception:  # the timeline must never fail a finished run
+        pass
+    phases = {name: round(marks[b] - marks[a], 3) for name, a, b in STARTUP_PHASES
+              if marks.get(a) is not None and marks.get(b) is not None}
+    first = marks.get("first_step")
+    origin = marks.get("process_start") or marks["train_entry"]
+    return {"phases_s": phases, "to_first_step_s": round(first - origin, 3) if first else None,
+            "marks": marks}
 
 
 def follow(trainer, board, run_dir: Path, epochs: int, console: Console):

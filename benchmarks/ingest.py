@@ -1,0 +1,148 @@
+"""Ingest throughput: raw pyarrow against raydeep's training ingest path, as a Ray Train worker sees it.
+
+    .venv/bin/python benchmarks/ingest.py                          # 1M rows x 128 tokens, 16 shards
+    .venv/bin/python benchmarks/ingest.py --rows 20000 --shards 4  # smoke test (seconds)
+
+Run it alone: it measures CPU-bound rates, so anything else on the machine skews them.
+
+1. Data: ``--rows`` rows of ``input_ids`` (``list<int32>``, ``--seq-len`` long) + ``label`` + ``id``
+   in ``--shards`` parquet files with a raydeep manifest, generated once under ``--dir``.
+2. ``pyarrow``: every shard read with ``ParquetFile.iter_batches`` and turned into an
+   ``[B, L]`` int32 numpy array plus labels, in this process: the upper bound for one reader.
+3. ``ray_ingest``: ``to_ray_dataset(open_split(dir), shuffle_seed=0)`` split as Ray Train splits
+   it (``streaming_split(1, equal=True)``), consumed in a Ray task with ``iter_torch_batches``
+   (and the worker loop's local shuffle buffer unless ``--shuffle-buffer 0``). Reported: rows/s
+   over the epoch and after the first batch, latency to the first batch, and the p50/p99 time
+   to fetch one batch.
+
+Prints one JSON object with the figures, the ratio ray_ingest / pyarrow, and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_data(root: Path, rows: int, seq_len: int, shards: int) -> Path:
+    import pyarrow as pa
+
+    from raydeep.datasets import FeatureSpec, write_split
+    from raydeep.datasets.manifest import publish_dir
+    from raydeep.datasets.schema import tokens_array
+
+    final = root / f"rows{rows}-len{seq_len}-shards{shards}"
+
+    def build(tmp: Path) -> None:
+        rng = np.random.default_rng(0)
+        table = pa.table({
+            "input_ids": tokens_array(rng.integers(1, 8000, (rows, seq_len), dtype=np.int32), seq_len),
+            "label": pa.array(rng.integers(0, 10, rows), pa.int64()),
+            "id": pa.array(np.arange(rows, dtype=np.int64)),
+        })
+        write_split(tmp / "train", table, name="ingest-bench", split="train", task="text_classification",
+                    feature=FeatureSpec(column="input_ids", kind="tokens", seq_len=seq_len, vocab_size=8000),
+                    num_classes=10, label_names=[str(i) for i in range(10)], shards=shards)
+
+    return publish_dir(final, build) / "train"
+
+
+def pyarrow_rate(files: list[str], batch_size: int, seq_len: int) -> dict:
+    import pyarrow.parquet as pq
+
+    rows = 0
+    t0 = time.perf_counter()
+    for path in files:
+        for b in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["input_ids", "label"]):
+            ids = b.column(0).flatten().to_numpy(zero_copy_only=False).reshape(-1, seq_len)
+            labels = b.column(1).to_numpy()
+            rows += len(labels) + 0 * ids.shape[0]
+    dt = time.perf_counter() - t0
+    return {"rows": rows, "seconds": round(dt, 3), "rows_per_s": round(rows / dt)}
+
+
+def consume(it, batch_size: int, shuffle_buffer: int, prefetch: int) -> dict:
+    """What a Ray Train worker does with its shard: iter_torch_batches over one epoch."""
+    times = []
+    rows = 0
+    t0 = time.perf_counter()
+    last = t0
+    for batch in it.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle_buffer or None,
+                                       local_shuffle_seed=0 if shuffle_buffer else None,
+                                       prefetch_batches=prefetch, drop_last=True):
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+        rows += int(batch["label"].shape[0])
+    total = time.perf_counter() - t0
+    t = np.array(times[1:]) if len(times) > 1 else np.array(times)
+    steady = total - (times[0] if times else 0.0)
+    return {"rows": rows, "seconds": round(total, 3), "rows_per_s": round(rows / total),
+            # Without the start-up (split coordinator, first read tasks): the streaming rate.
+            "rows_per_s_after_first_batch": round((rows - batch_size) / steady) if steady > 0 and times else None,
+            "first_batch_s": round(times[0], 3) if times else None,
+            "fetch_p50_ms": round(float(np.percentile(t, 50)) * 1e3, 3) if t.size else None,
+            "fetch_p99_ms": round(float(np.percentile(t, 99)) * 1e3, 3) if t.size else None,
+            "batches": len(times)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--shards", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shuffle-buffer", type=int, default=1024, help="the worker loop's local buffer; 0 = off")
+    p.add_argument("--prefetch", type=int, default=1, help="iter_torch_batches(prefetch_batches=)")
+    p.add_argument("--preserve-order", action="store_true",
+                   help="ExecutionOptions(preserve_order=True): reproducible per-worker order, at what cost?")
+    p.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "raydeep-ingest-bench"))
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster instead of a local one")
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+
+    t = time.perf_counter()
+    split_dir = make_data(Path(args.dir), args.rows, args.seq_len, args.shards)
+    gen_s = time.perf_counter() - t
+
+    from raydeep.datasets import open_split, to_ray_dataset
+
+    split = open_split(str(split_dir), key="bench")
+    raw = pyarrow_rate(split.files, args.batch_size, args.seq_len)
+
+    import ray
+
+    ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus, logging_level="WARNING",
+             include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = to_ray_dataset(split, shuffle_seed=0)
+    ds = ds.copy(ds, _deep_copy=True)  # its own context, as Ray Train's DataConfig gives it
+    ds.context.execution_options.preserve_order = args.preserve_order
+    (it,) = ds.streaming_split(1, equal=True)
+    remote = ray.remote(num_cpus=1)(consume)
+    t = time.perf_counter()
+    ingest = ray.get(remote.remote(it, args.batch_size, args.shuffle_buffer, args.prefetch))
+    ingest["wall_s_from_driver"] = round(time.perf_counter() - t, 3)
+    ray.shutdown()
+
+    result = {
+        "pyarrow": raw,
+        "ray_ingest": ingest,
+        "ratio_ingest_over_pyarrow": round(ingest["rows_per_s"] / raw["rows_per_s"], 3),
+        "settings": {**vars(args), "data": str(split_dir), "generate_s": round(gen_s, 1),
+                     "files": len(split.files), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                     "date": time.strftime("%Y-%m-%d")},
+    }
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

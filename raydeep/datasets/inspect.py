@@ -1,0 +1,182 @@
+"""``raydeep data inspect PATH``: what a split (or a whole prepared set) holds, without Ray.
+
+Schema, rows and shards come from the parquet footers (``open_split``); the label histogram
+from the manifest, else from a pyarrow scan of the label column only; a few rows are decoded
+with the set's own tokenizer when the manifest names one. Image splits are scanned for NaN
+and inf pixels, which fail the command. Everything is plain text, so it reads the same in a
+terminal, a CI log and a test.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raydeep.datasets.manifest import PREPARED_NAME
+from raydeep.datasets.sources import ParquetSplit, check_finite, open_split
+from raydeep.datasets.storage import StorageConfig, is_s3, s3_errors, s3_filesystem, strip_s3
+from raydeep.errors import DataError
+
+KEY = "inspect"
+
+
+def _join(base: str, rel: str) -> str:
+    """``base/rel`` normalised, keeping an ``s3://`` scheme intact."""
+    if is_s3(base):
+        return "s3://" + posixpath.normpath(posixpath.join(strip_s3(base), rel))
+    return posixpath.normpath(posixpath.join(base, rel))
+
+
+def _fsspec_for(uri: str, storage: StorageConfig | None) -> tuple[Any, str]:
+    if is_s3(uri):
+        return s3_filesystem(storage), strip_s3(uri)
+    import fsspec
+
+    return fsspec.filesystem("file"), uri
+
+
+def label_counts(split: ParquetSplit) -> dict[int, int]:
+    """Label -> rows from a pyarrow scan of the label column only (no class count needed)."""
+    counts: dict[int, int] = {}
+    for path in split.files:
+        try:
+            with split.filesystem.open_input_file(path) as f:
+                labels = pq.ParquetFile(f).read(columns=["label"]).column("label")
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{KEY}: {path}: cannot read the 'label' column ({exc})") from None
+        values, n = np.unique(labels.drop_null().to_numpy(), return_counts=True)
+        for v, c in zip(values.tolist(), n.tolist()):
+            counts[int(v)] = counts.get(int(v), 0) + int(c)
+    return dict(sorted(counts.items()))
+
+
+def _tokenizer(split: ParquetSplit, storage: StorageConfig | None) -> tuple[Any, str]:
+    """(tokenizer or None, a note about it) from the manifest's ``tokenizer`` entry."""
+    info = (split.manifest or {}).get("tokenizer")
+    if not isinstance(info, dict) or not info.get("file"):
+        return None, ""
+    from raydeep.datasets.tokenizer import load_tokenizer, plain, sha256
+
+    where = _join(posixpath.dirname(split.files[0]), info["file"])
+    fs, path = _fsspec_for(where, storage)
+    try:
+        data = fs.cat_file(path)
+    except (OSError, FileNotFoundError):
+        return None, f"tokenizer: {where} is missing; samples shown as ids"
+    note = f"tokenizer: {where} (vocab {info.get('vocab_size')}, {info.get('source', '')})"
+    if info.get("sha256") and sha256(data) != info["sha256"]:
+        note += "; WARNING: its sha256 differs from the manifest's, so decoded samples may be wrong"
+    try:
+        return plain(load_tokenizer(data.decode(), where=where)), note
+    except (DataError, UnicodeDecodeError):
+        return None, f"tokenizer: {where} is not a readable tokenizer.json; samples shown as ids"
+
+
+def _samples(split: ParquetSplit, n: int, tok: Any) -> list[str]:
+    if n <= 0:
+        return []
+    path = split.files[0]
+    cols = [c for c in (split.feature.column, "label", "id") if split.schema is None or c in split.schema.names]
+    with split.filesystem.open_input_file(path) as f:
+        batch = next(pq.ParquetFile(f).iter_batches(batch_size=n, columns=cols), None)
+    if batch is None:
+        return []
+    names = split.label_names
+    lines = []
+    for row in batch.to_pylist():
+        label = row["label"]
+        shown = f"{label} ({names[label]})" if names and 0 <= label < len(names) else str(label)
+        ident = f"id {row['id']}, " if "id" in row else ""
+        values = row[split.feature.column] or []
+        if split.feature.kind == "image":
+            arr = np.asarray(values, dtype=np.float64)
+            body = f"{arr.size} pixels, min {arr.min():.3g}, max {arr.max():.3g}, mean {arr.mean():.3g}"
+        elif tok is not None:
+            from raydeep.datasets.tokenizer import decode
+
+            text = decode(tok, values, split.feature.pad_id).replace("\n", " ")
+            body = json.dumps(text[:160] + ("…" if len(text) > 160 else ""), ensure_ascii=False)
+        else:
+            real = [v for v in values if v != split.feature.pad_id]
+            body = f"{len(real)} tokens: {real[:16]}{' …' if len(real) > 16 else ''}"
+        lines.append(f"    [{ident}label {shown}] {body}")
+    return lines
+
+
+def inspect_split(uri: str, *, storage: StorageConfig | None = None, samples: int = 3) -> list[str]:
+    split = open_split(uri, key=KEY, storage=storage)
+    with s3_errors(uri, key=KEY, storage=storage):
+        return _report(split, storage, samples)
+
+
+def _report(split: ParquetSplit, storage: StorageConfig | None, samples: int) -> list[str]:
+    m = split.manifest
+    rows = [md for md in (m or {}).get("shards", [])]
+    shard_rows = [s["rows"] for s in rows] if rows else None
+    out = [split.uri]
+    size = ""
+    if shard_rows:
+        lo, hi = min(shard_rows), max(shard_rows)
+        size = f" ({lo:,} rows each)" if lo == hi else f" ({lo:,}-{hi:,} rows each)"
+    out.append(f"  rows: {split.num_rows:,} in {len(split.files)} shard(s){size}; manifest: "
+               f"{'yes' if m else 'none (counts from a scan)'}")
+    schema = split.schema
+    if schema is not None:
+        out.append("  schema: " + ", ".join(f"{f.name} {f.type}" for f in schema))
+    f = split.feature
+    if f.kind == "tokens":
+        out.append(f"  feature: tokens in {f.column!r}, length {f.seq_len}, vocab {f.vocab_size or '?'}, "
+                   f"pad id {f.pad_id}")
+    else:
+        out.append(f"  feature: image in {f.column!r}, shape {list(f.image_shape or ())}")
+        check_finite(split)
+        out.append("  pixels: all finite")
+    if m and isinstance(m.get("label_histogram"), list):
+        hist = dict(enumerate(m["label_histogram"]))
+        source = "manifest"
+    else:
+        hist = label_counts(split)
+        source = "scan of the label column"
+    total = sum(hist.values()) or 1
+    names = split.label_names
+    out.append(f"  labels ({len(hist)}, from the {source}):")
+    width = max((len(names[k]) if names and k < len(names) else len(str(k)) for k in hist), default=1)
+    for k, c in hist.items():
+        name = names[k] if names and 0 <= k < len(names) else str(k)
+        out.append(f"    {k:>3}  {name:<{width}}  {c:>10,}  {100 * c / total:5.1f}%")
+    if m and "truncated" in m:
+        out.append(f"  truncated to {m.get('max_len')} tokens: {m['truncated']:,} of {split.num_rows:,}")
+    tok, note = _tokenizer(split, storage) if f.kind == "tokens" else (None, "")
+    if note:
+        out.append("  " + note)
+    lines = _samples(split, samples, tok)
+    if lines:
+        out.append(f"  first {len(lines)} row(s) of {posixpath.basename(split.files[0])}:")
+        out += lines
+    return out
+
+
+def inspect_path(uri: str, *, storage: StorageConfig | None = None, samples: int = 3) -> str:
+    """The report for a split, or for every split of a prepared set's root directory."""
+    fs, path = _fsspec_for(uri, storage)
+    with s3_errors(uri, key=KEY, storage=storage):
+        summary_path = posixpath.join(path.rstrip("/"), PREPARED_NAME)
+        is_root = not any(c in path for c in "*?[") and fs.isfile(summary_path)
+        summary = json.loads(fs.cat_file(summary_path)) if is_root else None
+    if summary is None:
+        return "\n".join(inspect_split(uri, storage=storage, samples=samples))
+    out = [f"{uri}: prepared data set {summary.get('name')!r} from {summary.get('input')}",
+           f"  labels: {', '.join(summary.get('label_names', []))}",
+           f"  splits: " + ", ".join(f"{s} {v['num_rows']:,} rows" for s, v in summary.get("splits", {}).items()),
+           f"  bad records skipped: {summary.get('skipped', 0):,}"
+           + (f" (first: {summary['first_skipped']})" if summary.get("first_skipped") else "")]
+    for split in summary.get("splits", {}):
+        out.append("")
+        out += inspect_split(_join(uri, split) if is_s3(uri) else posixpath.join(uri, split),
+                             storage=storage, samples=samples)
+    return "\n".join(out)

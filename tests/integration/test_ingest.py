@@ -1,0 +1,226 @@
+"""Ray Data on the shared local head: ``data prepare`` round trips, and the streaming guarantees
+a Ray Train run relies on (exactly once per epoch, a new order each epoch, the same orders
+for the same seed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raydeep.datasets import FeatureSpec, label_histogram, open_split, to_ray_dataset, write_split
+from raydeep.datasets.prepare import PrepareOptions, prepare
+from raydeep.datasets.schema import tokens_array
+from raydeep.datasets.tokenizer import decode, load_tokenizer, plain
+from raydeep.errors import DataError
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.ray
+
+WORDS = {"sport": ["goal", "match", "team", "score"], "tech": ["code", "chip", "cloud", "data"],
+         "food": ["bread", "soup", "salt", "rice"]}
+FILLER = ["the", "a", "of", "and", "today", "very"]
+
+
+def corpus(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    labels = ["sport"] * (n // 2) + ["tech"] * (n // 3) + ["food"] * (n - n // 2 - n // 3)
+    rng.shuffle(labels)
+    return [(" ".join(rng.choice(WORDS[lab] + FILLER) for _ in range(rng.randint(2, 24))), lab) for lab in labels]
+
+
+def read_split(root: Path, split: str) -> pa.Table:
+    return pq.read_table(root / split)
+
+
+def check_prepared(root: Path, n_good: int, *, names: list[str], max_len: int, shard_rows: int) -> dict:
+    """What every prepared set must satisfy; returns the root summary."""
+    summary = json.loads((root / "_raydeep_prepare.json").read_text())
+    tok_bytes = (root / "tokenizer.json").read_bytes()
+    ids = []
+    for split, info in summary["splits"].items():
+        m = json.loads((root / split / "_raydeep.json").read_text())
+        t = read_split(root, split)
+        assert m["num_rows"] == t.num_rows == info["num_rows"]
+        assert m["label_names"] == names and m["num_classes"] == len(names)
+        assert m["label_histogram"] == np.bincount(t.column("label").to_numpy(), minlength=len(names)).tolist()
+        assert m["tokenizer"]["sha256"] == hashlib.sha256(tok_bytes).hexdigest()
+        assert m["feature"] == {"column": "input_ids", "kind": "tokens", "seq_len": max_len,
+                                "vocab_size": m["tokenizer"]["vocab_size"], "pad_id": m["tokenizer"]["pad_id"]}
+        assert m["truncated"] == int((t.column("num_tokens").to_numpy() > max_len).sum())
+        assert all(1 <= s["rows"] <= shard_rows for s in m["shards"])
+        assert sum(s["rows"] for s in m["shards"]) == m["num_rows"]
+        opened = open_split(str(root / split), key=f"data.{split}")  # what training will do
+        assert opened.label_names == names and opened.feature.seq_len == max_len
+        assert label_histogram(opened, len(names)) == m["label_histogram"]
+        ids += t.column("id").to_pylist()
+    assert sorted(ids) == list(range(n_good))  # every good record once, ids unique across splits
+    return summary
+
+
+def test_jsonl_trained_bpe_round_trip_skip_and_determinism(ray_connected, tmp_path: Path) -> None:
+    rows = corpus(400)
+    lines = [json.dumps({"text": t, "label": lab}) for t, lab in rows]
+    lines.insert(7, '{"text": "unterminated')
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    o = PrepareOptions(input=str(tmp_path / "in.jsonl"), format="jsonl", output=str(tmp_path / "ds"),
+                       train_tokenizer="bpe", vocab_size=300, max_len=16, val_fraction=0.2, shard_rows=96,
+                       on_bad_record="skip", seed=3)
+    log: list[str] = []
+    prepare(o, log=log.append)
+    summary = check_prepared(tmp_path / "ds", 400, names=["food", "sport", "tech"], max_len=16, shard_rows=96)
+    assert summary["skipped"] == 1 and "in.jsonl: line 8: not valid JSON" in summary["first_skipped"]
+    assert any("skipped 1 bad record" in x for x in log)
+    # Stratified: each class gives round(20%) of its rows to val.
+    counts = np.bincount([["food", "sport", "tech"].index(lab) for _, lab in rows], minlength=3)
+    assert summary["splits"]["val"]["label_histogram"] == [int(np.floor(c * 0.2 + 0.5)) for c in counts]
+    assert summary["splits"]["train"]["truncated"] > 0
+    # A non-truncated row decodes back to its text with the saved tokenizer.
+    tok = plain(load_tokenizer((tmp_path / "ds" / "tokenizer.json").read_text(), where="t"))
+    t = read_split(tmp_path / "ds", "train").to_pylist()
+    row = next(r for r in t if r["num_tokens"] <= 16)
+    assert decode(tok, row["input_ids"], 0) == rows[row["id"]][0]
+    # Same input and seed: the same records in the same splits, with the same tokens.
+    first = {r["id"]: (r["input_ids"], "train") for r in t}
+    o.overwrite, o.shuffle = True, False
+    prepare(o, log=lambda s: None)
+    again = {r["id"]: (r["input_ids"], "train") for r in read_split(tmp_path / "ds", "train").to_pylist()}
+    assert again == first
+    assert not list(tmp_path.glob(".ds.tmp-*"))
+
+
+def test_csv_wordpiece_with_test_split(ray_connected, tmp_path: Path) -> None:
+    rows = corpus(300, seed=1)
+    ids = {"sport": 0, "tech": 1, "food": 2}
+    with open(tmp_path / "in.csv", "w") as f:
+        f.write("id,label,text\n")
+        for i, (t, lab) in enumerate(rows):
+            f.write(f'{i},{ids[lab]},"{t}, indeed"\n')
+    o = PrepareOptions(input=str(tmp_path / "in.csv"), format="csv", output=str(tmp_path / "ds"),
+                       train_tokenizer="wordpiece", vocab_size=200, max_len=32, val_fraction=0.1,
+                       test_fraction=0.1, shard_rows=1000)
+    prepare(o, log=lambda s: None)
+    summary = check_prepared(tmp_path / "ds", 300, names=["0", "1", "2"], max_len=32, shard_rows=1000)
+    assert set(summary["splits"]) == {"train", "val", "test"}
+    assert summary["tokenizer"]["source"] == "trained wordpiece on the training split"
+
+
+def test_text_dirs_with_a_loaded_tokenizer(ray_connected, tmp_path: Path) -> None:
+    from raydeep.datasets.tokenizer import train_tokenizer
+
+    tok = train_tokenizer("bpe", iter(t for t, _ in corpus(100)), vocab_size=280)
+    (tmp_path / "tok.json").write_text(tok.to_str())
+    for i, (t, lab) in enumerate(corpus(120, seed=2)):
+        d = tmp_path / "in" / lab
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i}.txt").write_text(t)
+    o = PrepareOptions(input=str(tmp_path / "in"), format="text-dirs", output=str(tmp_path / "ds"),
+                       tokenizer=str(tmp_path / "tok.json"), max_len=24, files_per_task=50)
+    prepare(o, log=lambda s: None)
+    summary = check_prepared(tmp_path / "ds", 120, names=["food", "sport", "tech"], max_len=24, shard_rows=100_000)
+    assert (tmp_path / "ds" / "tokenizer.json").read_text() == (tmp_path / "tok.json").read_text()
+    assert summary["tokenizer"]["source"] == f"loaded from {tmp_path / 'tok.json'}"
+
+
+def test_interrupted_prepare_leaves_nothing(ray_connected, tmp_path: Path, monkeypatch) -> None:
+    import raydeep.datasets.prepare as mod
+
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in corpus(60)))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "_commit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(PrepareOptions(input=str(tmp_path / "in.jsonl"), format="jsonl", output=str(tmp_path / "ds"),
+                               train_tokenizer="bpe", vocab_size=260), log=lambda s: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no output, no temp directory
+
+
+def test_cli_corrupt_record_is_one_line(ray_head, tmp_path: Path) -> None:
+    lines = [json.dumps({"text": t, "label": lab}) for t, lab in corpus(30)]
+    lines[4] = '{"text": "x", "label": }'
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    proc = run_cli("data", "prepare", "--input", str(tmp_path / "in.jsonl"), "--format", "jsonl", "--output",
+                   str(tmp_path / "ds"), "--train-tokenizer", "bpe", "--address", ray_head.address, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("raydeep: error:")]
+    assert errors == [f"raydeep: error: {tmp_path / 'in.jsonl'}: line 5: not valid JSON (Expecting value at "
+                      "column 24) (--on-bad-record skip drops bad records and counts them)"], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "ds").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming: what each Ray Train worker sees
+
+
+N_ROWS = 1001  # odd: equalizing 2 shards must drop exactly one row per epoch
+
+
+@pytest.fixture(scope="module")
+def id_split(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("ids") / "train"
+    n = N_ROWS
+    table = pa.table({"input_ids": tokens_array(np.ones((n, 4)), 4), "label": pa.array(np.arange(n) % 3, pa.int64()),
+                      "id": pa.array(np.arange(n, dtype=np.int64))})
+    write_split(d, table, name="ids", split="train", task="text_classification",
+                feature=FeatureSpec(column="input_ids", kind="tokens", seq_len=4), num_classes=3,
+                label_names=["a", "b", "c"], shards=8)
+    return str(d)
+
+
+def epochs_seen(split_dir: str, seed: int, *, epochs: int = 2, preserve_order: bool = False, first_epoch: int = 0,
+                materialize: int = 0) -> list[list[list[int]]]:
+    """``[worker][epoch] -> ids in order``, split as Ray Train splits (``streaming_split(2, equal=True)``)."""
+    import ray
+
+    @ray.remote(num_cpus=0.25)
+    def consume(it, n_epochs):
+        return [[i for b in it.iter_batches(batch_size=64, batch_format="numpy") for i in b["id"].tolist()]
+                for _ in range(n_epochs)]
+
+    ds = to_ray_dataset(open_split(split_dir, key="data.train"), shuffle_seed=seed, with_ids=True,
+                        materialize_max_bytes=materialize, first_epoch=first_epoch)
+    ds = ds.copy(ds, _deep_copy=True)  # as DataConfig does, with options of its own
+    ds.context.execution_options.preserve_order = preserve_order
+    return ray.get([consume.remote(it, epochs) for it in ds.streaming_split(2, equal=True)])
+
+
+def assert_exactly_once(seen: list[list[list[int]]]) -> None:
+    for epoch in range(len(seen[0])):
+        union = seen[0][epoch] + seen[1][epoch]
+        assert len(seen[0][epoch]) == len(seen[1][epoch])  # equal shards
+        assert len(union) == len(set(union)) == N_ROWS - N_ROWS % 2  # no duplicates; only the remainder dropped
+        assert set(union) <= set(range(N_ROWS))
+
+
+def test_exactly_once_new_order_each_epoch_and_reproducible(ray_connected, id_split) -> None:
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    a = epochs_seen(id_split, seed=7, preserve_order=True)
+    assert_exactly_once(a)
+    assert a[0][0] != a[0][1] and a[1][0] != a[1][1]  # each worker's order changes between epochs
+    # A fresh dataset with the same seed repeats the same orders, per worker; started at epoch 1
+    # (as a resumed run starts), it gives epoch 1's orders, not epoch 0's.
+    assert epochs_seen(id_split, seed=7, preserve_order=True, first_epoch=1, epochs=1) == [[a[0][1]], [a[1][1]]]
+
+
+def test_exactly_once_without_preserve_order_and_when_materialized(ray_connected, id_split) -> None:
+    assert_exactly_once(epochs_seen(id_split, seed=7, epochs=1))  # the union holds whatever the timing
+    cached = epochs_seen(id_split, seed=7, materialize=1 << 30, preserve_order=True)
+    assert_exactly_once(cached)
+    assert cached[0][0] != cached[0][1]  # cached blocks are re-ordered every epoch too
+
+
+def test_open_split_refuses_an_unfinished_prepare(tmp_path: Path) -> None:
+    # The marker S3 prepares use, seen from the reader's side (no Ray needed, but it belongs here).
+    (tmp_path / "_raydeep.incomplete").write_text("")
+    with pytest.raises(DataError, match="did not finish"):
+        open_split(str(tmp_path), key="data.train")

@@ -1,0 +1,225 @@
+"""S3 against a real S3-protocol server on 127.0.0.1 (moto, IAM auth on; see tests/s3.py).
+
+Most tests need no Ray: reading splits, the one-line errors (no bucket, no or wrong credentials,
+an unreachable endpoint), run storage, an interrupted S3 commit. The slow one is the user's
+path end to end on a Ray head of its own, whose environment holds the credentials the way a
+cluster node's would: ``data prepare`` to S3, ``train`` from S3 with checkpoints on S3, resume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow.fs as pafs
+import pytest
+
+from raydeep.datasets import label_histogram, open_split, write_synthetic_text
+from raydeep.datasets.inspect import inspect_path
+from raydeep.datasets.manifest import PREPARED_NAME
+from raydeep.datasets.prepare import Location, _commit
+from raydeep.datasets.storage import StorageConfig, resolve_storage
+from raydeep.errors import DataError
+from tests.conftest import free_port, run_cli, start_head, stop_head
+from tests.helpers import tiny_config, write_config
+from tests.s3 import s3_server  # noqa: F401 - the fixture
+
+SECRET_WORDS = ("AKIAWRONGWRONGWRONG1", "wrong-secret-value")
+
+
+def one_line(info: pytest.ExceptionInfo) -> str:
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def synthetic_on_s3(s3_server, tmp_path_factory) -> str:  # noqa: F811
+    local = tmp_path_factory.mktemp("syn") / "train"
+    write_synthetic_text(local, split="train", rows=200, num_classes=4, seq_len=8, vocab_size=64,
+                         imbalance_ratio=2, seed=0)
+    fs = s3_server.filesystem()
+    fs.mkdir("data")
+    fs.put(str(local) + "/", "data/syn/train/", recursive=True)
+    return "s3://data/syn/train"
+
+
+def test_open_split_histogram_and_inspect_from_s3(s3_server, synthetic_on_s3, monkeypatch) -> None:  # noqa: F811
+    s3_server.apply(monkeypatch, endpoint=False)
+    storage = StorageConfig(endpoint_url=s3_server.endpoint)
+    split = open_split(synthetic_on_s3, key="data.train", storage=storage)
+    assert split.num_rows == sum(s["rows"] for s in split.manifest["shards"]) and split.num_classes == 4
+    assert split.files[0] == f"{synthetic_on_s3}/part-00000.parquet"
+    assert label_histogram(split, 4) == split.manifest["label_histogram"]
+    subset = open_split(f"{synthetic_on_s3}/part-0000[01].parquet", key="k", storage=storage)
+    assert len(subset.files) == 2 and subset.manifest is None and subset.feature == split.feature
+    assert open_split(f"{synthetic_on_s3}/part-00001.parquet", key="k", storage=storage).num_rows == 50
+    assert "labels (4, from the manifest)" in inspect_path(synthetic_on_s3, storage=storage)
+    # The standard variable works too, with no storage section at all.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    assert open_split(synthetic_on_s3, key="data.train").num_rows == split.num_rows
+
+
+def test_missing_bucket_and_prefix(s3_server, synthetic_on_s3, monkeypatch) -> None:  # noqa: F811
+    s3_server.apply(monkeypatch)
+    with pytest.raises(DataError) as info:
+        open_split("s3://no-such-bucket/x/train", key="data.val")
+    assert one_line(info) == (f"data.val: s3://no-such-bucket/x/train: bucket 'no-such-bucket' does not exist "
+                              f"(at {s3_server.endpoint})")
+    with pytest.raises(DataError, match="nothing at this S3 path"):
+        open_split("s3://data/syn/nope", key="data.val")
+    with pytest.raises(DataError, match="not a bare bucket"):
+        open_split("s3://data", key="data.val")
+
+
+def test_missing_credentials_name_what_was_looked_at(s3_server, synthetic_on_s3, monkeypatch) -> None:  # noqa: F811
+    s3_server.apply(monkeypatch, credentials=False)
+    with pytest.raises(DataError) as info:
+        open_split(synthetic_on_s3, key="data.train")
+    msg = one_line(info)
+    assert msg.startswith(f"data.train: {synthetic_on_s3}: no AWS credentials found")
+    for looked in ("AWS_ACCESS_KEY_ID (unset)", "AWS_SECRET_ACCESS_KEY (unset)", "AWS_PROFILE (unset)",
+                   f"{s3_server.home / 'credentials'} (missing)", "profile 'default'"):
+        assert looked in msg, looked
+
+
+def test_wrong_credentials_are_rejected_without_printing_them(s3_server, synthetic_on_s3, monkeypatch) -> None:  # noqa: F811
+    s3_server.apply(monkeypatch)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", SECRET_WORDS[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_WORDS[1])
+    with pytest.raises(DataError) as info:
+        open_split(synthetic_on_s3, key="data.train")
+    msg = one_line(info)
+    assert "S3 rejected the credentials (InvalidAccessKeyId); they came from the environment variables" in msg
+    assert "AWS_ACCESS_KEY_ID (set)" in msg
+    assert not any(w in msg for w in SECRET_WORDS)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key)  # a real key with the wrong secret
+    with pytest.raises(DataError, match=r"rejected the credentials \(SignatureDoesNotMatch\)") as info:
+        open_split(synthetic_on_s3, key="data.train")
+    assert SECRET_WORDS[1] not in str(info.value) and s3_server.secret not in str(info.value)
+
+
+def test_unreachable_endpoint_fails_fast(s3_server, monkeypatch) -> None:  # noqa: F811
+    s3_server.apply(monkeypatch, endpoint=False)
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    storage = StorageConfig(endpoint_url=url, connect_timeout=1, max_attempts=2)
+    t0 = time.time()
+    with pytest.raises(DataError) as info:
+        open_split("s3://data/syn/train", key="data.train", storage=storage)
+    assert time.time() - t0 < 15
+    assert one_line(info).startswith(f"data.train: s3://data/syn/train: cannot reach S3 at {url} "
+                                     "(EndpointConnectionError; gave up after 2 attempt(s), 1 s connect timeout)")
+    with pytest.raises(DataError, match="cannot reach S3"):
+        resolve_storage("s3://data/runs", storage)
+
+
+def test_resolve_storage(s3_server, synthetic_on_s3, monkeypatch, tmp_path) -> None:  # noqa: F811
+    s3_server.apply(monkeypatch, endpoint=False)
+    storage = StorageConfig(endpoint_url=s3_server.endpoint)
+    path, fs = resolve_storage("s3://data/runs/", storage)
+    assert path == "data/runs" and isinstance(fs, pafs.PyFileSystem)
+    with fs.open_output_stream("data/runs/probe.txt") as f:
+        f.write(b"ok")
+    assert s3_server.filesystem().cat_file("data/runs/probe.txt") == b"ok"
+    assert resolve_storage(str(tmp_path / "runs")) == (str(tmp_path / "runs"), None)
+    with pytest.raises(DataError, match="run.storage: s3://nope-bucket/runs: bucket 'nope-bucket' does not exist"):
+        resolve_storage("s3://nope-bucket/runs", storage)
+    with pytest.raises(DataError, match=r"gs:// is not supported"):
+        resolve_storage("gs://b/runs")
+
+
+def test_interrupted_s3_commit_is_never_read_as_complete(s3_server, synthetic_on_s3, monkeypatch) -> None:  # noqa: F811
+    s3_server.apply(monkeypatch)
+    fs = s3_server.filesystem()
+    tmp = "data/.half.tmp-1"
+    src = [p for p in fs.ls("data/syn/train") if p.endswith(".parquet")]
+    for i, p in enumerate(src):
+        fs.copy(p, f"{tmp}/_parts/split=train/{i}.parquet")
+    out = Location("s3://data/half", None, "data/half", True)
+    from raydeep.datasets.storage import s3_filesystem
+
+    out.fs = s3_filesystem()
+    moves = [(f"{tmp}/_parts/split=train/{i}.parquet", f"part-{i:05d}.parquet") for i in range(len(src))]
+    calls = []
+
+    def copy_then_die(a, b, **kw):
+        if calls:
+            raise ConnectionResetError("connection lost")
+        calls.append(a)
+        fs.copy(a, b)
+
+    monkeypatch.setattr(out.fs, "copy", copy_then_die)
+    with pytest.raises(ConnectionResetError):
+        _commit(out, tmp, f"{tmp}/_parts", {"train": (moves, {"format": "raydeep/1"})}, b"{}", {}, overwrite=False)
+    assert fs.exists("data/half/train/part-00000.parquet")  # one shard made it ...
+    with pytest.raises(DataError, match="did not finish writing this split"):  # ... and is not read as a split
+        open_split("s3://data/half/train", key="data.train")
+    assert not fs.exists(f"data/half/{PREPARED_NAME}")
+
+
+def test_cli_errors_are_one_line(s3_server, synthetic_on_s3, tmp_path) -> None:  # noqa: F811
+    env = s3_server.env()
+    proc = run_cli("data", "inspect", "s3://no-such-bucket/x/train", env=env, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "raydeep: error: inspect: s3://no-such-bucket/x/train: bucket 'no-such-bucket' does not exist "
+        f"(at {s3_server.endpoint})"), proc.stderr
+    env.update(AWS_ACCESS_KEY_ID=SECRET_WORDS[0], AWS_SECRET_ACCESS_KEY=SECRET_WORDS[1])
+    proc = run_cli("data", "prepare", "--input", str(tmp_path), "--format", "text-dirs", "--output",
+                   "s3://data/out", "--train-tokenizer", "bpe", env=env, timeout=120)
+    assert proc.returncode == 2 and "no subdirectories" in proc.stderr  # input is checked first
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.txt").write_text("x")
+    proc = run_cli("data", "prepare", "--input", str(tmp_path), "--format", "text-dirs", "--output",
+                   "s3://data/out", "--train-tokenizer", "bpe", env=env, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--output: s3://data/out: S3 rejected the credentials" in lines[0]
+    assert not any(w in proc.stderr + proc.stdout for w in SECRET_WORDS)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_prepare_train_resume_on_s3(s3_server, tmp_path) -> None:  # noqa: F811
+    from tests.integration.test_ingest import corpus
+
+    fs = s3_server.filesystem()
+    fs.mkdir("mlbkt")
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in corpus(300)))
+    # The head holds credentials but no endpoint: the endpoint travels with the config and the
+    # filesystem objects raydeep ships to the workers.
+    head = start_head(tmp_path, num_cpus=4, env=s3_server.env(endpoint=False))
+    try:
+        proc = run_cli("data", "prepare", "--input", str(tmp_path / "in.jsonl"), "--format", "jsonl", "--output",
+                       "s3://mlbkt/prepared", "--train-tokenizer", "bpe", "--vocab-size", "300", "--max-len", "16",
+                       "--val-fraction", "0.25", "--shard-rows", "64", "--address", head.address,
+                       env=s3_server.env(), timeout=600, check=True)
+        assert "wrote s3://mlbkt/prepared" in proc.stdout
+        assert not [p for p in fs.ls("mlbkt") if ".tmp-" in p]
+        proc = run_cli("data", "inspect", "s3://mlbkt/prepared", env=s3_server.env(), check=True, timeout=120)
+        assert "s3://mlbkt/prepared/train" in proc.stdout and "sport" in proc.stdout
+
+        cfg = tiny_config(
+            name="s3run",
+            data={"train": "s3://mlbkt/prepared/train", "val": "s3://mlbkt/prepared/val", "batch_size": 16,
+                  "shuffle_buffer": 64},
+            model={"kind": "transformer", "num_classes": 3, "d_model": 32, "layers": 1, "heads": 2, "max_len": 16,
+                   "dropout": 0.0},
+            run={"epochs": 1, "seed": 0, "storage": "s3://mlbkt/runs"},
+            storage={"endpoint_url": s3_server.endpoint},
+        )
+        run_dir = tmp_path / "run"
+        train_env = s3_server.env(endpoint=False)  # only the config says where S3 is
+        run_cli("train", str(write_config(tmp_path / "s3.yaml", cfg)), "--run-dir", str(run_dir), "--address",
+                head.address, env=train_env, timeout=600, check=True)
+        first = json.loads((run_dir / "summary.json").read_text())
+        assert first["label_names"] == ["food", "sport", "tech"]  # from the manifest, into the run's outputs
+        assert first["latest_checkpoint"] and "mlbkt/runs/" in first["latest_checkpoint"]
+        assert [p for p in fs.find("mlbkt/runs") if "checkpoint" in p]  # checkpoints are on S3
+        assert not (run_dir / "s3run").exists()
+
+        run_cli("train", "--resume", str(run_dir), "--set", "run.epochs=2", "--address", head.address,
+                env=train_env, timeout=600, check=True)
+        second = json.loads((run_dir / "summary.json").read_text())
+        assert second["final"]["resumed_from_step"] == first["final"]["global_step"]
+        assert second["final"]["epoch"] == 1 and second["latest_checkpoint"] != first["latest_checkpoint"]
+    finally:
+        stop_head(head)

@@ -1,0 +1,116 @@
+"""``raydeep data inspect`` without Ray: manifests, scans, decoded samples, bad pixels, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raydeep.datasets import FeatureSpec, open_split, write_split
+from raydeep.datasets.inspect import inspect_path, label_counts
+from raydeep.datasets.manifest import INCOMPLETE_NAME, PREPARED_NAME, read_manifest, write_manifest
+from raydeep.datasets.schema import pixels_array, tokens_array
+from raydeep.datasets.sources import check_finite
+from raydeep.datasets.tokenizer import encode, sha256, train_tokenizer
+from raydeep.errors import DataError
+from tests.conftest import run_cli
+
+TEXTS = ["the quick brown fox", "jumps over the lazy dog", "a stitch in time", "saves nine"]
+
+
+def prepared_set(root: Path) -> Path:
+    """A tiny prepared set, as ``data prepare`` lays it out, built without Ray."""
+    tok = train_tokenizer("bpe", iter(TEXTS * 3), vocab_size=300)
+    data = tok.to_str().encode()
+    root.mkdir()
+    (root / "tokenizer.json").write_bytes(data)
+    ids, lengths = encode(tok, TEXTS, max_len=8, pad_id=0)
+    table = pa.table({"input_ids": tokens_array(ids, 8), "label": pa.array([0, 1, 1, 0], pa.int64()),
+                      "id": pa.array(np.arange(4, dtype=np.int64)), "num_tokens": pa.array(lengths, pa.int32())})
+    feature = FeatureSpec(column="input_ids", kind="tokens", seq_len=8, vocab_size=tok.get_vocab_size(), pad_id=0)
+    manifest = write_split(root / "train", table, name="tiny", split="train", task="text_classification",
+                           feature=feature, num_classes=2, label_names=["animals", "proverbs"], shards=2)
+    manifest["tokenizer"] = {"file": "../tokenizer.json", "sha256": sha256(data), "vocab_size": 300, "pad_id": 0,
+                             "source": "trained bpe"}
+    manifest["truncated"], manifest["max_len"] = int((lengths > 8).sum()), 8
+    write_manifest(root / "train", manifest)
+    (root / PREPARED_NAME).write_text(json.dumps({"name": "tiny", "input": "x.jsonl", "label_names": ["animals", "proverbs"],
+                                                  "splits": {"train": {"num_rows": 4}}, "skipped": 0}))
+    return root
+
+
+def test_split_report_decodes_samples(tmp_path: Path) -> None:
+    root = prepared_set(tmp_path / "ds")
+    text = inspect_path(str(root / "train"), samples=2)
+    assert "rows: 4 in 2 shard(s) (2 rows each); manifest: yes" in text
+    assert "input_ids list<element: int32>" in text and "labels (2, from the manifest)" in text
+    assert "animals" in text and "proverbs" in text
+    assert '"the quick brown fox"' in text  # decoded with the set's own tokenizer, padding dropped
+    assert "truncated to 8 tokens:" in text
+
+
+def test_root_report_covers_every_split(tmp_path: Path) -> None:
+    root = prepared_set(tmp_path / "ds")
+    text = inspect_path(str(root), samples=1)
+    assert text.startswith(f"{root}: prepared data set 'tiny'") and f"{root}/train" in text
+    with pytest.raises(DataError, match="prepared data set's root; name one split, e.g. .*/train"):
+        open_split(str(root), key="data.train")
+
+
+def test_tampered_tokenizer_is_flagged(tmp_path: Path) -> None:
+    root = prepared_set(tmp_path / "ds")
+    (root / "tokenizer.json").write_text((root / "tokenizer.json").read_text().replace('"[PAD]"', '"[PAD] "', 1))
+    assert "sha256 differs from the manifest's" in inspect_path(str(root / "train"))
+
+
+def test_without_manifest_counts_come_from_a_label_scan(tmp_path: Path) -> None:
+    tmp_path.joinpath("d").mkdir()
+    for i, labels in enumerate([[0, 2, 2], [5]]):
+        pq.write_table(pa.table({"input_ids": tokens_array(np.ones((len(labels), 3)), 3),
+                                 "label": pa.array(labels, pa.int64())}), tmp_path / "d" / f"p{i}.parquet")
+    split = open_split(str(tmp_path / "d"), key="k")
+    assert label_counts(split) == {0: 1, 2: 2, 5: 1}
+    text = inspect_path(str(tmp_path / "d"))
+    assert "manifest: none" in text and "from the scan of the label column" in text and "3 tokens: [1, 1, 1]" in text
+
+
+def test_nan_and_inf_pixels_are_refused(tmp_path: Path) -> None:
+    px = np.full((4, 16), 0.5, dtype=np.float32)
+    px[2, 7] = np.nan
+    pq.write_table(pa.table({"pixels": pixels_array(px, 16), "label": pa.array([0, 1, 0, 1], pa.int64())}),
+                   tmp_path / "a.parquet", row_group_size=2)
+    split = open_split(str(tmp_path), key="data.train")
+    with pytest.raises(DataError) as info:
+        check_finite(split)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"data.train: {tmp_path / 'a.parquet'}: row group 1, row 0:")
+    assert "NaN or inf" in msg
+    px[2, 7] = np.inf
+    pq.write_table(pa.table({"pixels": pixels_array(px, 16), "label": pa.array([0, 1, 0, 1], pa.int64())}),
+                   tmp_path / "a.parquet")
+    with pytest.raises(DataError, match="row group 0, row 2: 'pixels' holds inf"):
+        inspect_path(str(tmp_path))
+    px[2, 7] = 0.0
+    pq.write_table(pa.table({"pixels": pixels_array(px, 16), "label": pa.array([0, 1, 0, 1], pa.int64())}),
+                   tmp_path / "a.parquet")
+    assert "pixels: all finite" in inspect_path(str(tmp_path))
+
+
+def test_unfinished_split_is_refused(tmp_path: Path) -> None:
+    root = prepared_set(tmp_path / "ds")
+    (root / "train" / INCOMPLETE_NAME).write_text("")
+    with pytest.raises(DataError, match="did not finish writing this split; run it again"):
+        open_split(str(root / "train"), key="data.train")
+    assert read_manifest(root / "train" / "_raydeep.json", key="k")["num_rows"] == 4
+
+
+def test_cli_inspect(tmp_path: Path) -> None:
+    root = prepared_set(tmp_path / "ds")
+    ok = run_cli("data", "inspect", str(root / "train"), "--samples", "1", timeout=120)
+    assert ok.returncode == 0 and "proverbs" in ok.stdout, ok.stderr
+    bad = run_cli("data", "inspect", str(tmp_path / "nope"), timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == f"raydeep: error: inspect: {tmp_path / 'nope'}: path does not exist"
