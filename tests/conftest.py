@@ -39,6 +39,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def isolated_port_flags() -> list[str]:
+    """``ray start`` flags giving a node its own ports for the services that default to fixed
+    ones (two heads on one machine otherwise fight over the agent's 52365: "No available agent")."""
+    names = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port", "metrics-export-port")
+    return [f"--{n}={free_port()}" for n in names]
+
+
 @dataclass
 class RayHead:
     address: str  # GCS address for ray.init / --address
@@ -106,7 +114,7 @@ def raydeep_cache(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory, raydeep_cache) -> RayHead:
-    head = start_head(tmp_path_factory.mktemp("ray-head"))
+    head = start_head(tmp_path_factory.mktemp("ray-head"), extra=isolated_port_flags())
     yield head
     import ray
 

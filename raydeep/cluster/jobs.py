@@ -1,0 +1,459 @@
+"""Ray Jobs: submit ``raydeep train``/``raydeep tune`` to a cluster, then list, follow and stop it.
+
+Everything goes through the Ray Jobs SDK (``ray.job_submission.JobSubmissionClient``) against
+the head's dashboard address (``http://HEAD:8265``). The job's driver runs on the head:
+
+- the project directory is the job's ``working_dir`` (uploaded, without run outputs, caches,
+  virtualenvs and ``.git``), so Ray puts it first on ``PYTHONPATH`` and the job runs the
+  submitted code: the entrypoint is ``python -m raydeep.cli train CONFIG ...``, which needs
+  raydeep's dependencies on the cluster (the image in ``cluster/Dockerfile``, or ``--pip``),
+  not raydeep itself;
+- ``--env NAME`` forwards a variable's value without it ever entering the job's entrypoint,
+  metadata or ``runtime_env.env_vars`` (see ``raydeep/cluster/job_env.py``);
+- a token CPU (``entrypoint_num_cpus``) keeps the driver off the workers' CPUs.
+
+Ray token authentication: the SDK sends ``Authorization: Bearer <token>`` only when
+``RAY_AUTH_MODE=token`` is in this process's environment before Ray first reads it, with
+the token from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``
+(``ray/_private/authentication/http_token_authentication.py``); ``prepare_auth_env`` sets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+from raydeep.cluster.connect import auth_token_available, prepare_auth_env
+from raydeep.cluster.job_env import SETUP_HOOK, write_package
+from raydeep.errors import RaydeepError
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobDetails, JobSubmissionClient
+
+COMMANDS = ("train", "tune")
+# Gitignore-style patterns, relative to the working dir. Ray also honours the project's
+# .gitignore files unless RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1.
+EXCLUDES = [
+    "runs/", ".venv/", "venv/", ".git/", "__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/",
+    ".ruff_cache/", ".ipynb_checkpoints/", "*.egg-info/", "build/", "dist/", ".cache/",
+]
+ENTRYPOINT_CPUS = 0.1
+DASHBOARD_PORT = 8265
+PROBE_TIMEOUT_S = 10.0
+ADDRESS_HELP = ("give the head's dashboard address with --address http://HEAD:8265 or "
+                "export RAY_ADDRESS=http://HEAD:8265 (tunnel a remote head with "
+                "`ssh -L 8265:localhost:8265 HEAD`)")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class JobsError(RaydeepError):
+    """The cluster cannot be reached, refuses us, or has no such job."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Connecting
+
+
+def dashboard_address(address: str | None = None) -> str:
+    """``--address``, else ``RAY_ADDRESS``, as an ``http(s)://host:port`` URL."""
+    address = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    if not address or address == "auto":
+        raise JobsError(f"no Ray cluster address: {ADDRESS_HELP}")
+    if address.startswith("ray://"):
+        raise JobsError(f"{address} is a Ray Client address; Ray Jobs use the dashboard: {ADDRESS_HELP}")
+    if "://" not in address:
+        address = "http://" + address
+    if not address.startswith(("http://", "https://")):
+        raise JobsError(f"{address}: not an http(s) address; {ADDRESS_HELP}")
+    parts = urlsplit(address.rstrip("/"))
+    if parts.port is None and ":" not in parts.netloc.rsplit("]", 1)[-1]:
+        parts = parts._replace(netloc=f"{parts.netloc}:{DASHBOARD_PORT}")  # Ray's default, not 80
+    return urlunsplit(parts)
+
+
+def _token_source() -> str:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH ({os.environ['RAY_AUTH_TOKEN_PATH']})"
+    return "~/.ray/auth_token"
+
+
+def _missing_token_hint() -> str:
+    if os.environ.get("RAY_AUTH_MODE", "").lower() not in ("", "token"):
+        return (f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} in this shell stops raydeep sending one; "
+                "unset it (the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
+    return ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or write ~/.ray/auth_token) to the cluster's "
+            "token; `ray get-auth-token` prints it on the head")
+
+
+def _probe(url: str) -> str | None:
+    """Check that ``url`` is a reachable Ray dashboard; returns its auth mode when it says.
+
+    Uses a timeout, unlike the SDK's own first request, so a firewalled address fails in
+    seconds instead of hanging for the OS connect timeout.
+    """
+    import requests
+
+    try:
+        r = requests.get(f"{url}/api/authentication_mode", timeout=PROBE_TIMEOUT_S)  # public endpoint
+    except requests.exceptions.Timeout:
+        raise JobsError(f"cannot reach a Ray dashboard at {url}: no answer within {PROBE_TIMEOUT_S:g} s; "
+                        f"check the address and that the dashboard port is reachable from here") from None
+    except requests.exceptions.ConnectionError as exc:
+        why = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+        raise JobsError(f"cannot reach a Ray dashboard at {url} ({why}); check the address "
+                        f"(the dashboard port, default 8265, not the GCS port 6379) and that the head is up") from None
+    except requests.exceptions.RequestException as exc:
+        raise JobsError(f"cannot reach a Ray dashboard at {url}: {type(exc).__name__}") from None
+    if r.status_code == 200:
+        try:
+            mode = r.json().get("authentication_mode")
+        except ValueError:
+            mode = None
+        if mode:
+            return str(mode)
+    # Older Ray, or not Ray at all: /api/version answers on every Ray dashboard.
+    try:
+        r = requests.get(f"{url}/api/version", timeout=PROBE_TIMEOUT_S)
+    except requests.exceptions.RequestException as exc:
+        raise JobsError(f"cannot reach a Ray dashboard at {url}: {type(exc).__name__}") from None
+    if r.status_code in (401, 403):
+        return "token"
+    try:
+        if r.status_code == 200 and "ray_version" in r.json():
+            return None
+    except ValueError:
+        pass
+    raise JobsError(f"{url} answers HTTP but is not a Ray dashboard (GET /api/version: {r.status_code}); "
+                    f"{ADDRESS_HELP}")
+
+
+def jobs_client(address: str | None = None) -> JobSubmissionClient:
+    """A Jobs SDK client for ``address``, or one clear line saying why there is none."""
+    url = dashboard_address(address)
+    prepare_auth_env(url)
+    mode = _probe(url)
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    if mode == "token" and not (is_token_auth_enabled() and auth_token_available()):
+        raise JobsError(f"the Ray cluster at {url} requires an auth token and none is sent (401); "
+                        + _missing_token_hint())
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    # Their modules set INFO on import: "Uploading package ...", "WebSocket closed ...".
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                 "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    try:
+        return JobSubmissionClient(url)
+    except AuthenticationError as exc:
+        raise _auth_error(url, exc) from None
+    except ConnectionError:
+        raise JobsError(f"cannot reach a Ray dashboard at {url}; check the address and that the head is up") from None
+    except RuntimeError as exc:
+        raise JobsError(f"{url}: {_first_line(exc)}") from None
+
+
+def _auth_error(url: str, exc: Exception) -> JobsError:
+    if str(exc).startswith("Authentication failed"):  # 403
+        return JobsError(f"the Ray cluster at {url} rejected the auth token from {_token_source()} (403); "
+                         "use that cluster's token (`ray get-auth-token` on the head prints it)")
+    return JobsError(f"the Ray cluster at {url} requires an auth token and none was accepted (401); "
+                     + _missing_token_hint())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _call(client: JobSubmissionClient, what: str, fn: Callable, *args, **kwargs):
+    """Run one SDK call; turn its errors into one line."""
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    try:
+        return fn(*args, **kwargs)
+    except AuthenticationError as exc:
+        raise _auth_error(client.get_address(), exc) from None
+    except requests.exceptions.ConnectionError:
+        raise JobsError(f"lost the connection to {client.get_address()} while trying to {what}") from None
+    except RuntimeError as exc:
+        text = _first_line(exc)
+        if "status code 404" in text or "does not exist" in text:
+            raise JobsError(f"no such job on {client.get_address()}: {args[0] if args else ''} "
+                            "(`raydeep jobs list` shows the jobs)") from None
+        raise JobsError(f"could not {what}: {text}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Submitting
+
+
+@dataclass
+class JobSpec:
+    """What one ``submit_job`` call sends (``forwarded`` holds values and is never printed)."""
+
+    submission_id: str
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    metadata: dict[str, str]
+    working_dir: Path | None
+    env_names: list[str] = field(default_factory=list)
+    forwarded: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def project_dir(start: Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (default: cwd) holding pyproject.toml or .git."""
+    start = (start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if (d / "pyproject.toml").is_file() or (d / ".git").exists():
+            return d
+    return start
+
+
+def _job_name(name: str, command: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "run"
+    return f"raydeep-{command}-{safe}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _pip_requirements(pip: list[str]) -> list[str] | str:
+    if len(pip) == 1 and Path(pip[0]).is_file():
+        return str(Path(pip[0]).resolve())  # Ray reads a local requirements file at submission
+    reqs: list[str] = []
+    for item in pip:
+        if Path(item).is_file():
+            raise JobsError(f"--pip {item}: give a requirements file alone, or package specs")
+        reqs += item.split()  # not on commas: "torch>=2.4,<3" is one requirement
+    return reqs
+
+
+def build_job(config: str | os.PathLike, command: str = "train", *, name: str = "run",
+              overrides: list[str] = (), working_dir: str | os.PathLike | None = None,
+              image: str | None = None, pip: list[str] = (), env_names: list[str] = (),
+              environ: dict[str, str] | None = None) -> JobSpec:
+    """Work out the entrypoint, runtime env and metadata of one run; nothing is sent."""
+    if command not in COMMANDS:
+        raise JobsError(f"submit: unknown command {command!r}; one of {', '.join(COMMANDS)}")
+    if image and pip:
+        raise JobsError("submit: --image and --pip cannot be combined; put the packages in the image")
+    environ = os.environ if environ is None else environ
+    names = list(dict.fromkeys(env_names))
+    for n in names:
+        if not _ENV_NAME.match(n):
+            raise JobsError(f"--env {n}: not a variable name (give the NAME; its value is read from this shell)")
+        if n not in environ:
+            raise JobsError(f"--env {n}: not set in this shell")
+    if names and image:
+        # image_uri runtime envs accept only env_vars besides the image (Ray's ImageURIPlugin
+        # get_compatible_keys), and env_vars are shown in the job's metadata.
+        raise JobsError("submit: --env cannot be used with --image: Ray's image_uri jobs take no packages, "
+                        "so the values would be visible in the job's runtime_env; give the cluster its "
+                        "credentials another way (instance role, Kubernetes secret)")
+
+    root = Path(working_dir).resolve() if working_dir else project_dir()
+    if not root.is_dir():
+        raise JobsError(f"--working-dir {root}: not a directory")
+    cfg_path = Path(config).resolve()
+    try:
+        rel = cfg_path.relative_to(root).as_posix()
+    except ValueError:
+        raise JobsError(f"{config}: outside the working dir {root}, so the job could not read it; "
+                        "move it inside or pass --working-dir") from None
+    if any(rel.startswith(p.rstrip("/") + "/") for p in EXCLUDES if p.endswith("/") and "*" not in p):
+        raise JobsError(f"{config}: inside an excluded directory ({rel.split('/')[0]}/), so it is not uploaded; "
+                        "copy it to configs/")
+
+    args = [command, rel, *(a for o in overrides for a in ("--set", o))]
+    module = "raydeep.cluster.job_env" if names else "raydeep.cli"
+    entrypoint = shlex.join(["python", "-m", module, *args])
+    runtime_env: dict[str, Any] = {}
+    if image:
+        runtime_env["image_uri"] = image
+    else:
+        runtime_env["working_dir"] = str(root)
+        runtime_env["excludes"] = list(EXCLUDES)
+    if pip:
+        runtime_env["pip"] = _pip_requirements(list(pip))
+    if names:
+        runtime_env["worker_process_setup_hook"] = SETUP_HOOK
+    metadata = {"raydeep.command": command, "raydeep.config": rel, "raydeep.name": name}
+    if names:
+        metadata["raydeep.env"] = ",".join(names)  # names only, never values
+    return JobSpec(_job_name(name, command), entrypoint, runtime_env, metadata,
+                   None if image else root, names, {n: environ[n] for n in names})
+
+
+def submit(spec: JobSpec, *, address: str | None = None, wait: bool = False,
+           out: TextIO | None = None) -> int:
+    """Submit ``spec``; print its id and dashboard URL; with ``wait`` follow it to the end.
+
+    Returns the exit code: 0 once submitted (without ``wait``), else 0 only if it SUCCEEDED.
+    """
+    out = out or sys.stdout
+    client = jobs_client(address)
+    runtime_env = dict(spec.runtime_env)
+    with tempfile.TemporaryDirectory(prefix="raydeep-env-") as tmp:
+        if spec.forwarded:
+            runtime_env["py_modules"] = [str(write_package(Path(tmp), spec.forwarded))]
+        sid = _submit_with_retry(client, spec, runtime_env)
+    url = client.get_address()
+    where = f"working dir {spec.working_dir}" if spec.working_dir else f"image {runtime_env['image_uri']}"
+    print(f"submitted {sid}: {spec.entrypoint}", file=out)
+    print(f"  from {where}" + (f"; forwarded env: {', '.join(spec.env_names)}" if spec.env_names else ""), file=out)
+    print(f"  dashboard: {url}/#/jobs/{sid}", file=out)
+    if not wait:
+        print(f"  follow:    raydeep jobs logs {sid} --follow --address {url}", file=out)
+        return 0
+    status = follow(client, sid, out=out)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _submit_with_retry(client: JobSubmissionClient, spec: JobSpec, runtime_env: dict) -> str:
+    # A head that has just started answers HTTP before its job agent registers
+    # ("No available agent to submit job"); each attempt already waits ~10 s server-side.
+    for attempt in range(3):
+        try:
+            return _call(client, "submit the job", client.submit_job,
+                         entrypoint=spec.entrypoint, submission_id=spec.submission_id,
+                         runtime_env=runtime_env, metadata=spec.metadata,
+                         entrypoint_num_cpus=ENTRYPOINT_CPUS)
+        except JobsError as exc:
+            if "No available agent" not in str(exc):
+                raise
+            if attempt == 2:
+                raise JobsError(
+                    "the head's job agent is not available ('No available agent to submit job'): if the head "
+                    "just started, retry in a minute; if another Ray runs on the same machine, start this "
+                    "head with its own --dashboard-agent-listen-port (default 52365)") from None
+            time.sleep(2)
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Following
+
+
+def follow(client: JobSubmissionClient, sid: str, *, out: TextIO | None = None) -> str:
+    """Stream the job's logs until it ends; print and return its final status."""
+    out = out or sys.stdout
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(sid):
+            out.write(chunk)
+            out.flush()
+
+    try:
+        asyncio.run(tail())
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job keeps running (raydeep jobs stop {sid} "
+              f"--address {client.get_address()})", file=out)
+        raise
+    except Exception:  # noqa: BLE001 - a dropped log stream: fall back to polling the status
+        pass
+    while True:
+        info = _call(client, "read the job's status", client.get_job_info, sid)
+        if info.status.is_terminal():
+            break
+        time.sleep(1)
+    print(f"job {sid} {info.status}" + (f": {info.message}" if info.status != "SUCCEEDED" and info.message else ""),
+          file=out)
+    return str(info.status)
+
+
+def list_jobs(address: str | None = None) -> list[JobDetails]:
+    """Submitted jobs on the cluster, oldest first (drivers that merely connected are left out)."""
+    client = jobs_client(address)
+    jobs = _call(client, "list jobs", client.list_jobs)
+    jobs = [j for j in jobs if j.submission_id]
+    return sorted(jobs, key=lambda j: j.start_time or 0)
+
+
+def job_info(sid: str, address: str | None = None) -> JobDetails:
+    client = jobs_client(address)
+    return _call(client, "read the job's status", client.get_job_info, sid)
+
+
+def logs(sid: str, address: str | None = None, *, follow_logs: bool = False, out: TextIO | None = None) -> str | None:
+    """Print the job's logs so far; with ``follow_logs`` stream them until the job ends."""
+    out = out or sys.stdout
+    client = jobs_client(address)
+    if follow_logs:
+        _call(client, "read the job", client.get_job_status, sid)  # a clear line for a wrong id
+        return follow(client, sid, out=out)
+    out.write(_call(client, "read the job's logs", client.get_job_logs, sid))
+    out.flush()
+    return None
+
+
+def stop(sid: str, address: str | None = None, *, timeout_s: float = 60.0) -> str:
+    """Ask the job to stop (SIGTERM, then SIGKILL) and wait for a final status; returns it."""
+    client = jobs_client(address)
+    _call(client, "stop the job", client.stop_job, sid)
+    deadline = time.time() + timeout_s
+    status = _call(client, "read the job's status", client.get_job_status, sid)
+    while not status.is_terminal() and time.time() < deadline:
+        time.sleep(0.5)
+        status = _call(client, "read the job's status", client.get_job_status, sid)
+    return str(status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing (what `raydeep jobs ...` shows; runtime_env is never printed)
+
+
+def _when(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+def _duration(job: JobDetails) -> str:
+    if not job.start_time:
+        return "-"
+    end = job.end_time or time.time() * 1000
+    s = int((end - job.start_time) / 1000)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def format_jobs(jobs: list[JobDetails]) -> str:
+    if not jobs:
+        return "no submitted jobs\n"
+    rows = [("SUBMISSION ID", "STATUS", "STARTED", "TIME", "ENTRYPOINT")]
+    for j in jobs:
+        ep = j.entrypoint if len(j.entrypoint) <= 70 else j.entrypoint[:67] + "..."
+        rows.append((j.submission_id, str(j.status), _when(j.start_time), _duration(j), ep))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] + "\n" for r in rows)
+
+
+def format_job(job: JobDetails, address: str) -> str:
+    lines = [
+        f"submission id: {job.submission_id}",
+        f"status:        {job.status}" + (f" (driver exit code {job.driver_exit_code})"
+                                           if job.driver_exit_code not in (None, 0) else ""),
+    ]
+    if job.message:
+        lines.append(f"message:       {_first_line(job.message)}")
+    lines += [
+        f"entrypoint:    {job.entrypoint}",
+        f"started:       {_when(job.start_time)}   ended: {_when(job.end_time)}   time: {_duration(job)}",
+    ]
+    meta = {k: v for k, v in (job.metadata or {}).items() if k.startswith("raydeep.")}
+    if meta.get("raydeep.env"):
+        lines.append(f"forwarded env: {meta['raydeep.env']}")
+    lines.append(f"dashboard:     {address}/#/jobs/{job.submission_id}")
+    return "\n".join(lines) + "\n"
