@@ -54,16 +54,18 @@ def test_config_that_starves_ray_data_is_refused(ray_head, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _worker_pids() -> list[int]:
+def _worker_pids(dashboard_url: str) -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    # An explicit address: other Ray instances on the machine make "auto" ambiguous.
+    actors = list_actors(address=dashboard_url,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return [a.pid for a in actors]
 
 
 @pytest.mark.slow
 def test_killed_worker_run_resumes_from_last_checkpoint(ray_connected, tmp_path):
-    epochs = 12
+    epochs = 40  # ~1 s each once running: ample time to find and kill a worker mid-run
     cfg = tiny_config(
         data={"train": SYNTH.format(split="train", rows=3000), "val": SYNTH.format(split="val", rows=3000)},
         run={"epochs": epochs, "seed": 0, "max_failures": 1, "checkpoint_every": 1},
@@ -84,7 +86,7 @@ def test_killed_worker_run_resumes_from_last_checkpoint(ray_connected, tmp_path)
         assert proc.poll() is None, "run ended before the kill"
         # Let the epoch-2 checkpoint register (reports are polled every ~2 s; RAY_NOTES).
         time.sleep(4)
-        pids = _worker_pids()
+        pids = _worker_pids(ray_connected.dashboard_url)
         assert len(pids) == 2, pids
         os.kill(pids[1], signal.SIGKILL)
         out, _ = proc.communicate(timeout=400)
