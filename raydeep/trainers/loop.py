@@ -45,6 +45,7 @@ from raydeep.trainers.schedules import Schedule
 
 
 def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
+    marks = {"loop_entry": time.time()}  # rank 0's start-up timeline, for summary.json's "startup"
     cfg = Config.model_validate(job["config"])
     if not job.get("verbose"):
         # Ray Train logs every report at INFO, with the whole metrics dict, on every rank.
@@ -59,6 +60,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
 
     engine = create_engine(cfg, build_model(cfg.model, feature), job["ds_config"], job["device"],
                            job.get("verbose", False))
+    marks["engine_ready"] = time.time()
     schedule = Schedule(cfg.schedule, cfg.optim.lr, job["total_steps"], job["optimizer_steps_per_epoch"])
     loss_fn = build_loss(cfg.imbalance, job["class_weights"], cfg.model.num_classes)
     state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0}
@@ -74,13 +76,15 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     es = cfg.run.early_stopping
     metrics: dict[str, Any] = {}
     stop = False
-    for epoch in range(state["epoch"], cfg.run.epochs):
+    first_epoch = state["epoch"]
+    for epoch in range(first_epoch, cfg.run.epochs):
         # Reseeding from (seed, epoch, rank) makes every epoch reproducible on its own, so a
         # run resumed at an epoch boundary draws the same dropout masks as an uninterrupted one.
         seed_everything(cfg.run.seed * 100_003 + epoch * 1_009 + rank)
         engine.train()
         loss_sum = torch.zeros((), dtype=torch.float64)  # accumulated on device: no host sync per step
         seen, t0 = 0, time.perf_counter()
+        step_ends = [t0]  # for step-time percentiles; no device sync, no collective
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.data.batch_size,
             local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
@@ -88,6 +92,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
             device=engine.device,
         )
         for step_in_epoch, batch in enumerate(batches):
+            marks.setdefault("first_batch", time.time())
             x, y = inputs(batch, feature, dtype), batch["label"]
             set_lr(engine, schedule(engine.global_steps))
             loss = loss_fn(engine(x).float(), y, epoch)
@@ -95,6 +100,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
                 loss = loss + l1_penalty(engine.module, cfg.optim.l1)
             engine.backward(loss)
             engine.step()
+            step_ends.append(time.perf_counter())
+            marks.setdefault("first_step", time.time())
             loss_sum += loss.detach().double() * len(y)
             seen += len(y)
             ticker.tick(epoch=epoch, step=step_in_epoch + 1, steps=job["steps_per_epoch"],
@@ -110,16 +117,19 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
             "train/samples": int(seen_total),
             "samples_per_s": seen_total / train_time,
             "epoch_time_s": train_time,
+            **step_time_percentiles(step_ends),  # rank 0's, as is samples_per_s's clock
             "lr": schedule(max(engine.global_steps - 1, 0)),
             **val,
         }
-        schedule.observe(epoch, metrics.get("val/loss"))
+        schedule.observe(epoch, metrics.get(getattr(cfg.schedule, "metric", "val/loss")))  # plateau reads it
         stop = update_early_stopping(state, metrics, es.metric, es.mode, es.patience, epoch)
         metrics["best/" + es.metric] = state["best"]
         state["epoch"] = epoch + 1
         last = stop or epoch + 1 == cfg.run.epochs
         if board is not None:
             board.epoch_end.remote(metrics)
+            if epoch == first_epoch:
+                board.record_startup.remote(marks)
         if last or (epoch + 1) % cfg.run.checkpoint_every == 0:
             save_and_report(engine, schedule, state, metrics, rank, job)
         else:
@@ -153,6 +163,18 @@ def evaluate(engine, data, feature: FeatureSpec, cfg: Config, loss_fn, epoch: in
     engine.train()
     m = classification_metrics(cm.numpy(), None)
     return {"val/loss": loss_sum / max(n, 1), **flat_metrics(m, "val/"), "val/confusion": cm.tolist()}
+
+
+def step_time_percentiles(step_ends: list[float]) -> dict[str, float]:
+    """p50/p99 of the intervals between consecutive step ends, in ms (waiting for data included).
+
+    No device sync: on a GPU a step end is when the host queued it, which the device's pace
+    governs once its queue is full; p99 then shows host stalls (data, reports), not kernels.
+    """
+    if len(step_ends) < 2:
+        return {}
+    ms = np.diff(np.asarray(step_ends)) * 1e3
+    return {"step_time_p50_ms": float(np.percentile(ms, 50)), "step_time_p99_ms": float(np.percentile(ms, 99))}
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

@@ -21,6 +21,7 @@ class ProgressBoard:
         self.live: dict[str, Any] = {}
         self.epochs: list[dict[str, Any]] = []
         self.events: list[str] = []
+        self.startup_marks: dict[str, float] = {}
 
     def update(self, live: dict[str, Any]) -> None:
         self.live = live
@@ -30,6 +31,13 @@ class ProgressBoard:
 
     def event(self, text: str) -> None:
         self.events.append(text)
+
+    def record_startup(self, marks: dict[str, float]) -> None:
+        """Rank 0's start-up timestamps (``time.time()``); a restarted group's do not replace them."""
+        self.startup_marks = self.startup_marks or marks
+
+    def startup(self) -> dict[str, float]:
+        return self.startup_marks
 
     def poll(self, epochs_seen: int, events_seen: int) -> tuple[dict, list, list]:
         return self.live, self.epochs[epochs_seen:], self.events[events_seen:]

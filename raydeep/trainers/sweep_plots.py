@@ -20,6 +20,8 @@ def plot_sweep(s: "Sweep", rows: list["TrialRow"], path: str | os.PathLike, top:
     from raydeep.trainers.sweeps import trial_config
 
     plt = _figure()
+    from matplotlib.ticker import MaxNLocator
+
     t = s.cfg.tune
     fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(14, 4.8))
     ranked = [r for r in rows if r.rank is not None]
@@ -40,6 +42,7 @@ def plot_sweep(s: "Sweep", rows: list["TrialRow"], path: str | os.PathLike, top:
     stopped = sum(r.status == "stopped early" for r in rows)
     ax.set_title(f"{t.metric} per trial ({len(rows)} trials, {stopped} stopped early: x)")
     ax.set_xlim(0.5, s.cfg.run.epochs + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if leaders:
         ax.legend(loc="best", fontsize=8)

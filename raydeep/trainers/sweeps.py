@@ -1,9 +1,10 @@
-"""``raydeep tune``: the ``tune:`` config section, its search space, and the sweep driver.
+"""``raydeep tune``: runs a sweep of the same training ``raydeep train`` runs, one Ray Tune
+trial per parameter set, then writes the leaderboard, ``best.yaml`` and ``sweep.png``.
 
-A sweep runs the same multi-worker DeepSpeed ``TorchTrainer`` that ``raydeep train`` fits
-(``driver.build_trainer``) as the body of every Ray Tune trial. Ray 2.60's ``Tuner`` refuses a
-Train V2 trainer, so each trial is a small Tune *function* that applies its parameters to the
-base config, plans the run against data opened once on the driver, and fits:
+Each trial is the multi-worker DeepSpeed ``TorchTrainer`` of ``driver.build_trainer``. Ray
+2.60's ``Tuner`` refuses a Train V2 trainer, so each trial is a small Tune *function* that
+applies its parameters to the base config, plans the run against data opened once on the
+driver, and fits:
 
 * ``asha`` and ``none``: one fit per trial; ``TuneReportCallback`` turns every epoch's
   ``ray.train.report`` into one Tune iteration, so ASHA can stop a trial after any epoch. The
@@ -14,632 +15,51 @@ base config, plans the run against data opened once on the driver, and fits:
   checkpoint; the next segment, of this trial or of a trial that clones it, copies that folder
   to a new Train run name, which Train V2 resumes: same global step, same optimizer state.
 
-This module is imported by ``raydeep.config`` (for ``TuneConfig``), so it imports neither torch
-nor ray nor ``raydeep.config`` at module level.
+The ``tune:`` section and the search space live in ``sweep_space`` (pure). This module is
+imported by ``raydeep.config`` for ``TuneConfig``, so it too keeps torch, ray and
+``raydeep.config`` out of its module level.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
-import difflib
 import io
-import itertools
 import json
 import math
 import os
-import random
-import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from raydeep.errors import ConfigError, RaydeepError, ResourceError
-from raydeep.trainers.schedules import SCHEDULES
+from raydeep.errors import ConfigError, RaydeepError
+from raydeep.trainers.sweep_space import (  # noqa: F401  (TuneConfig: re-exported for raydeep.config)
+    PER_CLASS,
+    SELECTORS,
+    TRIAL_CPU,
+    Distribution,
+    SchedulerConfig,
+    TuneConfig,
+    apply_params,
+    base_raw,
+    canonical,
+    check_space,
+    check_trials,
+    initial_trials,
+    max_concurrent,
+    pbt_mutable,
+    representative,
+    trial_config,
+    trial_resources,
+    why_not_applied,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from raydeep.cluster.connect import ClusterInfo
     from raydeep.config import Config
     from raydeep.trainers.driver import DataPlan, RunPlan
-
-# The Tune trial itself only builds, fits and follows a TorchTrainer; its workers reserve their
-# own placement group. Tune refuses {"CPU": 0}, so a token.
-TRIAL_CPU = 0.1
-# Metrics the worker loop reports every epoch that a sweep may rank by.
-METRICS = ("val/macro_f1", "val/accuracy", "val/balanced_accuracy", "val/macro_precision",
-           "val/macro_recall", "val/loss", "train/loss")
-PER_CLASS = ("val/recall/", "val/f1/")
-
-
-class _Section(BaseModel):
-    # Same as raydeep.config.Section; defined here because config.py imports this module.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# The tune: section
-
-
-DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
-_CALL = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$")
-
-
-class Distribution(_Section):
-    """One searched parameter: exactly one of
-
-    * ``choice: [a, b, ...]`` -- sampled (random, optuna) or, under ``search: grid``, enumerated;
-    * ``grid: [a, b, ...]`` -- every value, in every search (Tune's ``grid_search``);
-    * ``uniform: [low, high]``, ``loguniform: [low, high]`` -- floats, ``0 < low`` for log;
-    * ``randint: [low, high]`` -- integers, both ends included.
-
-    Shorthands: a bare list is a ``choice``; ``"loguniform(1e-4, 3e-3)"`` is the call form.
-    """
-
-    kind: Literal["choice", "grid", "uniform", "loguniform", "randint"]
-    values: list[Any] = Field(default_factory=list, description="choice/grid")
-    low: float | None = None
-    high: float | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _parse(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return {"kind": "choice", "values": v}
-        if isinstance(v, str):
-            m = _CALL.match(v)
-            if not m:
-                raise ValueError(f"expected e.g. {{loguniform: [1.0e-4, 3.0e-3]}} or {{choice: [a, b]}}, got {v!r}")
-            import yaml
-
-            args = yaml.safe_load(f"[{m.group(2)}]")
-            v = {m.group(1): args}
-        if not isinstance(v, dict) or "kind" in v:
-            return v
-        if len(v) != 1:
-            raise ValueError(f"give exactly one distribution ({', '.join(DISTRIBUTIONS)}), got {sorted(v)}")
-        (kind, args), = v.items()
-        if kind not in DISTRIBUTIONS:
-            close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"one of {', '.join(DISTRIBUTIONS)}"
-            raise ValueError(f"unknown distribution {kind!r} ({hint})")
-        if kind in ("choice", "grid"):
-            if not isinstance(args, list) or not args:
-                raise ValueError(f"{kind} needs a non-empty list of values")
-            return {"kind": kind, "values": args}
-        if not isinstance(args, list) or len(args) != 2 or not all(
-                isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
-            raise ValueError(f"{kind} needs [low, high] (two numbers), got {args!r}")
-        if kind == "randint" and not all(isinstance(a, int) or float(a).is_integer() for a in args):
-            raise ValueError(f"randint needs whole-number bounds, got {args!r}")
-        return {"kind": kind, "low": args[0], "high": args[1]}
-
-    @model_validator(mode="after")
-    def _range(self) -> "Distribution":
-        if self.kind in ("choice", "grid"):
-            seen = []
-            for x in self.values:
-                if x in seen:
-                    raise ValueError(f"{self.kind} lists {x!r} twice")
-                seen.append(x)
-            return self
-        if not self.low < self.high:
-            raise ValueError(f"{self.kind} needs low < high, got [{self.low:g}, {self.high:g}]")
-        if self.kind == "loguniform" and self.low <= 0:
-            raise ValueError(f"loguniform needs 0 < low, got {self.low:g}")
-        return self
-
-    @property
-    def finite(self) -> bool:
-        return self.kind in ("choice", "grid", "randint")
-
-    def enumerate(self) -> list[Any]:
-        if self.kind == "randint":
-            return list(range(int(self.low), int(self.high) + 1))
-        return list(self.values)
-
-    def sample(self, rng: random.Random) -> Any:
-        if self.kind in ("choice", "grid"):
-            return rng.choice(self.values)
-        if self.kind == "randint":
-            return rng.randint(int(self.low), int(self.high))
-        if self.kind == "uniform":
-            x = rng.uniform(self.low, self.high)
-        else:
-            x = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        return self.clamp(float(f"{x:.4g}"))  # 4 significant digits: readable tables, same search
-
-    def clamp(self, x: Any) -> Any:
-        """PBT multiplies values by 0.8 or 1.2; keep them inside the declared range."""
-        if self.kind in ("uniform", "loguniform") and isinstance(x, (int, float)):
-            return min(max(float(x), self.low), self.high)
-        if self.kind == "randint" and isinstance(x, (int, float)):
-            return int(min(max(round(x), self.low), self.high))
-        return x
-
-    def to_yaml(self) -> Any:
-        if self.kind in ("choice", "grid"):
-            return {self.kind: list(self.values)}
-        low, high = (int(self.low), int(self.high)) if self.kind == "randint" else (self.low, self.high)
-        return {self.kind: [low, high]}
-
-    def describe(self) -> str:
-        a = self.to_yaml()[self.kind]
-        return f"{self.kind}({', '.join(map(str, a))})"
-
-
-SCHEDULER_PARAMS = {
-    "asha": ("grace_period", "reduction_factor"),
-    "pbt": ("perturbation_interval", "quantile_fraction", "resample_probability", "synch"),
-    "none": (),
-}
-
-
-class SchedulerConfig(_Section):
-    """How trials are stopped or evolved. ``scheduler: asha`` is short for ``{name: asha}``."""
-
-    name: Literal["asha", "pbt", "none"] = "asha"
-    grace_period: int = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped")
-    reduction_factor: float = Field(3.0, gt=1.0, description="asha: keep the top 1/reduction_factor at each rung")
-    perturbation_interval: int = Field(
-        1, ge=1, description="pbt: epochs per segment; trials exploit and explore between segments")
-    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="pbt: bottom fraction that clones the top")
-    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="pbt: resample instead of x0.8/x1.2")
-    synch: bool = Field(False, description="pbt: perturb all trials together at each segment boundary")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short(cls, v: Any) -> Any:
-        return {"name": v} if isinstance(v, str) else v
-
-    @model_validator(mode="after")
-    def _own_params(self) -> "SchedulerConfig":
-        foreign = sorted(self.model_fields_set - {"name"} - set(SCHEDULER_PARAMS[self.name]))
-        if foreign:
-            takes = ", ".join(SCHEDULER_PARAMS[self.name]) or "no parameters"
-            raise ValueError(f"{', '.join(foreign)}: not a parameter of scheduler {self.name} (it takes {takes})")
-        return self
-
-
-class SearchConfig(_Section):
-    """How trial parameters are chosen. ``search: random`` is short for ``{name: random}``."""
-
-    name: Literal["random", "grid", "optuna"] = "random"
-    num_samples: int | None = Field(
-        None, ge=1, description="random/optuna: number of trials (default 8); grid: every grid point once")
-    seed: int | None = Field(None, description="random search seed (default: run.seed)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short(cls, v: Any) -> Any:
-        return {"name": v} if isinstance(v, str) else v
-
-    @model_validator(mode="after")
-    def _grid_once(self) -> "SearchConfig":
-        if self.name == "grid" and self.num_samples not in (None, 1):
-            raise ValueError("search: grid runs each grid point once (repeats would be identical runs); "
-                             "to repeat with other seeds, search run.seed: {grid: [0, 1, 2]}")
-        return self
-
-    @property
-    def trials(self) -> int:
-        return 1 if self.name == "grid" else (self.num_samples or 8)
-
-
-class TuneConfig(_Section):
-    """The ``tune:`` section: what ``raydeep tune`` searches; ``raydeep train`` ignores it."""
-
-    metric: str = Field("val/macro_f1", description="a validation metric the workers report every epoch")
-    mode: Literal["max", "min"] = "max"
-    scheduler: SchedulerConfig = SchedulerConfig()
-    search: SearchConfig = SearchConfig()
-    max_concurrent_trials: int | Literal["auto"] = Field(
-        "auto", description="auto: as many as the cluster's CPUs (and GPUs) hold, leaving CPU for Ray Data")
-    space: dict[str, Distribution] = Field(..., min_length=1, description="dotted config key -> distribution")
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, v: str) -> str:
-        if v in METRICS or (v.startswith(PER_CLASS) and v.count("/") == 2 and not v.endswith("/")):
-            return v
-        close = difflib.get_close_matches(v, METRICS, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ValueError(f"{hint}the workers report {', '.join(METRICS)}, and val/recall/<class>, val/f1/<class>")
-
-    @field_validator("max_concurrent_trials")
-    @classmethod
-    def _positive(cls, v: int | str) -> int | str:
-        if v != "auto" and v < 1:
-            raise ValueError("must be >= 1 or 'auto'")
-        return v
-
-    @model_validator(mode="after")
-    def _direction(self) -> "TuneConfig":
-        if self.metric.endswith("loss") and self.mode == "max":
-            raise ValueError(f"metric {self.metric} with mode: max would favour the worst trials; use mode: min")
-        if not self.metric.endswith("loss") and self.mode == "min":
-            raise ValueError(f"metric {self.metric} with mode: min would favour the worst trials; use mode: max")
-        return self
-
-
-# ---------------------------------------------------------------------------------------------
-# Which parameters apply, and a trial's config from the base config plus its parameters
-
-
-# Parameters that decide whether others mean anything: applied first.
-SELECTORS = ("schedule.name", "optim.name", "imbalance.weighting", "imbalance.loss")
-_WEIGHTED = ("inverse", "sqrt_inverse", "effective_number")
-# parameter -> (selector, the selector values it applies with, the neutral value it is reset to
-# when it does not apply and its base value would be refused, or None)
-CONDITIONS: dict[str, tuple[str, tuple[str, ...], Any]] = {
-    "imbalance.beta": ("imbalance.weighting", ("effective_number",), None),
-    "imbalance.zero_count": ("imbalance.weighting", _WEIGHTED, None),
-    "imbalance.drw_start_epoch": ("imbalance.weighting", _WEIGHTED, None),
-    "imbalance.gamma": ("imbalance.loss", ("focal",), None),
-    "imbalance.label_smoothing": ("imbalance.loss", ("cross_entropy",), 0.0),
-    "optim.momentum": ("optim.name", ("sgd", "rmsprop"), None),
-    "optim.nesterov": ("optim.name", ("sgd",), None),
-    "optim.betas": ("optim.name", ("adam", "adamw"), None),
-}
-# Not searchable: the sweep sizes, plans and stores every trial from the base config's values.
-FIXED = {
-    "name": "it names the sweep",
-    "tune": "it describes the sweep itself",
-    "data.train": "the data is opened and counted once for all trials",
-    "data.val": "the data is opened and counted once for all trials",
-    "data.test": "the data is opened and counted once for all trials",
-    "scaling": "every trial reserves the same workers, which is how the sweep sizes its concurrency",
-    "run.epochs": "it is every trial's budget (ASHA's max_t, PBT's horizon); set it in the base config",
-    "run.storage": "the sweep decides where trials store checkpoints",
-    "deepspeed.config_file": "a DeepSpeed JSON file is used as is",
-}
-
-
-def _get(raw: dict, key: str, default: Any = None) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def _set(raw: dict, key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-
-
-def _field_default(key: str) -> Any:
-    from raydeep.config import Config
-
-    model: Any = Config
-    *parents, leaf = key.split(".")
-    for part in parents:
-        model = model.model_fields[part].annotation
-    return model.model_fields[leaf].default
-
-
-def _selector(raw: dict, key: str) -> Any:
-    if key == "schedule.name":
-        return _get(raw, key, "constant")
-    return _get(raw, key, _field_default(key))
-
-
-def why_not_applied(key: str, raw: dict) -> str | None:
-    """Why ``key`` means nothing in the config ``raw`` (None: it applies)."""
-    if key.startswith("schedule.") and key != "schedule.name":
-        name = _selector(raw, "schedule.name")
-        fields = getattr(SCHEDULES.get(name), "model_fields", {})
-        if key.split(".", 1)[1] not in fields:
-            return f"schedule {name} has no {key.split('.', 1)[1]}"
-        return None
-    if key in CONDITIONS:
-        sel, values, _ = CONDITIONS[key]
-        if _selector(raw, sel) not in values:
-            return f"only with {sel}: {' or '.join(values)}"
-    return None
-
-
-def apply_params(base: dict, params: dict[str, Any]) -> tuple[dict, dict[str, str]]:
-    """The raw config of one trial: ``base`` (a raw config dict) with ``params`` set.
-
-    Selectors are applied first. A new ``schedule.name`` substitutes the whole schedule section,
-    keeping the base schedule's fields that the new schedule also has (e.g. ``warmup``). A
-    parameter that does not apply with the chosen selectors is not set, and returned in
-    ``ignored`` with the reason; a ``None`` value is the canonical "does not apply" and is
-    skipped. Fields whose base value the new selectors would refuse (``label_smoothing`` with a
-    loss other than cross_entropy) are reset to their neutral value.
-    """
-    raw = copy.deepcopy(base)
-    ignored: dict[str, str] = {}
-    for key in sorted(params, key=lambda k: (k not in SELECTORS, SELECTORS.index(k) if k in SELECTORS else 0)):
-        value = params[key]
-        if value is None:
-            continue
-        if key == "schedule.name":
-            old = raw.get("schedule") or {"name": "constant"}
-            if value != old.get("name"):
-                fields = getattr(SCHEDULES.get(value), "model_fields", {})
-                raw["schedule"] = {"name": value, **{k: v for k, v in old.items() if k in fields and k != "name"}}
-            continue
-        reason = why_not_applied(key, raw)
-        if reason:
-            ignored[key] = reason
-            continue
-        _set(raw, key, value)
-    for key, (_, _, neutral) in CONDITIONS.items():
-        if neutral is not None and key not in params and why_not_applied(key, raw) \
-                and _get(raw, key, neutral) != neutral:
-            _set(raw, key, neutral)
-    return raw, ignored
-
-
-def canonical(base: dict, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with every parameter that does not apply replaced by None."""
-    _, ignored = apply_params(base, params)
-    return {k: (None if k in ignored else v) for k, v in params.items()}
-
-
-def base_raw(cfg: "Config") -> dict:
-    """The base config as a raw dict, without the tune section, in the user's own shape
-    (fields left at their defaults stay out, so a substituted schedule gets its own defaults)."""
-    return cfg.model_dump(mode="json", exclude_unset=True, exclude={"tune"})
-
-
-def _validate(raw: dict) -> tuple["Config | None", str | None]:
-    from raydeep.config import validate
-
-    try:
-        return validate(raw, "-"), None
-    except ConfigError as exc:
-        return None, str(exc).removeprefix("-: ")
-
-
-def trial_config(base: dict, space: dict[str, Distribution], params: dict[str, Any]
-                 ) -> tuple["Config", dict[str, str]]:
-    """The validated config of one trial, and the parameters it ignored (with reasons)."""
-    clamped = {k: (space[k].clamp(v) if k in space else v) for k, v in params.items()}
-    raw, ignored = apply_params(base, clamped)
-    cfg, err = _validate(raw)
-    if cfg is None:
-        shown = ", ".join(f"{k}={v!r}" for k, v in clamped.items() if k not in ignored)
-        raise ConfigError(f"trial with {shown}: {err}")
-    return cfg, ignored
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking the space before anything starts
-
-
-def _check_key(key: str, where: str) -> None:
-    """An unknown key (with a did-you-mean), a section, or a key the sweep fixes: one line."""
-    from raydeep.config import Config
-
-    for fixed, why in FIXED.items():
-        if key == fixed or key.startswith(fixed + "."):
-            raise ConfigError(f"{where}.{key}: cannot be searched: {why}")
-    parts = key.split(".")
-
-    def unknown(i: int, names: list[str]) -> ConfigError:
-        close = difflib.get_close_matches(parts[i], names, n=1)
-        hint = f"did you mean '{'.'.join(parts[:i] + [close[0]])}'?" if close else f"allowed: {', '.join(names)}"
-        return ConfigError(f"{where}.{key}: unknown key '{parts[i]}' in {'.'.join(parts[:i]) or 'the config'} "
-                           f"({hint})")
-
-    if parts[0] == "schedule":  # a discriminated union: a key of any schedule may be searched
-        names = ["name"] + sorted({f for cls in SCHEDULES.values() for f in cls.model_fields} - {"name"})
-        if len(parts) == 1:
-            raise ConfigError(f"{where}.{key}: is a section; search one of its keys, e.g. schedule.name")
-        if parts[1] not in names:
-            raise unknown(1, names)
-        if len(parts) > 2:
-            raise ConfigError(f"{where}.{key}: schedule.{parts[1]} is a value, not a section")
-        return
-    model: Any = Config
-    for i, part in enumerate(parts):
-        if model is None:
-            raise ConfigError(f"{where}.{key}: {'.'.join(parts[:i])} is a value, not a section")
-        names = [f for f in model.model_fields if not (model is Config and f in ("tune", "name"))]
-        if part not in names:
-            raise unknown(i, names)
-        ann = model.model_fields[part].annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    if model is not None:
-        raise ConfigError(f"{where}.{key}: is a section; search one of its keys, "
-                          f"e.g. {key}.{next(iter(model.model_fields))}")
-
-
-def _representative(space: dict[str, Distribution]) -> dict[str, Any]:
-    return {k: (d.values[0] if d.kind in ("choice", "grid") else
-                int(d.low) if d.kind == "randint" else d.low) for k, d in space.items()}
-
-
-def _contexts(space: dict[str, Distribution]):
-    """Assignments of the searched selectors, the representative one first."""
-    sels = [k for k in SELECTORS if k in space and space[k].kind in ("choice", "grid")]
-    yield {}
-    for combo in itertools.product(*(space[k].values for k in sels)):
-        yield dict(zip(sels, combo))
-
-
-def _test_values(d: Distribution) -> list[tuple[str, Any]]:
-    if d.kind in ("choice", "grid"):
-        return [(f"{d.kind} value", v) for v in d.values]
-    if d.kind == "randint":
-        return [("lower bound", int(d.low)), ("upper bound", int(d.high))]
-    mid = (d.low + d.high) / 2 if d.kind == "uniform" else math.sqrt(d.low * d.high)
-    return [("lower bound", d.low), ("upper bound", d.high), ("value between the bounds", mid)]
-
-
-def check_space(cfg: "Config", source: str) -> None:
-    """Refuse, in one line, a space the sweep cannot run: an unknown or fixed key, a value the
-    config models reject, a parameter that never applies, or a distribution the scheduler or
-    search cannot use. Pure: no Ray, no data."""
-    t = cfg.tune
-    if t is None:
-        raise ConfigError(f"{source}: no tune: section; add one (see configs/sweep-digits-lt.yaml), "
-                          f"or run it with raydeep train")
-    where = f"{source}: tune.space"
-    space = t.space
-    for key in space:
-        _check_key(key, where)
-
-    search, sched = t.search.name, t.scheduler.name
-    for key, d in space.items():
-        if search == "grid" and not d.finite:
-            raise ConfigError(f"{where}.{key}: search: grid cannot enumerate {d.describe()}; "
-                              f"use grid: [...] or choice: [...], or search: random")
-        if search == "optuna" and d.kind == "grid":
-            raise ConfigError(f"{where}.{key}: search: optuna draws its own points and cannot run a grid; "
-                              f"use choice: {list(d.values)}")
-    if sched == "pbt":
-        if search == "optuna":
-            raise ConfigError(f"{source}: tune.search: optuna cannot drive scheduler pbt, which evolves its own "
-                              f"population; use search: random or grid")
-        if not any(_pbt_mutable(k) for k in space):
-            raise ConfigError(f"{where}: scheduler pbt perturbs optim.lr and schedule parameters, and the space "
-                              f"has none of them; add e.g. optim.lr: {{loguniform: [1.0e-4, 3.0e-3]}}")
-        names = space["schedule.name"].values if "schedule.name" in space and space["schedule.name"].kind in (
-            "choice", "grid") else []
-        if "plateau" in names and len(names) > 1:
-            raise ConfigError(f"{where}.schedule.name: pbt cannot switch a trial to or from plateau (its LR "
-                              f"reductions live in the checkpoint); drop plateau from the choice")
-
-    base = base_raw(cfg)
-    rep = _representative(space)
-    for key, d in space.items():
-        for label, value in _test_values(d):
-            reasons = []
-            for ctx in _contexts(space):
-                params = {**rep, **ctx, key: value}
-                raw, ignored = apply_params(base, params)
-                if key in ignored:
-                    reasons.append(ignored[key])
-                    continue
-                _, err = _validate(raw)
-                if err:
-                    raise ConfigError(f"{where}.{key}: the {label} {value!r} makes an invalid config: {err}")
-                break
-            else:
-                raise ConfigError(f"{where}.{key}: never applies ({reasons[0]}), and neither the base config "
-                                  f"nor the space chooses that; drop it from the space")
-
-    epochs = cfg.run.epochs
-    if sched == "asha" and t.scheduler.grace_period >= epochs:
-        raise ConfigError(f"{source}: tune.scheduler.grace_period = {t.scheduler.grace_period}: every trial runs "
-                          f"at least that many of its run.epochs = {epochs}, so ASHA could never stop one early; "
-                          f"lower it or raise run.epochs")
-    if sched == "pbt":
-        if t.scheduler.perturbation_interval >= epochs:
-            raise ConfigError(f"{source}: tune.scheduler.perturbation_interval = {t.scheduler.perturbation_interval}"
-                              f" epochs: with run.epochs = {epochs} no trial would ever be perturbed")
-        if t.search.trials * _grid_size(space) < 2:
-            raise ConfigError(f"{source}: tune: scheduler pbt needs a population of at least 2 trials; "
-                              f"raise tune.search.num_samples")
-
-
-def _pbt_mutable(key: str) -> bool:
-    return key == "optim.lr" or key.startswith("schedule.")
-
-
-def _grid_size(space: dict[str, Distribution]) -> int:
-    return math.prod(len(d.values) for d in space.values() if d.kind == "grid")
-
-
-# ---------------------------------------------------------------------------------------------
-# Trials: the explicit list for random and grid search
-
-
-def initial_trials(cfg: "Config") -> list[dict[str, Any]] | None:
-    """The parameters of every trial for random and grid search (None for optuna, which draws
-    them as it goes), each canonical and each distinct.
-
-    Under ``pbt`` the parameters PBT perturbs keep a number even where they do not apply (PBT
-    multiplies them); the trial ignores them then, and says so in its config file.
-    """
-    t = cfg.tune
-    space = t.space
-    if t.search.name == "optuna":
-        return None
-    base = base_raw(cfg)
-    pbt = t.scheduler.name == "pbt"
-    grid_keys = [k for k, d in space.items() if d.kind == "grid" or (t.search.name == "grid" and d.finite)]
-    grid_points = [dict(zip(grid_keys, combo)) for combo in
-                   itertools.product(*(space[k].enumerate() for k in grid_keys))] or [{}]
-    rng = random.Random(t.search.seed if t.search.seed is not None else cfg.run.seed)
-    draws = t.search.trials
-    seen: set[str] = set()
-    trials: list[dict[str, Any]] = []
-    for point in grid_points:
-        for _ in range(draws):
-            for _attempt in range(100):
-                params = {k: (point[k] if k in point else space[k].sample(rng)) for k in space}
-                canon = canonical(base, params)
-                sig = json.dumps(canon, sort_keys=True)
-                if sig not in seen:
-                    break
-            else:
-                continue  # this corner of the space has no new configs left
-            seen.add(sig)
-            trials.append({k: (params[k] if pbt and _pbt_mutable(k) else canon[k]) for k in space})
-    return trials
-
-
-def check_trials(cfg: "Config", trials: list[dict[str, Any]], source: str) -> None:
-    """Every listed trial's config validates (pure)."""
-    base = base_raw(cfg)
-    for params in trials:
-        try:
-            trial_config(base, cfg.tune.space, params)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: tune.space: {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Resources
-
-
-def trial_resources(plan: "RunPlan") -> tuple[float, float]:
-    """CPUs and GPUs one trial holds: its workers plus the trial's own token CPU."""
-    gpus = plan.world * plan.cfg.scaling.gpus_per_worker if plan.use_gpu else 0.0
-    return plan.world * plan.cpus_per_worker + TRIAL_CPU, gpus
-
-
-def max_concurrent(setting: int | str, *, plan: "RunPlan", cluster_cpus: float, cluster_gpus: float,
-                   num_trials: int | None) -> int:
-    """How many trials run at once: all that fit beside ``DATA_CPUS`` for Ray Data (auto), or
-    the explicit number if it fits. Never more than fit, or trials would wait on each other's
-    CPUs and Ray Data's reads would get none (a hang, not an error)."""
-    from raydeep.cluster.resources import DATA_CPUS
-
-    cpus, gpus = trial_resources(plan)
-    free = cluster_cpus - DATA_CPUS
-    fit = math.floor(free / cpus + 1e-9)
-    if gpus:
-        fit = min(fit, math.floor(cluster_gpus / gpus + 1e-9))
-    shape = (f"each trial takes {plan.world} workers x {plan.cpus_per_worker:g} CPU + {TRIAL_CPU:g} for the "
-             f"trial itself = {cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else ""))
-    if fit < 1:
-        raise ResourceError(f"tune: {shape}, but the cluster has {cluster_cpus:g} CPUs and Ray Data needs "
-                            f"{DATA_CPUS:g}; lower scaling.cpus_per_worker or scaling.num_workers")
-    if setting == "auto":
-        return max(1, min(fit, num_trials or fit))
-    if setting > fit:
-        need = setting * cpus
-        raise ResourceError(
-            f"tune.max_concurrent_trials = {setting}: {shape}; {setting} trials need {need:g} of the cluster's "
-            f"{cluster_cpus:g} CPUs" + (f" and {setting * gpus:g} of its {cluster_gpus:g} GPUs" if gpus else "")
-            + f", leaving {cluster_cpus - need:g} for Ray Data, which needs {DATA_CPUS:g} (the sweep would hang); "
-            f"at most {fit} fit (or use auto)")
-    return int(setting)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -672,6 +92,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     from raydeep.trainers.driver import plan_run
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    pin_cluster_address()
     trial_id = ray.tune.get_context().get_trial_id()
     params = trial_params(config)
     cfg, ignored = trial_config(ctx.base, ctx.space, params)
@@ -692,59 +113,80 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         log_event(ctx, trial_id, "end", epoch=final.get("epoch"), global_step=final.get("global_step"))
 
 
+def pin_cluster_address() -> None:
+    """Make Train's PlacementGroupCleaner find this cluster.
+
+    When Tune stops a trial early it kills the trial's actor, and with it the Train controller;
+    the workers' placement group outlives them (it belongs to the job) until Train's detached
+    PlacementGroupCleaner notices the dead controller. The cleaner looks the controller up
+    through the state API with no address, which resolves RAY_ADDRESS, else the one Ray
+    instance on the host: with several instances on one host (shared CI machines) and no
+    RAY_ADDRESS, its monitor thread dies with "Found multiple active Ray instances", the
+    group leaks, and later trials wait for CPUs forever. Train passes the variables in
+    ENV_VARS_TO_PROPAGATE from the trial to its controller, whose runtime env the cleaner
+    inherits: add this cluster's address there. (tests/conftest.py gives its test heads
+    RAY_ADDRESS for the same reason; this covers clusters started without it.)
+    """
+    import ray
+
+    try:
+        from ray.train.v2._internal import constants  # private: keep trials running if it moves
+
+        constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+    except (ImportError, AttributeError):
+        return
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
 SEGMENT_FILE = "segment.json"
 
 
 def run_segments(plan: "RunPlan", ctx: TrialContext, trial_id: str) -> None:
-    """PBT: one short fit per Tune iteration, each continuing the Train run it was handed."""
+    """PBT: one short fit per Tune iteration, each continuing the Train run it was handed.
+
+    A segment's Train run folder, plus ``segment.json`` (whose trial, how far), is the Tune
+    checkpoint. The trial's next segment renames the folder to its own run name and Train
+    resumes it; a trial restarted or cloned from a checkpoint copies Tune's copy first.
+    """
     import ray.tune
 
     from raydeep.trainers.driver import build_trainer
 
     root = Path(ctx.trials_dir)
+    for stale in root.glob(f"{trial_id}-e*"):  # this trial's folders from before a pause or restart
+        shutil.rmtree(stale, ignore_errors=True)
     total = plan.cfg.run.epochs
-    done, source, cloned_from, prev = 0, None, None, None
+    done, carry, cloned_from = 0, None, None  # carry: the Train run folder the next segment continues
     checkpoint = ray.tune.get_checkpoint()
-    tmp = Path(tempfile.mkdtemp(prefix="raydeep-pbt-"))
-    try:
-        if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                meta = json.loads((Path(d) / SEGMENT_FILE).read_text())
-                done = int(meta["epochs_done"])
-                source = tmp / "from"
-                shutil.copytree(Path(d) / "train", source)
-            if meta["trial_id"] != trial_id:
-                cloned_from = meta["trial_id"]
-                log_event(ctx, trial_id, "clone", donor=cloned_from, epochs_done=done,
-                          global_step=meta.get("global_step"))
-        while done < total:
-            end = min(done + ctx.scheduler.perturbation_interval, total)
-            name = f"{trial_id}-e{end:03d}"
-            run_dir = root / name
-            shutil.rmtree(run_dir, ignore_errors=True)  # a segment this trial began before a restart
-            if source is not None:
-                # Train V2 resumes a run whose folder holds a snapshot: the copy continues it.
-                shutil.copytree(source, run_dir)
-            seg_cfg = plan.cfg.model_copy(update={"run": plan.cfg.run.model_copy(update={"epochs": end})})
-            seg_plan = replace(plan, cfg=seg_cfg)  # total_steps stays the whole run's: one LR schedule
-            final = build_trainer(seg_plan, name=name, storage_path=str(root)).fit().return_value or {}
-            pack = tmp / "pack"
-            shutil.rmtree(pack, ignore_errors=True)
-            shutil.copytree(run_dir, pack / "train")
-            (pack / SEGMENT_FILE).write_text(json.dumps(
-                {"trial_id": trial_id, "epochs_done": end, "global_step": final.get("global_step")}))
-            metrics = {k: v for k, v in final.items() if k != "val/confusion"}
-            metrics.update(epochs_done=end, cloned_from=cloned_from or "")
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(pack)))
-            # Tune now holds its own copy; keep only this trial's latest Train run folder.
-            if prev is not None:
-                shutil.rmtree(prev, ignore_errors=True)
-            prev, source, done, cloned_from = run_dir, run_dir, end, None
-            if final.get("stopped_early"):
-                break
-        log_event(ctx, trial_id, "end", epochs_done=done)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            meta = json.loads((Path(d) / SEGMENT_FILE).read_text())
+            done = int(meta["epochs_done"])
+            carry = root / f"{trial_id}-e{done:03d}"
+            shutil.copytree(d, carry)
+        if meta["trial_id"] != trial_id:
+            cloned_from = meta["trial_id"]
+            log_event(ctx, trial_id, "clone", donor=cloned_from, epochs_done=done, global_step=meta.get("global_step"))
+    while done < total:
+        end = min(done + ctx.scheduler.perturbation_interval, total)
+        run_dir = root / f"{trial_id}-e{end:03d}"
+        if carry is not None:
+            carry.rename(run_dir)  # Train V2 resumes a run whose folder holds a snapshot
+        seg_cfg = plan.cfg.model_copy(update={"run": plan.cfg.run.model_copy(update={"epochs": end})})
+        seg_plan = replace(plan, cfg=seg_cfg)  # total_steps stays the whole run's: one LR schedule
+        final = build_trainer(seg_plan, name=run_dir.name, storage_path=str(root)).fit().return_value or {}
+        (run_dir / SEGMENT_FILE).write_text(json.dumps(
+            {"trial_id": trial_id, "epochs_done": end, "global_step": final.get("global_step")}))
+        metrics = {k: v for k, v in final.items() if k != "val/confusion"}
+        metrics.update(epochs_done=end, cloned_from=cloned_from or "")
+        last = end == total or bool(final.get("stopped_early"))
+        if last:  # before the report: Tune stops a trial that reports its last segment
+            log_event(ctx, trial_id, "end", epochs_done=end, global_step=final.get("global_step"))
+        # Tune copies the folder into its own storage: what a clone reads never changes under it.
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(run_dir)))
+        carry, done, cloned_from = run_dir, end, None
+        if last:
+            break
 
 
 def log_event(ctx: TrialContext, trial_id: str, event: str, **fields: Any) -> None:
@@ -805,7 +247,7 @@ def plan_sweep(cfg: "Config", source: str, sweep_dir: Path, info: "ClusterInfo",
     base = base_raw(cfg)
     plan = plan_run(cfg, trial_info, data)
     trials = initial_trials(cfg)
-    checked = trials if trials is not None else [_representative(t.space)]
+    checked = trials if trials is not None else [representative(t.space)]
     for params in checked:
         tcfg, _ = trial_config(base, t.space, params)
         p = plan_run(tcfg, trial_info, data)
@@ -854,12 +296,15 @@ def _scheduler(s: Sweep):
     t = s.cfg.tune
     sc = t.scheduler
     if sc.name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=s.cfg.run.epochs,
+        # max_t one past the last epoch: ASHA STOPs a trial that reaches max_t, which would kill
+        # a finished trial's actor while its Train run shuts down; ending on its own is cleaner.
+        # The rungs (grace_period x reduction_factor^k) up to the last epoch do not change.
+        return ASHAScheduler(time_attr="training_iteration", max_t=s.cfg.run.epochs + 1,
                              grace_period=sc.grace_period, reduction_factor=sc.reduction_factor)
     if sc.name == "pbt":
         mutations = {}
         for key, d in t.space.items():
-            if not _pbt_mutable(key):
+            if not pbt_mutable(key):
                 continue
             if d.kind in ("choice", "grid"):
                 mutations[key] = list(d.values)
@@ -876,34 +321,48 @@ def _scheduler(s: Sweep):
     return FIFOScheduler()
 
 
-def _search_alg(s: Sweep):
-    t = s.cfg.tune
-    if t.search.name != "optuna":
-        return None
-    try:
-        import optuna  # noqa: F401
-        from ray.tune.search.optuna import OptunaSearch
-    except ImportError:
-        raise RaydeepError("tune.search: optuna needs the optuna package: pip install 'raydeep[optuna]'") from None
-    space, base = t.space, s.context.base
+class OptunaSpace:
+    """Optuna's define-by-run space: a parameter is only drawn where it applies, so TPE models
+    the conditionals instead of learning from values that changed nothing. (A class, not a
+    closure: OptunaSearch pickles it with the experiment state.)"""
 
-    def define(trial) -> None:
-        # Define-by-run: a parameter is only drawn where it applies (TPE models conditionals).
+    def __init__(self, base: dict, space: dict[str, Distribution]) -> None:
+        self.base, self.space = base, space
+
+    def __call__(self, trial) -> dict[str, None]:
         chosen: dict[str, Any] = {}
-        for key in sorted(space, key=lambda k: (k not in SELECTORS, k)):
-            raw, _ = apply_params(base, chosen)
+        skipped: dict[str, None] = {}
+        for key in sorted(self.space, key=lambda k: (k not in SELECTORS, k)):
+            raw, _ = apply_params(self.base, chosen)
             if why_not_applied(key, raw):
+                skipped[f"params/{key}"] = None  # the canonical "does not apply", as in the listed searches
                 continue
-            d, name = space[key], f"params/{key}"  # OptunaSearch unflattens "/" into nested dicts
+            d, name = self.space[key], f"params/{key}"  # OptunaSearch unflattens "/" into {"params": {...}}
             if d.kind == "choice":
                 chosen[key] = trial.suggest_categorical(name, d.values)
             elif d.kind == "randint":
                 chosen[key] = trial.suggest_int(name, int(d.low), int(d.high))
             else:
                 chosen[key] = trial.suggest_float(name, d.low, d.high, log=d.kind == "loguniform")
+        return skipped
+
+
+def require_optuna() -> None:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise RaydeepError("tune.search: optuna needs the optuna package: pip install 'raydeep[optuna]'") from None
+
+
+def _search_alg(s: Sweep):
+    t = s.cfg.tune
+    if t.search.name != "optuna":
+        return None
+    require_optuna()
+    from ray.tune.search.optuna import OptunaSearch
 
     seed = t.search.seed if t.search.seed is not None else s.cfg.run.seed
-    return OptunaSearch(space=define, metric=t.metric, mode=t.mode, seed=seed)
+    return OptunaSearch(space=OptunaSpace(s.context.base, dict(t.space)), metric=t.metric, mode=t.mode, seed=seed)
 
 
 def _trainable(s: Sweep):
@@ -915,8 +374,21 @@ def _trainable(s: Sweep):
 def _reporter(s: Sweep):
     from ray.tune import CLIReporter
 
+    class ChangesReporter(CLIReporter):
+        """Tune's table, redrawn when a trial starts, reports or ends (at most every 10 s),
+        not every 10 s regardless: a sweep runs for hours."""
+
+        _seen: tuple = ()
+
+        def should_report(self, trials, done: bool = False) -> bool:
+            now = tuple((t.trial_id, t.status, t.last_result.get("training_iteration")) for t in trials)
+            if done or (now != self._seen and super().should_report(trials, done)):
+                self._seen = now
+                return True
+            return False
+
     t = s.cfg.tune
-    return CLIReporter(
+    return ChangesReporter(
         parameter_columns={f"params/{k}": k for k in t.space},
         metric_columns={"epoch": "epoch", t.metric: t.metric, "val/loss": "val loss"} if t.metric != "val/loss"
         else {"epoch": "epoch", "val/loss": "val loss"},
@@ -948,6 +420,8 @@ def _tuner(s: Sweep, verbose: bool):
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=str(s.sweep_dir),
+            # PBT: a trial that reports its last segment stops there, before PBT would perturb it.
+            stop={"epochs_done": s.cfg.run.epochs} if t.scheduler.name == "pbt" else None,
             progress_reporter=_reporter(s), verbose=2 if verbose else 1,
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if t.scheduler.name == "pbt" else None),
@@ -971,6 +445,8 @@ def run_sweep(cfg: "Config", *, source: str = "config", run_dir: str | os.PathLi
     if trials is not None:
         check_trials(cfg, trials, source)
     _check_storage(cfg, source)
+    if cfg.tune.search.name == "optuna":
+        require_optuna()
     data = plan_data(cfg)
     sweep_dir = Path(run_dir) if run_dir else new_sweep_dir(cfg)
     if (sweep_dir / "tune").exists():
@@ -980,8 +456,9 @@ def run_sweep(cfg: "Config", *, source: str = "config", run_dir: str | os.PathLi
     s = plan_sweep(cfg, source, sweep_dir, info, data)
     (s.sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
     atomic_write_text(s.sweep_dir / "config.yaml", to_yaml(cfg))
-    console.print(describe_sweep(s))
-    console.print(f"sweep dir: {s.sweep_dir}" + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""))
+    console.print(describe_sweep(s), soft_wrap=True)
+    console.print(f"sweep dir: {s.sweep_dir}" + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""),
+                  soft_wrap=True)
     _quiet_tune()
     t0 = time.time()
     results = _tuner(s, verbose).fit()
@@ -1012,7 +489,7 @@ def resume_sweep(sweep_dir: str | os.PathLike, *, address: str | None = None, ve
     s = plan_sweep(cfg, source, sweep_dir, info, data)
     if not tune.Tuner.can_restore(str(s.sweep_dir / "tune")):
         raise RaydeepError(f"--resume {sweep_dir}: Tune saved no experiment state there yet; start the sweep again")
-    console.print(f"resuming {describe_sweep(s)}")
+    console.print(f"resuming {describe_sweep(s)}", soft_wrap=True)
     _quiet_tune()
     t0 = time.time()
     tuner = tune.Tuner.restore(str(s.sweep_dir / "tune"), trainable=_trainable(s),
@@ -1157,7 +634,15 @@ def finish(s: Sweep, results, console, *, wall_time_s: float) -> dict[str, Any]:
     t = s.cfg.tune
     rows = collect_rows(s, results)
     interrupted = any(r.status == "unfinished" for r in rows)
-    console.print(leaderboard_table(s, rows))
+    table = leaderboard_table(s, rows)
+    width = console.width
+    if not console.is_terminal:
+        # Logs and pipes get rich's default 80 columns, which would fold every cell.
+        console.width = max(width, 240)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
     write_leaderboard(s, rows, s.sweep_dir / "leaderboard.csv")
     scored = [r for r in rows if r.best is not None]
     summary: dict[str, Any] = {
@@ -1182,12 +667,13 @@ def finish(s: Sweep, results, console, *, wall_time_s: float) -> dict[str, Any]:
         except Exception as exc:  # a plot must never fail a finished sweep
             console.print(f"[yellow]could not draw sweep.png: {exc}")
         console.print(f"best {t.metric}: {best.best:.4f} (trial {best.trial_id}, epoch {best.best_epoch})   "
-                      f"config: {s.sweep_dir / 'best.yaml'}")
+                      f"config: {s.sweep_dir / 'best.yaml'}", soft_wrap=True)
     atomic_write_text(s.sweep_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     console.print(f"{len(rows)} trials, {summary['epochs_run']} epochs in {wall_time_s:.0f} s   "
-                  f"leaderboard: {s.sweep_dir / 'leaderboard.csv'}")
+                  f"leaderboard: {s.sweep_dir / 'leaderboard.csv'}", soft_wrap=True)
     if interrupted:
-        console.print(f"[yellow]the sweep was interrupted; continue it with: raydeep tune --resume {s.sweep_dir}")
+        console.print(f"[yellow]the sweep was interrupted; continue it with: raydeep tune --resume {s.sweep_dir}",
+                      soft_wrap=True)
     elif not scored:
         raise RaydeepError(f"no trial reported {t.metric}; see the errors above and {s.sweep_dir / 'tune'}")
     return summary

@@ -1,0 +1,654 @@
+"""The ``tune:`` config section and its search space: pure (no Ray, no torch, no data).
+
+``raydeep.config`` imports ``TuneConfig`` from here (through ``raydeep.trainers.sweeps``), so
+this module imports neither torch nor ray nor ``raydeep.config`` at module level.
+
+What it decides, before anything starts:
+
+* whether the space is runnable: every key exists (did-you-mean otherwise) and may be searched;
+  every choice and both bounds (and a point between them) of every distribution give a config
+  the models accept; the scheduler and search can use every distribution (``check_space``);
+* which parameters apply to a trial (``imbalance.beta`` only with ``effective_number``, a
+  schedule's own fields only for that schedule, ...): a trial's config is the base config with
+  the parameters that apply, and the others are ``None`` in its parameters, so two trials
+  never differ only in values that change nothing (``apply_params``, ``canonical``);
+* the trials of a random or grid search, listed up front, each distinct (``initial_trials``);
+* how many trials run at once without starving Ray Data (``max_concurrent``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import json
+import math
+import random
+import re
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+
+from raydeep.errors import ConfigError, ResourceError
+from raydeep.trainers.schedules import SCHEDULES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from raydeep.config import Config
+    from raydeep.trainers.driver import RunPlan
+
+# The Tune trial itself only builds, fits and follows a TorchTrainer; its workers reserve their
+# own placement group. Tune refuses {"CPU": 0}, so a token.
+TRIAL_CPU = 0.1
+# Metrics the worker loop reports every epoch that a sweep may rank by.
+METRICS = ("val/macro_f1", "val/accuracy", "val/balanced_accuracy", "val/macro_precision",
+           "val/macro_recall", "val/loss", "train/loss")
+PER_CLASS = ("val/recall/", "val/f1/")
+
+
+class _Section(BaseModel):
+    # Same as raydeep.config.Section; defined here because config.py imports this module.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tune: section
+
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+_CALL = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$")
+
+
+class Distribution(_Section):
+    """One searched parameter: exactly one of
+
+    * ``choice: [a, b, ...]`` -- sampled (random, optuna) or, under ``search: grid``, enumerated;
+    * ``grid: [a, b, ...]`` -- every value, in every search (Tune's ``grid_search``);
+    * ``uniform: [low, high]``, ``loguniform: [low, high]`` -- floats, ``0 < low`` for log;
+    * ``randint: [low, high]`` -- integers, both ends included.
+
+    Shorthands: a bare list is a ``choice``; ``"loguniform(1e-4, 3e-3)"`` is the call form.
+    """
+
+    kind: Literal["choice", "grid", "uniform", "loguniform", "randint"]
+    values: list[Any] = Field(default_factory=list, description="choice/grid")
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return {"kind": "choice", "values": v}
+        if isinstance(v, str):
+            m = _CALL.match(v)
+            if not m:
+                raise ValueError(f"expected e.g. {{loguniform: [1.0e-4, 3.0e-3]}} or {{choice: [a, b]}}, got {v!r}")
+            v = {m.group(1): [_scalar(a) for a in m.group(2).split(",") if a.strip()]}
+        if not isinstance(v, dict) or "kind" in v:
+            return v
+        if len(v) != 1:
+            raise ValueError(f"give exactly one distribution ({', '.join(DISTRIBUTIONS)}), got {sorted(v)}")
+        (kind, args), = v.items()
+        if kind not in DISTRIBUTIONS:
+            close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"one of {', '.join(DISTRIBUTIONS)}"
+            raise ValueError(f"unknown distribution {kind!r} ({hint})")
+        if kind in ("choice", "grid"):
+            if not isinstance(args, list) or not args:
+                raise ValueError(f"{kind} needs a non-empty list of values")
+            return {"kind": kind, "values": args}
+        if not isinstance(args, list) or len(args) != 2 or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+            raise ValueError(f"{kind} needs [low, high] (two numbers), got {args!r}")
+        if kind == "randint" and not all(isinstance(a, int) or float(a).is_integer() for a in args):
+            raise ValueError(f"randint needs whole-number bounds, got {args!r}")
+        return {"kind": kind, "low": args[0], "high": args[1]}
+
+    @model_validator(mode="after")
+    def _range(self) -> "Distribution":
+        if self.kind in ("choice", "grid"):
+            seen = []
+            for x in self.values:
+                if x in seen:
+                    raise ValueError(f"{self.kind} lists {x!r} twice")
+                seen.append(x)
+            return self
+        if not self.low < self.high:
+            raise ValueError(f"{self.kind} needs low < high, got [{self.low:g}, {self.high:g}]")
+        if self.kind == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs 0 < low, got {self.low:g}")
+        return self
+
+    @model_serializer(mode="plain")
+    def _as_written(self) -> Any:
+        # Saved configs (run dirs, sweep dirs) read back the way users write it.
+        return self.to_yaml()
+
+    @property
+    def finite(self) -> bool:
+        return self.kind in ("choice", "grid", "randint")
+
+    def enumerate(self) -> list[Any]:
+        if self.kind == "randint":
+            return list(range(int(self.low), int(self.high) + 1))
+        return list(self.values)
+
+    def sample(self, rng: random.Random) -> Any:
+        if self.kind in ("choice", "grid"):
+            return rng.choice(self.values)
+        if self.kind == "randint":
+            return rng.randint(int(self.low), int(self.high))
+        if self.kind == "uniform":
+            x = rng.uniform(self.low, self.high)
+        else:
+            x = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        return self.clamp(float(f"{x:.4g}"))  # 4 significant digits: readable tables, same search
+
+    def clamp(self, x: Any) -> Any:
+        """PBT multiplies values by 0.8 or 1.2; keep them inside the declared range."""
+        if self.kind in ("uniform", "loguniform") and isinstance(x, (int, float)):
+            return min(max(float(x), self.low), self.high)
+        if self.kind == "randint" and isinstance(x, (int, float)):
+            return int(min(max(round(x), self.low), self.high))
+        return x
+
+    def to_yaml(self) -> Any:
+        if self.kind in ("choice", "grid"):
+            return {self.kind: list(self.values)}
+        low, high = (int(self.low), int(self.high)) if self.kind == "randint" else (self.low, self.high)
+        return {self.kind: [low, high]}
+
+    def describe(self) -> str:
+        a = self.to_yaml()[self.kind]
+        return f"{self.kind}({', '.join(map(str, a))})"
+
+
+def _scalar(text: str) -> Any:
+    """One argument of the call form: a number (YAML would read 1e-4 as a string), else YAML."""
+    text = text.strip()
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+SCHEDULER_PARAMS = {
+    "asha": ("grace_period", "reduction_factor"),
+    "pbt": ("perturbation_interval", "quantile_fraction", "resample_probability", "synch"),
+    "none": (),
+}
+
+
+class SchedulerConfig(_Section):
+    """How trials are stopped or evolved. ``scheduler: asha`` is short for ``{name: asha}``."""
+
+    name: Literal["asha", "pbt", "none"] = "asha"
+    grace_period: int = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(3.0, gt=1.0, description="asha: keep the top 1/reduction_factor at each rung")
+    perturbation_interval: int = Field(
+        1, ge=1, description="pbt: epochs per segment; trials exploit and explore between segments")
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="pbt: bottom fraction that clones the top")
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="pbt: resample instead of x0.8/x1.2")
+    synch: bool = Field(False, description="pbt: perturb all trials together at each segment boundary")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_serializer(mode="wrap")
+    def _own_only(self, handler) -> dict:
+        return {k: v for k, v in handler(self).items() if k == "name" or k in SCHEDULER_PARAMS[self.name]}
+
+    @model_validator(mode="after")
+    def _own_params(self) -> "SchedulerConfig":
+        # A foreign key at its default is what a saved config (every field dumped) holds: allowed.
+        foreign = sorted(f for f in self.model_fields_set - {"name"} - set(SCHEDULER_PARAMS[self.name])
+                         if getattr(self, f) != type(self).model_fields[f].default)
+        if foreign:
+            takes = ", ".join(SCHEDULER_PARAMS[self.name]) or "no parameters"
+            raise ValueError(f"{', '.join(foreign)}: not a parameter of scheduler {self.name} (it takes {takes})")
+        return self
+
+
+class SearchConfig(_Section):
+    """How trial parameters are chosen. ``search: random`` is short for ``{name: random}``."""
+
+    name: Literal["random", "grid", "optuna"] = "random"
+    num_samples: int | None = Field(
+        None, ge=1, description="random/optuna: number of trials (default 8); grid: every grid point once")
+    seed: int | None = Field(None, description="random search seed (default: run.seed)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _grid_once(self) -> "SearchConfig":
+        if self.name == "grid" and self.num_samples not in (None, 1):
+            raise ValueError("search: grid runs each grid point once (repeats would be identical runs); "
+                             "to repeat with other seeds, search run.seed: {grid: [0, 1, 2]}")
+        return self
+
+    @property
+    def trials(self) -> int:
+        return 1 if self.name == "grid" else (self.num_samples or 8)
+
+
+class TuneConfig(_Section):
+    """The ``tune:`` section: what ``raydeep tune`` searches; ``raydeep train`` ignores it."""
+
+    metric: str = Field("val/macro_f1", description="a validation metric the workers report every epoch")
+    mode: Literal["max", "min"] = "max"
+    scheduler: SchedulerConfig = SchedulerConfig()
+    search: SearchConfig = SearchConfig()
+    max_concurrent_trials: int | Literal["auto"] = Field(
+        "auto", description="auto: as many as the cluster's CPUs (and GPUs) hold, leaving CPU for Ray Data")
+    space: dict[str, Distribution] = Field(..., min_length=1, description="dotted config key -> distribution")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v in METRICS or (v.startswith(PER_CLASS) and v.count("/") == 2 and not v.endswith("/")):
+            return v
+        close = difflib.get_close_matches(v, METRICS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(f"{hint}the workers report {', '.join(METRICS)}, and val/recall/<class>, val/f1/<class>")
+
+    @field_validator("max_concurrent_trials")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if v != "auto" and v < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _direction(self) -> "TuneConfig":
+        if self.metric.endswith("loss") and self.mode == "max":
+            raise ValueError(f"metric {self.metric} with mode: max would favour the worst trials; use mode: min")
+        if not self.metric.endswith("loss") and self.mode == "min":
+            raise ValueError(f"metric {self.metric} with mode: min would favour the worst trials; use mode: max")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Which parameters apply, and a trial's config from the base config plus its parameters
+
+
+# Parameters that decide whether others mean anything: applied first.
+SELECTORS = ("schedule.name", "optim.name", "imbalance.weighting", "imbalance.loss")
+_WEIGHTED = ("inverse", "sqrt_inverse", "effective_number")
+# parameter -> (selector, the selector values it applies with, the neutral value it is reset to
+# when it does not apply and its base value would be refused, or None)
+CONDITIONS: dict[str, tuple[str, tuple[str, ...], Any]] = {
+    "imbalance.beta": ("imbalance.weighting", ("effective_number",), None),
+    "imbalance.zero_count": ("imbalance.weighting", _WEIGHTED, None),
+    "imbalance.drw_start_epoch": ("imbalance.weighting", _WEIGHTED, None),
+    "imbalance.gamma": ("imbalance.loss", ("focal",), None),
+    "imbalance.label_smoothing": ("imbalance.loss", ("cross_entropy",), 0.0),
+    "optim.momentum": ("optim.name", ("sgd", "rmsprop"), None),
+    "optim.nesterov": ("optim.name", ("sgd",), None),
+    "optim.betas": ("optim.name", ("adam", "adamw"), None),
+}
+# Not searchable: the sweep sizes, plans and stores every trial from the base config's values.
+FIXED = {
+    "name": "it names the sweep",
+    "tune": "it describes the sweep itself",
+    "data.train": "the data is opened and counted once for all trials",
+    "data.val": "the data is opened and counted once for all trials",
+    "data.test": "the data is opened and counted once for all trials",
+    "model.num_classes": "it is the data's number of classes",
+    "scaling": "every trial reserves the same workers, which is how the sweep sizes its concurrency",
+    "run.epochs": "it is every trial's budget (ASHA's max_t, PBT's horizon); set it in the base config",
+    "run.storage": "the sweep decides where trials store checkpoints",
+    "deepspeed.config_file": "a DeepSpeed JSON file is used as is",
+}
+
+
+def _get(raw: dict, key: str, default: Any = None) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _set(raw: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _field_default(key: str) -> Any:
+    from raydeep.config import Config
+
+    model: Any = Config
+    *parents, leaf = key.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    return model.model_fields[leaf].default
+
+
+def _selector(raw: dict, key: str) -> Any:
+    if key == "schedule.name":
+        return _get(raw, key, "constant")
+    return _get(raw, key, _field_default(key))
+
+
+def why_not_applied(key: str, raw: dict) -> str | None:
+    """Why ``key`` means nothing in the config ``raw`` (None: it applies)."""
+    if key.startswith("schedule.") and key != "schedule.name":
+        name = _selector(raw, "schedule.name")
+        fields = getattr(SCHEDULES.get(name), "model_fields", {})
+        if key.split(".", 1)[1] not in fields:
+            return f"schedule {name} has no {key.split('.', 1)[1]}"
+        return None
+    if key in CONDITIONS:
+        sel, values, _ = CONDITIONS[key]
+        if _selector(raw, sel) not in values:
+            return f"only with {sel}: {' or '.join(values)}"
+    return None
+
+
+def apply_params(base: dict, params: dict[str, Any]) -> tuple[dict, dict[str, str]]:
+    """The raw config of one trial: ``base`` (a raw config dict) with ``params`` set.
+
+    Selectors are applied first. A new ``schedule.name`` substitutes the whole schedule section,
+    keeping the base schedule's fields that the new schedule also has (e.g. ``warmup``). A
+    parameter that does not apply with the chosen selectors is not set, and returned in
+    ``ignored`` with the reason; a ``None`` value is the canonical "does not apply" and is
+    skipped. Fields whose base value the new selectors would refuse (``label_smoothing`` with a
+    loss other than cross_entropy) are reset to their neutral value.
+    """
+    raw = copy.deepcopy(base)
+    ignored: dict[str, str] = {}
+    for key in sorted(params, key=lambda k: (k not in SELECTORS, SELECTORS.index(k) if k in SELECTORS else 0)):
+        value = params[key]
+        if value is None:
+            continue
+        if key == "schedule.name":
+            old = raw.get("schedule") or {"name": "constant"}
+            if value != old.get("name"):
+                fields = getattr(SCHEDULES.get(value), "model_fields", {})
+                raw["schedule"] = {"name": value, **{k: v for k, v in old.items() if k in fields and k != "name"}}
+            continue
+        reason = why_not_applied(key, raw)
+        if reason:
+            ignored[key] = reason
+            continue
+        _set(raw, key, value)
+    for key, (_, _, neutral) in CONDITIONS.items():
+        if neutral is not None and key not in params and why_not_applied(key, raw) \
+                and _get(raw, key, neutral) != neutral:
+            _set(raw, key, neutral)
+    return raw, ignored
+
+
+def canonical(base: dict, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with every parameter that does not apply replaced by None."""
+    _, ignored = apply_params(base, params)
+    return {k: (None if k in ignored else v) for k, v in params.items()}
+
+
+def base_raw(cfg: "Config") -> dict:
+    """The base config as a raw dict, without the tune section, in the user's own shape
+    (fields left at their defaults stay out, so a substituted schedule gets its own defaults)."""
+    raw = cfg.model_dump(mode="json", exclude_unset=True, exclude={"tune"})
+    raw.setdefault("schedule", {})["name"] = cfg.schedule.name  # the union needs its tag, even for the default
+    return raw
+
+
+def _validate(raw: dict) -> tuple["Config | None", str | None]:
+    from raydeep.config import validate
+
+    try:
+        return validate(raw, "-"), None
+    except ConfigError as exc:
+        return None, str(exc).removeprefix("-: ")
+
+
+def trial_config(base: dict, space: dict[str, Distribution], params: dict[str, Any]
+                 ) -> tuple["Config", dict[str, str]]:
+    """The validated config of one trial, and the parameters it ignored (with reasons)."""
+    clamped = {k: (space[k].clamp(v) if k in space else v) for k, v in params.items()}
+    raw, ignored = apply_params(base, clamped)
+    cfg, err = _validate(raw)
+    if cfg is None:
+        shown = ", ".join(f"{k}={v!r}" for k, v in clamped.items() if k not in ignored)
+        raise ConfigError(f"trial with {shown}: {err}")
+    return cfg, ignored
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking the space before anything starts
+
+
+def _check_key(key: str, where: str) -> None:
+    """An unknown key (with a did-you-mean), a section, or a key the sweep fixes: one line."""
+    from raydeep.config import Config
+
+    for fixed, why in FIXED.items():
+        if key == fixed or key.startswith(fixed + "."):
+            raise ConfigError(f"{where}.{key}: cannot be searched: {why}")
+    parts = key.split(".")
+
+    def unknown(i: int, names: list[str]) -> ConfigError:
+        close = difflib.get_close_matches(parts[i], names, n=1)
+        hint = f"did you mean '{'.'.join(parts[:i] + [close[0]])}'?" if close else f"allowed: {', '.join(names)}"
+        return ConfigError(f"{where}.{key}: unknown key '{parts[i]}' in {'.'.join(parts[:i]) or 'the config'} "
+                           f"({hint})")
+
+    if parts[0] == "schedule":  # a discriminated union: a key of any schedule may be searched
+        names = ["name"] + sorted({f for cls in SCHEDULES.values() for f in cls.model_fields} - {"name"})
+        if len(parts) == 1:
+            raise ConfigError(f"{where}.{key}: is a section; search one of its keys, e.g. schedule.name")
+        if parts[1] not in names:
+            raise unknown(1, names)
+        if len(parts) > 2:
+            raise ConfigError(f"{where}.{key}: schedule.{parts[1]} is a value, not a section")
+        return
+    model: Any = Config
+    for i, part in enumerate(parts):
+        if model is None:
+            raise ConfigError(f"{where}.{key}: {'.'.join(parts[:i])} is a value, not a section")
+        names = [f for f in model.model_fields if not (model is Config and f in ("tune", "name"))]
+        if part not in names:
+            raise unknown(i, names)
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if model is not None:
+        raise ConfigError(f"{where}.{key}: is a section; search one of its keys, "
+                          f"e.g. {key}.{next(iter(model.model_fields))}")
+
+
+def representative(space: dict[str, Distribution]) -> dict[str, Any]:
+    return {k: (d.values[0] if d.kind in ("choice", "grid") else
+                int(d.low) if d.kind == "randint" else d.low) for k, d in space.items()}
+
+
+def _contexts(space: dict[str, Distribution]):
+    """Assignments of the searched selectors, the representative one first."""
+    sels = [k for k in SELECTORS if k in space and space[k].kind in ("choice", "grid")]
+    yield {}
+    for combo in itertools.product(*(space[k].values for k in sels)):
+        yield dict(zip(sels, combo))
+
+
+def _test_values(d: Distribution) -> list[tuple[str, Any]]:
+    if d.kind in ("choice", "grid"):
+        return [(f"{d.kind} value", v) for v in d.values]
+    if d.kind == "randint":
+        return [("lower bound", int(d.low)), ("upper bound", int(d.high))]
+    mid = (d.low + d.high) / 2 if d.kind == "uniform" else math.sqrt(d.low * d.high)
+    return [("lower bound", d.low), ("upper bound", d.high), ("value between the bounds", mid)]
+
+
+def check_space(cfg: "Config", source: str) -> None:
+    """Refuse, in one line, a space the sweep cannot run: an unknown or fixed key, a value the
+    config models reject, a parameter that never applies, or a distribution the scheduler or
+    search cannot use. Pure: no Ray, no data."""
+    t = cfg.tune
+    if t is None:
+        raise ConfigError(f"{source}: no tune: section; add one (see configs/sweep-digits-lt.yaml), "
+                          f"or run it with raydeep train")
+    where = f"{source}: tune.space"
+    space = t.space
+    for key in space:
+        _check_key(key, where)
+
+    search, sched = t.search.name, t.scheduler.name
+    for key, d in space.items():
+        if search == "grid" and not d.finite:
+            raise ConfigError(f"{where}.{key}: search: grid cannot enumerate {d.describe()}; "
+                              f"use grid: [...] or choice: [...], or search: random")
+        if search == "optuna" and d.kind == "grid":
+            raise ConfigError(f"{where}.{key}: search: optuna draws its own points and cannot run a grid; "
+                              f"use choice: {list(d.values)}")
+    if sched == "pbt":
+        if search == "optuna":
+            raise ConfigError(f"{source}: tune.search: optuna cannot drive scheduler pbt, which evolves its own "
+                              f"population; use search: random or grid")
+        if not any(pbt_mutable(k) for k in space):
+            raise ConfigError(f"{where}: scheduler pbt perturbs optim.lr and schedule parameters, and the space "
+                              f"has none of them; add e.g. optim.lr: {{loguniform: [1.0e-4, 3.0e-3]}}")
+        names = space["schedule.name"].values if "schedule.name" in space and space["schedule.name"].kind in (
+            "choice", "grid") else []
+        if "plateau" in names and len(names) > 1:
+            raise ConfigError(f"{where}.schedule.name: pbt cannot switch a trial to or from plateau (its LR "
+                              f"reductions live in the checkpoint); drop plateau from the choice")
+
+    base = base_raw(cfg)
+    rep = representative(space)
+    for key, d in space.items():
+        for label, value in _test_values(d):
+            reasons = []
+            for ctx in _contexts(space):
+                params = {**rep, **ctx, key: value}
+                raw, ignored = apply_params(base, params)
+                if key in ignored:
+                    reasons.append(ignored[key])
+                    continue
+                _, err = _validate(raw)
+                if err:
+                    raise ConfigError(f"{where}.{key}: the {label} {value!r} makes an invalid config: {err}")
+                break
+            else:
+                raise ConfigError(f"{where}.{key}: never applies ({reasons[0]}), and neither the base config "
+                                  f"nor the space chooses that; drop it from the space")
+
+    epochs = cfg.run.epochs
+    if sched == "asha" and t.scheduler.grace_period >= epochs:
+        raise ConfigError(f"{source}: tune.scheduler.grace_period = {t.scheduler.grace_period}: every trial runs "
+                          f"at least that many of its run.epochs = {epochs}, so ASHA could never stop one early; "
+                          f"lower it or raise run.epochs")
+    if sched == "pbt":
+        if t.scheduler.perturbation_interval >= epochs:
+            raise ConfigError(f"{source}: tune.scheduler.perturbation_interval = {t.scheduler.perturbation_interval}"
+                              f" epochs: with run.epochs = {epochs} no trial would ever be perturbed")
+        if t.search.trials * _grid_size(space) < 2:
+            raise ConfigError(f"{source}: tune: scheduler pbt needs a population of at least 2 trials; "
+                              f"raise tune.search.num_samples")
+
+
+def pbt_mutable(key: str) -> bool:
+    return key == "optim.lr" or key.startswith("schedule.")
+
+
+def _grid_size(space: dict[str, Distribution]) -> int:
+    return math.prod(len(d.values) for d in space.values() if d.kind == "grid")
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials: the explicit list for random and grid search
+
+
+def initial_trials(cfg: "Config") -> list[dict[str, Any]] | None:
+    """The parameters of every trial for random and grid search (None for optuna, which draws
+    them as it goes), each canonical and each distinct.
+
+    Under ``pbt`` the parameters PBT perturbs keep a number even where they do not apply (PBT
+    multiplies them); the trial ignores them then, and says so in its config file.
+    """
+    t = cfg.tune
+    space = t.space
+    if t.search.name == "optuna":
+        return None
+    base = base_raw(cfg)
+    pbt = t.scheduler.name == "pbt"
+    grid_keys = [k for k, d in space.items() if d.kind == "grid" or (t.search.name == "grid" and d.finite)]
+    grid_points = [dict(zip(grid_keys, combo)) for combo in
+                   itertools.product(*(space[k].enumerate() for k in grid_keys))] or [{}]
+    rng = random.Random(t.search.seed if t.search.seed is not None else cfg.run.seed)
+    draws = t.search.trials
+    seen: set[str] = set()
+    trials: list[dict[str, Any]] = []
+    for point in grid_points:
+        for _ in range(draws):
+            for _attempt in range(100):
+                params = {k: (point[k] if k in point else space[k].sample(rng)) for k in space}
+                canon = canonical(base, params)
+                sig = json.dumps(canon, sort_keys=True)
+                if sig not in seen:
+                    break
+            else:
+                continue  # this corner of the space has no new configs left
+            seen.add(sig)
+            trials.append({k: (params[k] if pbt and pbt_mutable(k) else canon[k]) for k in space})
+    return trials
+
+
+def check_trials(cfg: "Config", trials: list[dict[str, Any]], source: str) -> None:
+    """Every listed trial's config validates (pure)."""
+    base = base_raw(cfg)
+    for params in trials:
+        try:
+            trial_config(base, cfg.tune.space, params)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: tune.space: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources
+
+
+def trial_resources(plan: "RunPlan") -> tuple[float, float]:
+    """CPUs and GPUs one trial holds: its workers plus the trial's own token CPU."""
+    gpus = plan.world * plan.cfg.scaling.gpus_per_worker if plan.use_gpu else 0.0
+    return plan.world * plan.cpus_per_worker + TRIAL_CPU, gpus
+
+
+def max_concurrent(setting: int | str, *, plan: "RunPlan", cluster_cpus: float, cluster_gpus: float,
+                   num_trials: int | None) -> int:
+    """How many trials run at once: all that fit beside ``DATA_CPUS`` for Ray Data (auto), or
+    the explicit number if it fits. Never more than fit, or trials would wait on each other's
+    CPUs and Ray Data's reads would get none (a hang, not an error)."""
+    from raydeep.cluster.resources import DATA_CPUS
+
+    cpus, gpus = trial_resources(plan)
+    free = cluster_cpus - DATA_CPUS
+    fit = math.floor(free / cpus + 1e-9)
+    if gpus:
+        fit = min(fit, math.floor(cluster_gpus / gpus + 1e-9))
+    shape = (f"each trial takes {plan.world} workers x {plan.cpus_per_worker:g} CPU + {TRIAL_CPU:g} for the "
+             f"trial itself = {cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else ""))
+    if fit < 1:
+        raise ResourceError(f"tune: {shape}, but the cluster has {cluster_cpus:g} CPUs and Ray Data needs "
+                            f"{DATA_CPUS:g}; lower scaling.cpus_per_worker or scaling.num_workers")
+    if setting == "auto":
+        return max(1, min(fit, num_trials or fit))
+    if setting > fit:
+        need = setting * cpus
+        raise ResourceError(
+            f"tune.max_concurrent_trials = {setting}: {shape}; {setting} trials need {need:g} of the cluster's "
+            f"{cluster_cpus:g} CPUs" + (f" and {setting * gpus:g} of its {cluster_gpus:g} GPUs" if gpus else "")
+            + f", leaving {cluster_cpus - need:g} for Ray Data, which needs {DATA_CPUS:g} (the sweep would hang); "
+            f"at most {fit} fit (or use auto)")
+    return int(setting)
