@@ -1,0 +1,170 @@
+"""Sweeps on a real local Ray head (dashboard on): every trial a 2-worker DeepSpeed run of a
+1-layer d=32 model on 256 synthetic rows, a few epochs, at most two trials at a time."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from raydeep.config import load_config, validate
+from raydeep.trainers.driver import train
+from raydeep.trainers.sweeps import run_sweep
+from tests.conftest import BIN, ROOT, run_cli
+from tests.helpers import SYNTH, tiny_config, write_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+TRAIN_ROWS = 256  # 2 workers x 128 rows / batch 16 = 8 steps per epoch
+STEPS_PER_EPOCH = 8
+
+
+def sweep_raw(space: dict, *, epochs: int, **tune) -> dict:
+    raw = tiny_config(scaling={"num_workers": 2, "cpus_per_worker": 0.5}, run={"epochs": epochs, "seed": 0})
+    raw["data"]["train"] = SYNTH.format(split="train", rows=TRAIN_ROWS)
+    raw["data"]["val"] = SYNTH.format(split="val", rows=128)
+    raw["tune"] = {"space": space, "search": "grid", "max_concurrent_trials": 2, **tune}
+    return raw
+
+
+def leaderboard(sweep: Path) -> list[dict]:
+    with open(sweep / "leaderboard.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def events(sweep: Path) -> list[dict]:
+    return [json.loads(x) for x in (sweep / "trials.jsonl").read_text().splitlines()]
+
+
+def results(sweep: Path, trial_id: str) -> list[dict]:
+    return [json.loads(x) for x in (sweep / "tune" / trial_id / "result.json").read_text().splitlines()]
+
+
+def wait_for_all_cpus_free(timeout: float = 30.0) -> tuple[float, float]:
+    import ray
+
+    deadline = time.time() + timeout
+    while True:
+        free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+        if free == total or time.time() > deadline:
+            return free, total
+        time.sleep(1)
+
+
+def test_asha_stops_an_absurd_lr_early_ranks_the_rest_frees_every_cpu_and_best_yaml_trains(ray_connected, tmp_path):
+    # Grid order is run order: with two at a time the absurd LR runs last, so ASHA's first rung
+    # already holds the others' scores when it reports.
+    cfg = validate(sweep_raw({"optim.lr": {"grid": [1.0e-2, 3.0e-2, 3.0e-3, 1.0e3]}}, epochs=3,
+                             scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2}), "sweep.yaml")
+    sweep = tmp_path / "sweep"
+    summary = run_sweep(cfg, source="sweep.yaml", run_dir=sweep, address=ray_connected.address)
+
+    # No placement group outlives its trial, including the ones ASHA stopped.
+    free, total = wait_for_all_cpus_free()
+    assert free == total, f"{total - free:g} CPUs still reserved after the sweep"
+
+    rows = leaderboard(sweep)
+    assert len(rows) == 4 and summary["trials"] == 4
+    absurd = next(r for r in rows if float(r["optim.lr"]) == 1e3)
+    best = rows[0]
+    assert best["rank"] == "1" and float(best["optim.lr"]) != 1e3
+    assert absurd["status"] == "stopped early"
+    assert int(absurd["epochs_run"]) < int(best["epochs_run"]) == 3
+    scores = [float(r["val/macro_f1"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
+    assert float(absurd["val/macro_f1"]) < float(best["val/macro_f1"])
+
+    assert (sweep / "sweep.png").stat().st_size > 10_000
+    assert summary["best"]["trial_id"] == best["trial_id"]
+    best_cfg = load_config(sweep / "best.yaml")
+    assert best_cfg.tune is None
+    assert best_cfg.optim.lr == float(best["optim.lr"])
+    assert best_cfg.model_dump(exclude={"optim", "tune"}) == cfg.model_dump(exclude={"optim", "tune"})
+
+    # best.yaml is a complete config that trains as is (one epoch here, to keep the test short).
+    run = train(load_config(sweep / "best.yaml", ["run.epochs=1"]), run_dir=tmp_path / "best-run",
+                address=ray_connected.address)
+    assert run["final"]["epoch"] == 0 and run["final"]["global_step"] == STEPS_PER_EPOCH
+
+
+def test_pbt_clone_continues_from_the_donors_checkpoint(ray_connected, tmp_path):
+    cfg = validate(sweep_raw({"optim.lr": {"grid": [1.0e-2, 1.0e3]}}, epochs=2,
+                             scheduler={"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
+                                        "resample_probability": 0.0, "synch": True}), "sweep.yaml")
+    sweep = tmp_path / "sweep"
+    run_sweep(cfg, source="sweep.yaml", run_dir=sweep, address=ray_connected.address)
+
+    log = events(sweep)
+    first_lr = {}
+    for e in log:
+        if e["event"] == "start":
+            first_lr.setdefault(e["trial_id"], e["params"]["optim.lr"])
+    clones = [e for e in log if e["event"] == "clone"]
+    assert clones, f"no exploit happened: {log}"
+    clone = clones[0]
+    assert first_lr[clone["trial_id"]] == 1e3 and first_lr[clone["donor"]] == 1e-2  # the bad one clones the good
+    assert clone["epochs_done"] == 1 and clone["global_step"] == STEPS_PER_EPOCH
+
+    # The clone's next segment resumed at the donor's step and went on from there.
+    after = [r for r in results(sweep, clone["trial_id"]) if r.get("cloned_from") == clone["donor"]]
+    assert after, results(sweep, clone["trial_id"])
+    assert after[0]["resumed_from_step"] == STEPS_PER_EPOCH
+    assert after[0]["global_step"] == 2 * STEPS_PER_EPOCH and after[0]["epoch"] == 1
+
+    free, total = wait_for_all_cpus_free()
+    assert free == total
+
+
+def test_resume_after_the_driver_is_killed_does_not_rerun_finished_trials(ray_connected, tmp_path):
+    raw = sweep_raw({"optim.lr": {"grid": [1.0e-2, 3.0e-2]}}, epochs=1, scheduler="none", max_concurrent_trials=1)
+    path = write_config(tmp_path / "sweep.yaml", raw)
+    sweep = tmp_path / "sweep"
+    with open(tmp_path / "first.log", "wb") as out:
+        proc = subprocess.Popen([str(BIN / "raydeep"), "tune", str(path), "--run-dir", str(sweep),
+                                 "--address", ray_connected.address], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT, env=dict(os.environ))
+        try:
+            finished = wait_for_a_finished_trial(sweep, proc, timeout=480)
+        finally:
+            proc.kill()  # what a lost SSH session or an OOM kill does: no clean shutdown
+            proc.wait()
+    assert proc.returncode != 0
+
+    resumed = run_cli("tune", "--resume", str(sweep), "--address", ray_connected.address, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    log = events(sweep)
+    starts = [e["trial_id"] for e in log if e["event"] == "start"]
+    assert starts.count(finished) == 1, log  # not rerun
+    rows = leaderboard(sweep)
+    assert len(rows) == 2 and all(r["status"] == "finished" for r in rows), rows
+    assert {e["trial_id"] for e in log if e["event"] == "end"} == {r["trial_id"] for r in rows}
+    assert (sweep / "best.yaml").is_file()
+
+
+def wait_for_a_finished_trial(sweep: Path, proc: subprocess.Popen, timeout: float) -> str:
+    """The id of the first trial that ended and that Tune's saved experiment state calls
+    TERMINATED (the state a restore reads)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        ended = set()
+        if (sweep / "trials.jsonl").exists():
+            ended = {e["trial_id"] for e in events(sweep) if e["event"] == "end"}
+        for state_file in glob.glob(str(sweep / "tune" / "experiment_state-*.json")):
+            try:
+                trials = [json.loads(t[0]) for t in json.loads(Path(state_file).read_text())["trial_data"]]
+            except (ValueError, KeyError):
+                continue  # being written
+            done = [t["trial_id"] for t in trials if t["status"] == "TERMINATED" and t["trial_id"] in ended]
+            if done:
+                return done[0]
+        time.sleep(1)
+    raise AssertionError(f"no trial finished within {timeout:.0f} s")
