@@ -1,0 +1,114 @@
+"""Time from ``raydeep train`` to its first optimizer step, phase by phase, and an 80-step run end to end.
+
+    .venv/bin/python benchmarks/startup.py [--steps 80] [--skip-imports]
+
+1. Import costs, each in a fresh interpreter (cumulative, not additive: ``ray.train.torch``
+   imports ``torch``): what the driver and every worker pay before doing anything.
+2. One ``raydeep train benchmarks/text-small.yaml`` run of ``--steps`` optimizer steps (one
+   epoch: 2 workers x 32 rows x steps), timed from the command's start to its exit, with the
+   start-up timeline the run writes into ``summary.json`` (``startup``): the driver's marks
+   (process start, data checked, Ray ready, fit start) and rank 0's (loop entry, engine
+   ready, first batch, first step), all ``time.time()`` on this one machine.
+
+Whether DeepSpeed had to compile its shared-memory comm op (a g++ build on a machine's first
+run, cached in ~/.cache/torch_extensions) is read off that cache's modification time.
+
+Prints one JSON object; a summary goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = ("datasets://synthetic-text/{split}?rows={rows}&num_classes=4&seq_len=128&vocab_size=1024"
+        "&imbalance_ratio=1&seed=0")
+IMPORTS = ["raydeep.cli", "torch", "ray", "ray.data", "ray.train.torch", "deepspeed"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(HERE / "text-small.yaml"))
+    p.add_argument("--steps", type=int, default=80, help="optimizer steps in the run (one epoch)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--skip-imports", action="store_true")
+    args = p.parse_args(argv)
+
+    result: dict = {"what": "startup", "cpu_count": os.cpu_count(), "load_avg_1m_before": os.getloadavg()[0]}
+    if not args.skip_imports:
+        result["import_s"] = {m: import_time(m) for m in ["(interpreter)"] + IMPORTS}
+        print("imports (fresh interpreter each, s): " + ", ".join(f"{k} {v:.2f}" for k, v in result["import_s"].items()),
+              file=sys.stderr)
+
+    batch = 32
+    rows = args.steps * batch * args.workers  # one epoch of exactly `steps` steps per worker
+    run_dir = Path(tempfile.mkdtemp(prefix="raydeep-startup-")) / "run"
+    # generate the data set first, so the timed run measures training, not the one-off generator
+    from raydeep.datasets.sources import open_split
+
+    open_split(DATA.format(split="train", rows=rows), key="data.train")
+    op_before = shm_op_mtime()
+    cmd = [str(Path(sys.executable).parent / "raydeep"), "train", args.config, "--run-dir", str(run_dir)]
+    for o in (f"data.train={DATA.format(split='train', rows=rows)}", f"data.val={DATA.format(split='val', rows=rows)}",
+              f"data.batch_size={batch}", f"scaling.num_workers={args.workers}", "run.epochs=1"):
+        cmd += ["--set", o]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode:
+        raise SystemExit(f"raydeep train failed ({proc.returncode}):\n{proc.stderr[-3000:]}{proc.stdout[-3000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    st = summary["startup"]
+    marks = st["marks"]
+    result.update({
+        "command": " ".join(cmd),
+        "steps": metrics["global_step"],
+        "wall_s": round(wall, 2),  # command start to exit, as `time` would say
+        "to_first_step_s": st["to_first_step_s"],
+        "phases_s": st["phases_s"],
+        "after_first_step_s": {
+            "training": round(metrics["epoch_time_s"], 2),
+            "validation_checkpoint_report": round(marks["fit_done"] - marks["first_step"], 2)
+            if "fit_done" in marks else None,
+            "shutdown": round(t0 + wall - marks.get("fit_done", t0 + wall), 2),
+        },
+        "samples_per_s": round(metrics["samples_per_s"], 1),
+        "deepspeed_op_built": shm_op_mtime() != op_before,
+        "load_avg_1m_after": os.getloadavg()[0],
+    })
+    print(f"{result['steps']} steps: wall {wall:.1f} s, first step at {st['to_first_step_s']:.1f} s; phases "
+          + ", ".join(f"{k} {v:.1f}" for k, v in st["phases_s"].items()), file=sys.stderr)
+    print(json.dumps(result))
+    return result
+
+
+def import_time(module: str) -> float:
+    """Seconds to import ``module`` in a fresh interpreter (the interpreter's own start for '(interpreter)')."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    if module == "(interpreter)":
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
+        return round(time.perf_counter() - t0, 3)
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True, cwd=ROOT)
+    return round(float(out.stdout.strip().splitlines()[-1]), 3)
+
+
+def shm_op_mtime() -> float | None:
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/torch_extensions")
+    found = glob.glob(os.path.join(root, "*", "deepspeed_shm_comm", "*.so"))
+    return max((os.path.getmtime(f) for f in found), default=None)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
