@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from raydeep.errors import ResourceError
 
 # Ray Data's read and map tasks each need a whole CPU by default. If the training workers
@@ -22,7 +24,8 @@ def cpus_per_worker(requested: float | str, *, num_workers: int, cluster_cpus: f
             cpw = 1.0
         else:
             cpw = min(4.0, (cluster_cpus - DATA_CPUS) / num_workers)
-            cpw = float(int(cpw)) if cpw >= 1 else round(cpw, 3)
+            # rounded down, so that the workers' sum never exceeds what is left by a float's last bit
+            cpw = float(int(cpw)) if cpw >= 1 else math.floor(cpw * 1000 + 1e-9) / 1000
         if cpw <= 0:
             raise ResourceError(
                 f"scaling: the cluster has {cluster_cpus:g} CPUs; {num_workers} workers plus "
@@ -31,7 +34,7 @@ def cpus_per_worker(requested: float | str, *, num_workers: int, cluster_cpus: f
     else:
         cpw = float(requested)
     need = cpw * num_workers
-    if need > cluster_cpus - DATA_CPUS:
+    if need > cluster_cpus - DATA_CPUS + 1e-9:  # 1.9 - 1.0 is 0.8999999999999999 in floats
         best = (cluster_cpus - DATA_CPUS) / num_workers
         hint = f"set scaling.cpus_per_worker <= {best:g} (or 'auto')" if best > 0 else "lower scaling.num_workers"
         raise ResourceError(
