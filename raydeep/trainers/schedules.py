@@ -43,7 +43,7 @@ import os
 import tempfile
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from raydeep.errors import ConfigError
 
@@ -118,6 +118,15 @@ class CosineRestartsSchedule(_Decaying):
         if self.cycle_steps is not None and "cycles" in self.model_fields_set:
             raise ValueError("give cycles or cycle_steps, not both")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump_one_length(self, handler) -> dict[str, Any]:
+        # With cycle_steps, `cycles` is unused; dumping its default beside cycle_steps would
+        # write a config this model refuses (saved run/sweep configs, the workers' copy).
+        d = handler(self)
+        if self.cycle_steps is not None:
+            d.pop("cycles", None)
+        return d
 
 
 class PolynomialSchedule(_Decaying):

@@ -291,16 +291,20 @@ def _param_space(s: Sweep) -> dict:
 
 def _scheduler(s: Sweep):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    # Subclasses that rebuild their state on --resume (Ray 2.60 does not save it); see there.
+    from raydeep.trainers.sweep_schedulers import EpochASHA, ResumableFIFO, ResumablePBT
 
     t = s.cfg.tune
     sc = t.scheduler
     if sc.name == "asha":
-        # max_t one past the last epoch: ASHA STOPs a trial that reaches max_t, which would kill
-        # a finished trial's actor while its Train run shuts down; ending on its own is cleaner.
-        # The rungs (grace_period x reduction_factor^k) up to the last epoch do not change.
-        return ASHAScheduler(time_attr="training_iteration", max_t=s.cfg.run.epochs + 1,
-                             grace_period=sc.grace_period, reduction_factor=sc.reduction_factor)
+        # Time is epochs done, not Tune iterations (which restart at 1 when --resume restarts a
+        # trial's Train run from its checkpoint). max_t one past the last epoch: ASHA STOPs a
+        # trial that reaches max_t, which would kill a finished trial's actor while its Train
+        # run shuts down; ending on its own is cleaner. The rungs (grace_period x
+        # reduction_factor^k) up to the last epoch do not change.
+        return EpochASHA(max_t=s.cfg.run.epochs + 1, grace_period=sc.grace_period,
+                         reduction_factor=sc.reduction_factor)
     if sc.name == "pbt":
         mutations = {}
         for key, d in t.space.items():
@@ -314,11 +318,11 @@ def _scheduler(s: Sweep):
                 mutations[key] = tune.loguniform(d.low, d.high)
             else:
                 mutations[key] = tune.randint(int(d.low), int(d.high) + 1)
-        return PopulationBasedTraining(
+        return ResumablePBT(
             time_attr="training_iteration", perturbation_interval=1, hyperparam_mutations={"params": mutations},
             quantile_fraction=sc.quantile_fraction, resample_probability=sc.resample_probability,
             synch=sc.synch)
-    return FIFOScheduler()
+    return ResumableFIFO()
 
 
 class OptunaSpace:
@@ -456,6 +460,8 @@ def run_sweep(cfg: "Config", *, source: str = "config", run_dir: str | os.PathLi
     s = plan_sweep(cfg, source, sweep_dir, info, data)
     (s.sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
     atomic_write_text(s.sweep_dir / "config.yaml", to_yaml(cfg))
+    # Tune keeps this concurrency in its saved state; --resume checks that the cluster holds it.
+    atomic_write_text(s.sweep_dir / SWEEP_FILE, json.dumps({"max_concurrent_trials": s.concurrency}) + "\n")
     console.print(describe_sweep(s), soft_wrap=True)
     console.print(f"sweep dir: {s.sweep_dir}" + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""),
                   soft_wrap=True)
@@ -489,6 +495,7 @@ def resume_sweep(sweep_dir: str | os.PathLike, *, address: str | None = None, ve
     s = plan_sweep(cfg, source, sweep_dir, info, data)
     if not tune.Tuner.can_restore(str(s.sweep_dir / "tune")):
         raise RaydeepError(f"--resume {sweep_dir}: Tune saved no experiment state there yet; start the sweep again")
+    check_resumed_concurrency(s, info)
     console.print(f"resuming {describe_sweep(s)}", soft_wrap=True)
     _quiet_tune()
     t0 = time.time()
@@ -498,10 +505,41 @@ def resume_sweep(sweep_dir: str | os.PathLike, *, address: str | None = None, ve
     return finish(s, results, console, wall_time_s=time.time() - t0)
 
 
+SWEEP_FILE = "sweep.json"
+
+
+def check_resumed_concurrency(s: Sweep, info: "ClusterInfo") -> None:
+    """Tune.restore runs as many trials at once as the sweep did when it started (it is in
+    Tune's saved state, not recomputed); on a smaller cluster that many would wait on each
+    other's CPUs and starve Ray Data. Refuse with the numbers instead."""
+    from raydeep.errors import ResourceError
+
+    try:
+        saved = json.loads((s.sweep_dir / SWEEP_FILE).read_text())["max_concurrent_trials"]
+    except (OSError, ValueError, KeyError):
+        return  # a sweep dir from before this file: nothing to compare
+    try:
+        max_concurrent(int(saved), plan=s.plan, cluster_cpus=info.cpus, cluster_gpus=info.gpus, num_trials=None)
+    except ResourceError as exc:
+        why = str(exc).removeprefix(f"tune.max_concurrent_trials = {saved}: ").removesuffix(" (or use auto)")
+        raise ResourceError(f"--resume {s.sweep_dir}: the sweep runs {saved} trials at once (fixed when it "
+                            f"started), more than this cluster holds: {why}; resume it on a cluster like the "
+                            f"one it started on") from None
+
+
 def _check_storage(cfg: "Config", source: str) -> None:
+    """Sweeps need a filesystem path. Every trial writes its Train run, its config and
+    trials.jsonl under the sweep dir with file calls; PBT renames and copies segment folders;
+    the driver writes the leaderboard, best.yaml and sweep.png there; --resume reads it back.
+    None of that goes through a pyarrow filesystem yet, so S3 is refused before Ray starts."""
     if cfg.run.storage and "://" in cfg.run.storage:
-        raise ConfigError(f"{source}: run.storage = {cfg.run.storage!r}: sweeps store trials on a local or shared "
-                          f"filesystem path for now; use --run-dir on one")
+        raise ConfigError(
+            f"{source}: run.storage = {cfg.run.storage!r}: sweeps cannot keep trials on object storage "
+            f"(trials and PBT's segment copies write the sweep dir with file operations, and --resume "
+            f"reads it back); run the sweep on a local path, or on a shared filesystem mounted on every "
+            f"node for a multi-node cluster: --set run.storage=null --run-dir DIR. Copy DIR to "
+            f"{cfg.run.storage} afterwards if you want it there; raydeep train (e.g. of the sweep's "
+            f"best.yaml) does write checkpoints to S3")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,7 +571,9 @@ def collect_rows(s: Sweep, results) -> list[TrialRow]:
         statuses[trial.trial_id] = trial.status
     rows = []
     for r in results:
-        trial_id = Path(r.path).name
+        # Tune names a trial's folder after its id, but a trial that --resume starts for the first
+        # time gets a suffixed folder (its id's folder exists already): the id is in its results.
+        trial_id = str((r.metrics or {}).get("trial_id") or Path(r.path).name)
         df = r.metrics_dataframe
         history: list[tuple[int, float]] = []
         if df is not None and len(df) and "epoch" in df:
@@ -606,17 +646,11 @@ def leaderboard_table(s: Sweep, rows: list[TrialRow], top: int = 10):
 def write_best(s: Sweep, row: TrialRow, path: Path) -> "Config":
     """best.yaml: the winning trial's complete config, without a tune: section, so that
     ``raydeep train best.yaml`` runs it as is."""
-    import yaml
-
+    from raydeep.config import to_yaml
     from raydeep.fileio import atomic_write_text
 
     cfg, ignored = trial_config(s.context.base, s.context.space, {k: v for k, v in row.params.items()})
     t = s.cfg.tune
-    dump = cfg.model_dump(mode="json", exclude={"tune"})
-    # The schedule as set (not every default): a dump of every field can contradict itself
-    # (cosine_restarts' cycles beside cycle_steps) when loaded back.
-    dump["schedule"] = cfg.schedule.model_dump(mode="json", exclude_unset=True)
-    dump["schedule"]["name"] = cfg.schedule.name
     header = [f"# Best trial of the sweep {s.sweep_dir.name} ({row.trial_id}): {t.metric} = {row.best:.4f} "
               f"at epoch {row.best_epoch} of {row.epochs}.",
               f"# Run it: raydeep train {path}"]
@@ -624,7 +658,7 @@ def write_best(s: Sweep, row: TrialRow, path: Path) -> "Config":
     if t.scheduler.name == "pbt":
         header.append("# PBT changed this trial's hyperparameters while it trained (see tune/pbt_policy_*.txt); "
                       "these are its last values.")
-    atomic_write_text(path, "\n".join(header) + "\n" + yaml.safe_dump(dump, sort_keys=False))
+    atomic_write_text(path, "\n".join(header) + "\n" + to_yaml(cfg, exclude={"tune"}))
     return cfg
 
 

@@ -122,13 +122,14 @@ def test_pbt_clone_continues_from_the_donors_checkpoint(ray_connected, tmp_path)
     assert free == total
 
 
-def test_resume_after_the_driver_is_killed_does_not_rerun_finished_trials(ray_connected, tmp_path):
-    raw = sweep_raw({"optim.lr": {"grid": [1.0e-2, 3.0e-2]}}, epochs=1, scheduler="none", max_concurrent_trials=1)
+def kill_after_a_finished_trial(raw: dict, tmp_path: Path, address: str) -> tuple[Path, str]:
+    """Start `raydeep tune` in a subprocess, SIGKILL it once a trial has finished, then
+    `raydeep tune --resume` it to the end; the sweep dir and the trial finished before the kill."""
     path = write_config(tmp_path / "sweep.yaml", raw)
     sweep = tmp_path / "sweep"
     with open(tmp_path / "first.log", "wb") as out:
         proc = subprocess.Popen([str(BIN / "raydeep"), "tune", str(path), "--run-dir", str(sweep),
-                                 "--address", ray_connected.address], stdout=out, stderr=subprocess.STDOUT,
+                                 "--address", address], stdout=out, stderr=subprocess.STDOUT,
                                 cwd=ROOT, env=dict(os.environ))
         try:
             finished = wait_for_a_finished_trial(sweep, proc, timeout=480)
@@ -137,8 +138,14 @@ def test_resume_after_the_driver_is_killed_does_not_rerun_finished_trials(ray_co
             proc.wait()
     assert proc.returncode != 0
 
-    resumed = run_cli("tune", "--resume", str(sweep), "--address", ray_connected.address, timeout=600)
+    resumed = run_cli("tune", "--resume", str(sweep), "--address", address, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return sweep, finished
+
+
+def test_resume_after_the_driver_is_killed_does_not_rerun_finished_trials(ray_connected, tmp_path):
+    raw = sweep_raw({"optim.lr": {"grid": [1.0e-2, 3.0e-2]}}, epochs=1, scheduler="none", max_concurrent_trials=1)
+    sweep, finished = kill_after_a_finished_trial(raw, tmp_path, ray_connected.address)
 
     log = events(sweep)
     starts = [e["trial_id"] for e in log if e["event"] == "start"]
@@ -147,6 +154,26 @@ def test_resume_after_the_driver_is_killed_does_not_rerun_finished_trials(ray_co
     assert len(rows) == 2 and all(r["status"] == "finished" for r in rows), rows
     assert {e["trial_id"] for e in log if e["event"] == "end"} == {r["trial_id"] for r in rows}
     assert (sweep / "best.yaml").is_file()
+
+
+def test_resumed_asha_stops_a_bad_trial_against_the_rungs_of_trials_finished_before_the_kill(ray_connected, tmp_path):
+    # One trial at a time: the good LR finishes, the driver is killed, and the absurd LR runs only
+    # after the resume. Ray restores ASHA without its rungs; raydeep's EpochASHA rebuilds them from
+    # the saved results, so the absurd trial is stopped at the first rung against the good one's.
+    raw = sweep_raw({"optim.lr": {"grid": [1.0e-2, 1.0e3]}}, epochs=2, max_concurrent_trials=1,
+                    scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
+    sweep, finished = kill_after_a_finished_trial(raw, tmp_path, ray_connected.address)
+
+    log = events(sweep)
+    assert [e["trial_id"] for e in log if e["event"] == "start"].count(finished) == 1, log
+    rows = {float(r["optim.lr"]): r for r in leaderboard(sweep)}
+    assert rows[1e-2]["trial_id"] == finished and rows[1e-2]["status"] == "finished", rows
+    assert rows[1e3]["status"] == "stopped early" and rows[1e3]["epochs_run"] == "1", rows
+    # A trial first started by the resume gets a suffixed Tune folder; the leaderboard names its id.
+    assert {e["trial_id"] for e in log if e["event"] == "start"} == {r["trial_id"] for r in rows.values()}
+    assert rows[1e-2]["rank"] == "1" and (sweep / "best.yaml").is_file()
+    free, total = wait_for_all_cpus_free()
+    assert free == total, f"{total - free:g} CPUs still reserved after the resumed sweep"
 
 
 def wait_for_a_finished_trial(sweep: Path, proc: subprocess.Popen, timeout: float) -> str:

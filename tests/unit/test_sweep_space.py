@@ -91,6 +91,77 @@ def test_a_saved_config_reads_back_the_same(scheduler):
         assert "grace_period" not in text
 
 
+# Every schedule, and the variants whose fields are alternatives or non-defaults.
+SCHEDULE_VARIANTS = [
+    {"name": "constant"},
+    {"name": "constant", "warmup": 0.05},
+    {"name": "linear", "warmup": 3, "min_lr_ratio": 0.1},
+    {"name": "cosine", "warmup": 0.1, "min_lr_ratio": 0.05},
+    {"name": "cosine_restarts"},
+    {"name": "cosine_restarts", "cycles": 2, "cycle_mult": 2.0},
+    {"name": "cosine_restarts", "cycle_steps": 40},
+    {"name": "cosine_restarts", "cycle_steps": 10, "cycle_mult": 1.5, "warmup": 5, "min_lr_ratio": 0.1},
+    {"name": "polynomial", "power": 2.0},
+    {"name": "step", "step_size": 2},
+    {"name": "step", "step_size": 5, "per": "step", "gamma": 0.5},
+    {"name": "multistep", "milestones": [1, 3]},
+    {"name": "multistep", "milestones": [10, 20], "per": "step", "gamma": 0.3},
+    {"name": "exponential", "gamma": 0.9},
+    {"name": "exponential", "gamma": 0.99, "per": "step", "warmup": 2},
+    {"name": "inverse_sqrt", "warmup": 4},
+    {"name": "one_cycle"},
+    {"name": "one_cycle", "pct_start": 0.2, "div_factor": 10.0, "final_div_factor": 100.0, "anneal": "cosine"},
+    {"name": "wsd"},
+    {"name": "wsd", "decay_fraction": 0.5, "decay_shape": "sqrt", "min_lr_ratio": 0.01},
+    {"name": "plateau"},
+    {"name": "plateau", "metric": "val/macro_f1", "mode": "max", "patience": 0, "threshold_mode": "abs"},
+]
+
+
+def test_the_variants_cover_every_schedule():
+    from raydeep.trainers.schedules import SCHEDULE_NAMES
+
+    assert {v["name"] for v in SCHEDULE_VARIANTS} == set(SCHEDULE_NAMES)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
+def test_every_schedule_reads_back_from_to_yaml_best_yaml_and_the_workers_copy(schedule, tmp_path):
+    # config.yaml of a run or sweep dir (to_yaml, read by --resume), best.yaml (write_best) and
+    # the copy each worker validates (model_dump) must all load back to the same config.
+    from raydeep.config import Config, to_yaml
+    from raydeep.trainers.sweeps import TrialRow, write_best
+
+    cfg = validate({**sweep_cfg({"optim.lr": {"choice": [1e-3, 3e-3]}}), "schedule": schedule}, "sweep.yaml")
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert load_config(saved) == cfg
+    assert Config.model_validate(cfg.model_dump(mode="json")) == cfg
+    dumped = yaml.safe_load(saved.read_text())["schedule"]
+    assert next(iter(dumped)) == "name"
+    if schedule["name"] == "cosine_restarts":  # the alternative not in use is not written
+        assert ("cycles" in dumped) == ("cycle_steps" not in schedule), dumped
+
+    s = SimpleNamespace(cfg=cfg, sweep_dir=tmp_path,
+                        context=SimpleNamespace(base=base_raw(cfg), space=dict(cfg.tune.space)))
+    row = TrialRow("t1", "finished", 0.5, 3, 4, {"optim.lr": 3e-3}, [(4, 0.5)])
+    trial = write_best(s, row, tmp_path / "best.yaml")
+    best = load_config(tmp_path / "best.yaml")
+    assert best == trial and best.tune is None and best.optim.lr == 3e-3
+    assert best.schedule == cfg.schedule
+
+
+def test_a_sweep_switching_to_cosine_restarts_with_cycle_steps_reads_back(tmp_path):
+    from raydeep.config import to_yaml
+
+    raw = sweep_cfg({"schedule.name": {"grid": ["cosine", "cosine_restarts"]}}, search="grid")
+    raw["schedule"] = {"name": "cosine_restarts", "cycle_steps": 8, "warmup": 2}
+    cfg = validate(raw, "sweep.yaml")
+    check_space(cfg, "sweep.yaml")
+    for params in initial_trials(cfg):
+        trial, _ = trial_config(base_raw(cfg), cfg.tune.space, params)
+        assert validate(yaml.safe_load(to_yaml(trial)), "saved") == trial
+
+
 def test_importing_the_config_does_not_import_torch_or_ray():
     code = "import sys, raydeep.config; print('torch' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -345,3 +416,112 @@ def test_optuna_draws_a_parameter_only_where_it_applies():
         seen.add(weighting)
         study.tell(trial, 0.5)
     assert seen == {"none", "effective_number"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedulers on --resume: Ray 2.60 restores them as they were at the sweep's start, without state
+
+
+class FakeTrial(SimpleNamespace):
+    __hash__ = object.__hash__  # schedulers key their state by trial
+    __eq__ = object.__eq__
+
+
+def fake_trial(tmp_path: Path, trial_id: str, rows: list[dict], status: str = "PENDING"):
+    import pyarrow.fs
+
+    saved, staging = tmp_path / "storage" / trial_id, tmp_path / "staging" / trial_id
+    saved.mkdir(parents=True)
+    if rows:  # a trial from before the interruption; the last line cut by the kill
+        (saved / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": ')
+    checkpoint_config = SimpleNamespace(num_to_keep=4)
+    return FakeTrial(
+        trial_id=trial_id, status=status, path=str(saved), local_path=str(staging), config={"params": {}},
+        storage=SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem()), experiment_tag=trial_id,
+        checkpoint=f"ckpt-{trial_id}" if rows else None,
+        run_metadata=SimpleNamespace(checkpoint_manager=SimpleNamespace(checkpoint_config=checkpoint_config)),
+        is_finished=lambda: status == "TERMINATED")
+
+
+def epochs(*values: float) -> list[dict]:
+    return [{"epoch": e, "val/macro_f1": v, "training_iteration": e + 1} for e, v in enumerate(values)]
+
+
+def test_resumed_asha_keeps_its_rungs_and_counts_epochs_not_tune_iterations(tmp_path):
+    from raydeep.trainers.sweep_schedulers import EpochASHA
+
+    asha = EpochASHA(metric="val/macro_f1", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+    ctl = SimpleNamespace(search_alg=None)
+    done = fake_trial(tmp_path, "done", epochs(0.8, 0.85, 0.9), "TERMINATED")
+    stopped = fake_trial(tmp_path, "stopped", epochs(0.6), "TERMINATED")
+    running = fake_trial(tmp_path, "running", epochs(0.7), "PENDING")  # its Train run resumes at epoch 1
+    new = fake_trial(tmp_path, "new", [])
+    for t in (done, stopped, running, new):
+        asha.on_trial_add(ctl, t)
+    rung1 = next(rec for milestone, rec in asha._brackets[0]._rungs if milestone == 1)
+    assert rung1 == {"done": 0.8, "stopped": 0.6, "running": 0.7}
+    # Tune's iteration count restarted at 1, but this is its second epoch: judged at rung 2
+    # against "done"'s 0.85, not again at rung 1.
+    assert asha.on_trial_result(ctl, running, {"epoch": 1, "val/macro_f1": 0.5, "training_iteration": 1}) == "STOP"
+    # A trial that starts after the resume meets the rungs the others left.
+    assert asha.on_trial_result(ctl, new, {"epoch": 0, "val/macro_f1": 0.1, "training_iteration": 1}) == "STOP"
+    # The resumed trial appends to its saved history rather than starting a new one.
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "staging" / "running" / "result.json").read_text().splitlines()] \
+        == [0]
+
+
+def test_resumed_asha_stops_a_trial_it_had_decided_to_stop_before_the_interruption(tmp_path):
+    from raydeep.trainers.sweep_schedulers import EpochASHA
+
+    asha = EpochASHA(metric="val/macro_f1", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+    ctl = SimpleNamespace(search_alg=None)
+    asha.on_trial_add(ctl, fake_trial(tmp_path, "good", epochs(0.9), "TERMINATED"))
+    late = fake_trial(tmp_path, "late", epochs(0.1), "RUNNING")  # ASHA said STOP; the kill came first
+    asha.on_trial_add(ctl, late)
+    assert asha.on_trial_result(ctl, late, {"epoch": 1, "val/macro_f1": 0.95, "training_iteration": 1}) == "STOP"
+
+
+def test_resumed_synchronous_pbt_knows_scores_and_waits_for_the_slowest_trial(tmp_path):
+    from raydeep.trainers.sweep_schedulers import ResumablePBT
+
+    pbt = ResumablePBT(time_attr="training_iteration", metric="val/macro_f1", mode="max", perturbation_interval=1,
+                       hyperparam_mutations={"params": {"optim.lr": [1e-3, 1e-2]}}, synch=True)
+    ctl = SimpleNamespace(search_alg=None)
+    ahead = fake_trial(tmp_path, "ahead", epochs(0.5, 0.6, 0.7), "PAUSED")  # waiting at the round after 2
+    behind = fake_trial(tmp_path, "behind", epochs(0.4, 0.45), "RUNNING")
+    for t in (ahead, behind):
+        pbt.on_trial_add(ctl, t)
+    assert pbt._trial_state[ahead].last_score == 0.7 and pbt._trial_state[ahead].last_checkpoint == "ckpt-ahead"
+    assert pbt._trial_state[behind].last_train_time == 2 and pbt._trial_state[behind].last_perturbation_time == 2
+    # Ray's own restore would restart this at 1, so every later result would sync alone.
+    assert pbt._next_perturbation_sync == 3
+
+
+def test_a_sweep_on_s3_storage_is_refused_before_ray_starts_saying_what_works():
+    from raydeep.trainers.sweeps import run_sweep
+
+    raw = sweep_cfg({"optim.lr": {"choice": [1e-3, 1e-2]}})
+    raw["run"]["storage"] = "s3://bucket/sweeps"
+    with pytest.raises(ConfigError) as exc:
+        run_sweep(validate(raw, "sweep.yaml"), source="sweep.yaml")
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("sweep.yaml: run.storage = 's3://bucket/sweeps': "), msg
+    assert "--set run.storage=null --run-dir DIR" in msg and "raydeep train" in msg
+
+
+def test_resume_refuses_a_cluster_too_small_for_the_concurrency_the_sweep_started_with(tmp_path):
+    # Tune.restore keeps the saved max_concurrent_trials; raydeep checks it against the new cluster.
+    from raydeep.trainers.sweeps import SWEEP_FILE, check_resumed_concurrency
+
+    (tmp_path / SWEEP_FILE).write_text(json.dumps({"max_concurrent_trials": 3}))
+    s = SimpleNamespace(sweep_dir=tmp_path, plan=plan())
+    check_resumed_concurrency(s, SimpleNamespace(cpus=8, gpus=0))
+    with pytest.raises(ResourceError) as exc:
+        check_resumed_concurrency(s, SimpleNamespace(cpus=4, gpus=0))
+    assert str(exc.value) == (
+        f"--resume {tmp_path}: the sweep runs 3 trials at once (fixed when it started), more than this cluster "
+        "holds: each trial takes 2 workers x 0.5 CPU + 0.1 for the trial itself = 1.1 CPU; 3 trials need 3.3 of "
+        "the cluster's 4 CPUs, leaving 0.7 for Ray Data, which needs 1 (the sweep would hang); at most 2 fit; "
+        "resume it on a cluster like the one it started on")
+    (tmp_path / SWEEP_FILE).unlink()  # a sweep dir from before the file: nothing to check
+    check_resumed_concurrency(s, SimpleNamespace(cpus=4, gpus=0))
