@@ -63,10 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "('{name: step, step_size: 2}'); repeatable")
 
     p = sub.add_parser("evaluate", help="metrics and confusion matrix of a checkpoint on a data set")
-    p.add_argument("checkpoint", help="a run directory (uses its best checkpoint) or a checkpoint directory")
+    p.add_argument("checkpoint", help="a run directory (uses its best checkpoint, also when run.storage put it "
+                                      "on S3), a checkpoint directory, or s3://... of either (an S3 run folder: "
+                                      "its latest checkpoint)")
     p.add_argument("--data", required=True, help="parquet split to evaluate on (same forms as data.val)")
-    p.add_argument("--out", help="JSON output path (default: evaluation.json in the run directory)")
+    p.add_argument("--out", help="JSON output path or s3://... (default: evaluation.json in the run directory)")
     p.add_argument("--batch-size", type=int, default=256)
+    _add_storage_flags(p)
     return parser
 
 
@@ -107,7 +110,9 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from raydeep.trainers.evaluate import evaluate_command
 
-    evaluate_command(args.checkpoint, args.data, out=args.out, batch_size=args.batch_size)
+    given = args.endpoint_url or args.region or args.profile  # else: the run's storage section, else AWS's
+    evaluate_command(args.checkpoint, args.data, out=args.out, batch_size=args.batch_size,
+                     storage=_storage_from_args(args) if given else None)
     return 0
 
 
@@ -177,14 +182,18 @@ def _add_data_command(sub) -> None:
     _add_storage_flags(ins)
 
 
-def cmd_data(args: argparse.Namespace) -> int:
+def _storage_from_args(args: argparse.Namespace):
     from raydeep.datasets.storage import StorageConfig
 
     try:
-        storage = StorageConfig(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
+        return StorageConfig(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
     except ValueError as exc:  # pydantic's ValidationError; only endpoint_url is checked
         msg = exc.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(exc, "errors") else str(exc)
         raise RaydeepError(f"--endpoint-url {args.endpoint_url}: {msg}") from None
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    storage = _storage_from_args(args)
     if args.data_command == "inspect":
         from raydeep.datasets.inspect import inspect_path
 

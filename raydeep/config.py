@@ -46,9 +46,23 @@ class DataConfig(Section):
     )
 
 
+# What the worker loop reports each epoch for a regression task (trainers/metrics.py makes them);
+# r2 grows with a better fit, the others shrink.
+REGRESSION_METRICS = ("val/loss", "val/mse", "val/rmse", "val/mae", "val/r2", "train/loss")
+
+
+def metric_mode(metric: str) -> str:
+    """The direction in which ``metric`` improves: ``max`` for val/r2, ``min`` for losses and errors."""
+    return "max" if metric == "val/r2" else "min"
+
+
 class ModelConfig(Section):
-    kind: Literal["transformer", "cnn"] = "transformer"
-    num_classes: int = Field(..., ge=2)
+    """``task: regression`` predicts one number per row (a float ``label``) with ``imbalance.loss: mse``;
+    ``classification`` (the default) predicts ``num_classes`` logits."""
+
+    kind: Literal["transformer", "cnn", "linear"] = "transformer"
+    task: Literal["classification", "regression"] = "classification"
+    num_classes: int | None = Field(None, ge=2, description="classification only (required there)")
     d_model: int = Field(128, ge=8)
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
@@ -63,7 +77,17 @@ class ModelConfig(Section):
     def _heads_divide(self) -> "ModelConfig":
         if self.kind == "transformer" and self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if self.task == "classification" and self.num_classes is None:
+            raise ValueError("num_classes is required for task: classification (the number of label classes)")
+        if self.task == "regression" and self.num_classes is not None:
+            raise ValueError(f"num_classes = {self.num_classes}: a task: regression model has one output; "
+                             "remove num_classes")
         return self
+
+    @property
+    def output_dim(self) -> int:
+        """Outputs per row: ``num_classes`` logits, or one predicted value for regression."""
+        return 1 if self.task == "regression" else int(self.num_classes)  # type: ignore[arg-type]
 
 
 class OptimConfig(Section):
@@ -136,6 +160,67 @@ class Config(Section):
     run: RunSection = RunSection()
     storage: StorageConfig = StorageConfig()
     tune: TuneConfig | None = None  # what `raydeep tune` searches; `raydeep train` ignores it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regression_defaults(cls, raw: Any) -> Any:
+        """A regression config's unset loss and metrics default to regression ones, not classification's."""
+        model = raw.get("model") if isinstance(raw, dict) else None
+        if not (isinstance(model, dict) and model.get("task") == "regression"):
+            return raw
+        raw = dict(raw)
+
+        def section(parent: dict, key: str) -> dict | None:
+            value = parent.get(key)
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                return None  # validation names the bad value
+            parent[key] = value = dict(value)
+            return value
+
+        imbalance = section(raw, "imbalance")
+        if imbalance is not None:
+            imbalance.setdefault("loss", "mse")
+        run = section(raw, "run")
+        es = section(run, "early_stopping") if run is not None else None
+        if es is not None:
+            es.setdefault("metric", "val/rmse")
+            if es["metric"] in REGRESSION_METRICS:
+                es.setdefault("mode", metric_mode(es["metric"]))
+        if isinstance(raw.get("tune"), dict):
+            tune = section(raw, "tune")
+            tune.setdefault("metric", "val/loss")  # tune.metric takes val/loss, not yet val/rmse (same ranking)
+            if tune["metric"] in REGRESSION_METRICS:
+                tune.setdefault("mode", metric_mode(tune["metric"]))
+        return raw
+
+    @model_validator(mode="after")
+    def _task_consistent(self) -> "Config":
+        regression = self.model.task == "regression"
+        loss = self.imbalance.loss
+        if regression and loss != "mse":
+            raise ValueError(f"imbalance.loss = {loss!r} is a classification loss; model.task: regression "
+                             "trains with imbalance.loss: mse")
+        if not regression and loss == "mse":
+            raise ValueError("imbalance.loss = 'mse' is the regression loss; set model.task: regression, "
+                             "or use cross_entropy, focal or hinge")
+        metrics = [("run.early_stopping.metric", self.run.early_stopping.metric, self.run.early_stopping.mode)]
+        if getattr(self.schedule, "metric", None) is not None:
+            metrics.append(("schedule.metric", self.schedule.metric, self.schedule.mode))
+        if self.tune is not None:
+            metrics.append(("tune.metric", self.tune.metric, self.tune.mode))
+        for key, metric, mode in metrics:
+            if regression and metric not in REGRESSION_METRICS:
+                raise ValueError(f"{key} = {metric!r}: a model.task: regression run reports "
+                                 f"{', '.join(REGRESSION_METRICS)}")
+            if regression and mode != metric_mode(metric):
+                raise ValueError(f"{key} = {metric!r} with mode: {mode} would favour the worst values; "
+                                 f"use mode: {metric_mode(metric)}")
+            if not regression and metric in REGRESSION_METRICS and metric not in ("val/loss", "train/loss"):
+                raise ValueError(f"{key} = {metric!r} is a regression metric; set model.task: regression, "
+                                 "or pick a classification metric such as val/macro_f1")
+        return self
 
     @model_validator(mode="after")
     def _l1_needs_whole_parameters(self) -> "Config":
@@ -217,6 +302,10 @@ def _describe(err: dict, source: str, overridden: set[str]) -> str:
     if err["type"] == "missing":
         return f"{source}: {key}: required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(err.get("input"), dict):
+        # A check across a section's keys (or across sections) names its keys in the message;
+        # echoing the whole section back would bury it.
+        return f"{source}: {msg}" if not loc else f"{source}: {key}: {msg}"
     return f"{source}: {key} = {err.get('input')!r}{origin}: {msg}"
 
 
@@ -253,5 +342,12 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
     return validate(raw, str(path), list(overrides))
 
 
-def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def to_yaml(cfg: Config, *, exclude: set[str] | None = None) -> str:
+    """Every field, defaults included, as YAML that ``load_config`` reads back to an equal config
+    (the models' serializers drop what would contradict: e.g. cosine_restarts' ``cycles`` beside
+    ``cycle_steps``). ``exclude``: top-level sections to leave out (``{"tune"}`` for best.yaml)."""
+    raw = cfg.model_dump(mode="json", exclude=exclude)
+    if isinstance(raw.get("schedule"), dict):  # the schedule's name first, as users write it
+        raw["schedule"] = {"name": raw["schedule"]["name"],
+                           **{k: v for k, v in raw["schedule"].items() if k != "name"}}
+    return yaml.safe_dump(raw, sort_keys=False)

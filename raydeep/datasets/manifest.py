@@ -86,12 +86,15 @@ def write_split(
     split: str,
     task: str,
     feature: FeatureSpec,
-    num_classes: int,
-    label_names: Sequence[str],
+    num_classes: int | None,
+    label_names: Sequence[str] | None,
     generator: dict[str, Any] | None = None,
     shards: int = 4,
 ) -> dict[str, Any]:
     """Write ``table`` as contiguous shards plus its manifest; returns the manifest.
+
+    ``num_classes=None`` (a regression split: ``label`` holds targets) records no class names
+    and no label histogram.
 
     The shard count is capped by the row count so no shard is empty (an empty shard would be a
     read task with nothing to do and a row count of zero in the manifest).
@@ -106,7 +109,6 @@ def write_split(
         part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
         pq.write_table(part, out / shard_name(i))
         shard_rows.append({"file": shard_name(i), "rows": part.num_rows})
-    labels = table.column(LABEL_COLUMN).to_numpy()
     manifest = {
         "format": FORMAT,
         "name": name,
@@ -114,12 +116,14 @@ def write_split(
         "task": task,
         "feature": feature.to_dict(),
         "num_classes": num_classes,
-        "label_names": list(label_names),
+        "label_names": None if label_names is None else list(label_names),
         "num_rows": n,
         "shards": shard_rows,
-        "label_histogram": np.bincount(labels, minlength=num_classes).tolist(),
         "generator": generator or {},
     }
+    if num_classes is not None:
+        labels = table.column(LABEL_COLUMN).to_numpy()
+        manifest["label_histogram"] = np.bincount(labels, minlength=num_classes).tolist()
     write_manifest(out, manifest)
     return manifest
 

@@ -17,20 +17,23 @@ LABEL_COLUMN = "label"
 ID_COLUMN = "id"
 TOKENS_COLUMN = "input_ids"
 PIXELS_COLUMN = "pixels"
+NUMERIC_COLUMN = "features"  # regression and tabular data: a vector of numbers per row
 # Feature column -> kind. The order is the order we look for them in a schema.
-FEATURE_COLUMNS: dict[str, Literal["tokens", "image"]] = {TOKENS_COLUMN: "tokens", PIXELS_COLUMN: "image"}
+FEATURE_COLUMNS: dict[str, Literal["tokens", "image", "numeric"]] = {
+    TOKENS_COLUMN: "tokens", PIXELS_COLUMN: "image", NUMERIC_COLUMN: "numeric"}
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
     """The model-facing description of one split's feature column."""
 
-    column: str  # "input_ids" or "pixels"
-    kind: Literal["tokens", "image"]
+    column: str  # "input_ids", "pixels" or "features"
+    kind: Literal["tokens", "image", "numeric"]
     seq_len: int | None = None  # tokens: every row is padded to this length
     vocab_size: int | None = None  # tokens, when a manifest records it
     pad_id: int = 0
     image_shape: tuple[int, int, int] | None = None  # images: (C, H, W) of the flat pixel list
+    num_features: int | None = None  # numeric: values per row
 
     def __post_init__(self) -> None:
         if self.kind == "tokens":
@@ -46,20 +49,27 @@ class FeatureSpec:
                 )
             # Frozen: normalise a list from JSON into the hashable tuple the annotation promises.
             object.__setattr__(self, "image_shape", tuple(int(s) for s in shape))
+        elif self.kind == "numeric":
+            if self.num_features is None or self.num_features < 1:
+                raise ValueError(f"numeric feature {self.column!r} needs num_features >= 1, got {self.num_features!r}")
         else:
-            raise ValueError(f"feature kind must be 'tokens' or 'image', got {self.kind!r}")
+            raise ValueError(f"feature kind must be 'tokens', 'image' or 'numeric', got {self.kind!r}")
 
     @property
     def width(self) -> int:
-        """Values per row: seq_len for tokens, C*H*W for images."""
+        """Values per row: seq_len for tokens, C*H*W for images, num_features for numeric."""
         if self.kind == "tokens":
             return self.seq_len  # type: ignore[return-value]
+        if self.kind == "numeric":
+            return self.num_features  # type: ignore[return-value]
         return math.prod(self.image_shape)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "tokens":
             return {"column": self.column, "kind": "tokens", "seq_len": self.seq_len,
                     "vocab_size": self.vocab_size, "pad_id": self.pad_id}
+        if self.kind == "numeric":
+            return {"column": self.column, "kind": "numeric", "num_features": self.num_features}
         return {"column": self.column, "kind": "image", "shape": list(self.image_shape)}  # type: ignore[arg-type]
 
     @classmethod
@@ -78,6 +88,7 @@ class FeatureSpec:
             vocab_size=None if d.get("vocab_size") is None else int(d["vocab_size"]),
             pad_id=int(d.get("pad_id", 0)),
             image_shape=None if shape is None else tuple(shape),
+            num_features=None if d.get("num_features") is None else int(d["num_features"]),
         )
 
 

@@ -10,11 +10,14 @@ from rich.table import Table
 
 
 def epoch_line(m: dict[str, Any], epochs: int) -> str:
+    if "val/rmse" in m:  # model.task: regression
+        quality = f"rmse {m['val/rmse']:.4g}  mae {m['val/mae']:.4g}  r2 {m['val/r2']:.4f}  "
+    else:
+        quality = (f"acc {m['val/accuracy']:.4f}  macro-F1 {m['val/macro_f1']:.4f}  "
+                   f"bal-acc {m['val/balanced_accuracy']:.4f}  ")
     return (
         f"epoch {m['epoch'] + 1}/{epochs}  train loss {m['train/loss']:.4f}  val loss {m['val/loss']:.4f}  "
-        f"acc {m['val/accuracy']:.4f}  macro-F1 {m['val/macro_f1']:.4f}  "
-        f"bal-acc {m['val/balanced_accuracy']:.4f}  {m['samples_per_s']:,.0f} samples/s  "
-        f"lr {m['lr']:.2e}  step {m['global_step']}"
+        f"{quality}{m['samples_per_s']:,.0f} samples/s  lr {m['lr']:.2e}  step {m['global_step']}"
     )
 
 
@@ -43,6 +46,27 @@ def metrics_table(metrics: dict[str, Any], label_names: list[str], title: str) -
                   f"{metrics['macro_f1']:.4f}", str(total))
     table.add_row("accuracy", "", "", f"{metrics['accuracy']:.4f}", str(total))
     table.add_row("balanced accuracy", "", "", f"{metrics['balanced_accuracy']:.4f}", str(total))
+    return table
+
+
+def regression_table(final: dict[str, Any], targets: dict[str, float] | None, linear: dict[str, Any] | None,
+                     title: str) -> Table:
+    """A regression run's validation errors, the training targets' spread beside them (an rmse near
+    the std is no better than predicting the mean), and a linear model's coefficients."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("mse", "rmse", "mae", "r2"):
+        table.add_row(key, f"{final[f'val/{key}']:.6g}")
+    if targets:
+        table.add_section()
+        table.add_row("train target mean", f"{targets['mean']:.6g}")
+        table.add_row("train target std", f"{targets['std']:.6g}")
+    if linear:
+        table.add_section()
+        table.add_row("θ₀ (intercept)", f"{linear['intercept']:.6g}")
+        for i, w in enumerate(linear["weights"], start=1):
+            table.add_row(f"θ{chr(0x2080 + i)}" if len(linear["weights"]) < 10 else f"θ[{i}]", f"{w:.6g}")
     return table
 
 

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from raydeep.config import Config, to_yaml
 from raydeep.datasets.schema import FeatureSpec
-from raydeep.datasets.sources import ParquetSplit, label_histogram, open_split, to_ray_dataset
+from raydeep.datasets.sources import ParquetSplit, label_histogram, open_split, target_summary, to_ray_dataset
 from raydeep.datasets.storage import resolve_storage
 from raydeep.errors import ConfigError, DataError, RaydeepError
 from raydeep.fileio import atomic_write_text
@@ -36,12 +36,15 @@ class DataPlan:
     train: ParquetSplit
     val: ParquetSplit
     feature: FeatureSpec
-    class_counts: list[int]
-    label_names: list[str]
+    class_counts: list[int] | None  # None for model.task: regression
+    label_names: list[str] | None
+    targets: dict[str, float] | None = None  # regression: the training targets' rows, mean, std, min, max
 
 
 def plan_data(cfg: Config) -> DataPlan:
     """Open and check both splits and count the training labels, on the driver, once."""
+    if cfg.model.task == "regression":
+        return plan_regression_data(cfg)
     train = open_split(cfg.data.train, key="data.train", storage=cfg.storage)
     val = open_split(cfg.data.val, key="data.val", storage=cfg.storage)
     k = cfg.model.num_classes
@@ -54,10 +57,40 @@ def plan_data(cfg: Config) -> DataPlan:
     if (train.feature.column, train.feature.kind) != (val.feature.column, val.feature.kind):
         raise DataError(f"data.val: feature column {val.feature.column!r} differs from data.train's "
                         f"{train.feature.column!r}")
+    check_model(cfg, train.feature)
     counts = label_histogram(train, k)
     label_histogram(val, k)  # range check: a bad validation label must fail here, not on a worker
     names = train.label_names or [str(i) for i in range(k)]
     return DataPlan(train, val, train.feature, counts, names)
+
+
+def plan_regression_data(cfg: Config) -> DataPlan:
+    """``model.task: regression``: numeric targets in ``label``, checked for nulls and NaN/inf."""
+    train = open_split(cfg.data.train, key="data.train", storage=cfg.storage, label_kind="value")
+    val = open_split(cfg.data.val, key="data.val", storage=cfg.storage, label_kind="value")
+    if (train.feature.column, train.feature.kind, train.feature.width) != (
+            val.feature.column, val.feature.kind, val.feature.width):
+        raise DataError(f"data.val: feature column {val.feature.column!r} ({val.feature.width} values per row) "
+                        f"differs from data.train's {train.feature.column!r} ({train.feature.width})")
+    check_model(cfg, train.feature)
+    targets = target_summary(train)
+    target_summary(val)  # a null or NaN validation target must fail here, not on a worker
+    return DataPlan(train, val, train.feature, None, None, targets)
+
+
+def check_model(cfg: Config, feature: FeatureSpec) -> None:
+    """Build the model on the meta device (shapes only, no memory), so a model that cannot read
+    this data fails on the driver in a second, not on every worker after Ray has started."""
+    import torch
+
+    from raydeep.trainers.models import build_model
+
+    try:
+        with torch.device("meta"):
+            build_model(cfg.model, feature)
+    except ValueError as exc:
+        raise ConfigError(f"model.kind = {cfg.model.kind!r} on data.train ({feature.kind} in "
+                          f"{feature.column!r}): {exc}") from None
 
 
 def new_run_dir(cfg: Config, root: str = "runs") -> Path:
@@ -94,6 +127,9 @@ class RunPlan:
             f"{cfg.data.batch_size * self.world * cfg.optim.grad_accum} samples per optimizer step"
             + (f"\n{cfg.imbalance.sampling} sampling: class counts {d.class_counts} -> expected "
                f"{[round(c, 1) for c in self.expected_counts]} per epoch" if self.expected_counts else "")
+            + (f"\nregression on {d.feature.width} feature(s); training targets: mean {d.targets['mean']:.4g}, "
+               f"std {d.targets['std']:.4g} (about the rmse of always predicting the mean), range "
+               f"[{d.targets['min']:.4g}, {d.targets['max']:.4g}]" if d.targets else "")
         )
 
 
@@ -107,8 +143,6 @@ def plan_run(cfg: Config, info, data: DataPlan | None = None) -> RunPlan:
     from raydeep.trainers.loop import steps_per_epoch
 
     data = data or plan_data(cfg)
-    if cfg.imbalance.loss == "mse":
-        raise ConfigError("imbalance.loss = 'mse': needs a regression model, which raydeep does not have yet")
     weights = None if cfg.imbalance.weighting == "none" else class_weights(
         data.class_counts, cfg.imbalance.weighting, cfg.imbalance.beta, cfg.imbalance.zero_count)
     use_gpu = info.gpus > 0 if cfg.scaling.use_gpu == "auto" else bool(cfg.scaling.use_gpu)
@@ -249,11 +283,6 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         storage_path, storage_fs = resolve_storage(cfg.run.storage, cfg.storage, key="run.storage")
     else:  # Ray Train's run folder is <storage>/<name>: by default the run directory itself
         storage_path, storage_fs = str(run_dir.resolve().parent), None
-    # Ray starts worker processes at niceness 15, so on a machine doing anything else the training
-    # workers yield to it (benchmarks/overhead.py on a loaded 2-core VM: 146 -> 207 samples/s; on
-    # a quiet one +4%, within noise). A local Ray started here runs them at the command's own priority;
-    # an existing cluster keeps its own setting.
-    os.environ.setdefault("RAY_worker_niceness", "0")
     info = connect(address, verbose=verbose)
     marks["ray_ready"] = time.time()
     plan = plan_run(cfg, info, data)
@@ -283,9 +312,14 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         "confusion": final.get("val/confusion"),
         "label_names": data.label_names,
         "class_counts": data.class_counts,
+        "task": cfg.model.task,
         "wall_time_s": time.time() - t_start,
         "startup": startup_timeline(marks, board),
     }
+    if cfg.model.task == "regression":
+        summary["targets"] = data.targets
+    if cfg.model.kind == "linear":
+        summary["linear"] = linear_coefficients(result, plan, console)
     print_final(console, summary)
     write_plots(run_dir, summary, plan, console)
     atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")  # last: marks the run complete
@@ -403,19 +437,44 @@ def training_error(exc: BaseException) -> BaseException:
     return RaydeepError(f"training failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
 
 
+def linear_coefficients(result, plan: RunPlan, console: Console) -> dict[str, Any] | None:
+    """A ``linear`` model's θ₀ (intercept) and θ (weights) from the run's latest checkpoint."""
+    if result.checkpoint is None:
+        return None
+    try:
+        from raydeep.trainers.checkpoints import load_state_dict
+
+        stage = plan.ds_config.get("zero_optimization", {}).get("stage", 0)
+        with result.checkpoint.as_directory() as d:
+            state = load_state_dict(Path(d), stage)
+        weight, bias = state["linear.weight"].double(), state["linear.bias"].double()
+    except Exception as exc:  # reading the coefficients must never fail a finished run
+        console.print(f"[yellow]could not read the linear model's coefficients: {exc}")
+        return None
+    if plan.cfg.model.task == "regression":
+        return {"intercept": float(bias[0]), "weights": weight[0].tolist()}
+    return {"intercept": bias.tolist(), "weights": weight.tolist()}
+
+
 def print_final(console: Console, summary: dict) -> None:
-    """The final table: validation metrics per class, from the last epoch's confusion matrix."""
-    from raydeep.trainers.console import metrics_table
+    """The final table: validation metrics per class, from the last epoch's confusion matrix, or a
+    regression run's error metrics (and a linear model's coefficients)."""
+    from raydeep.trainers.console import metrics_table, regression_table
     from raydeep.trainers.metrics import classification_metrics
 
-    if not summary.get("confusion"):
-        return
-    import numpy as np
-
-    m = classification_metrics(np.asarray(summary["confusion"]), summary["label_names"])
     final = summary["final"]
+    if not final:
+        return
     title = f"validation after epoch {final['epoch'] + 1} (step {final['global_step']})"
-    console.print(metrics_table(m, summary["label_names"], title))
+    if summary.get("task") == "regression":
+        console.print(regression_table(final, summary.get("targets"), summary.get("linear"), title))
+    elif summary.get("confusion"):
+        import numpy as np
+
+        m = classification_metrics(np.asarray(summary["confusion"]), summary["label_names"])
+        console.print(metrics_table(m, summary["label_names"], title))
+    else:
+        return
     best = summary["best"]
     if best["value"] is not None:
         console.print(f"best {best['metric']}: {best['value']:.4f}   checkpoint: {best['checkpoint']}")

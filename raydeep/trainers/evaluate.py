@@ -1,17 +1,32 @@
-"""``raydeep evaluate``: a checkpoint's metrics on a data set, in this process, without Ray."""
+"""``raydeep evaluate``: a checkpoint's metrics on a data set, in this process, without Ray.
+
+The checkpoint may be local or on S3: a checkpoint directory, a run's folder (``s3://BUCKET/
+runs/NAME``: its latest ``checkpoint_*``), or a local run directory whose ``summary.json``
+points at checkpoints that ``run.storage: s3://...`` put on S3. A remote checkpoint is
+downloaded into a temporary directory (removed afterwards) through the same storage resolution
+as training: ``--endpoint-url/--region/--profile``, else the run's ``storage:`` section, else
+the standard AWS variables; credentials only ever from the AWS environment.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from raydeep.errors import RaydeepError
+from raydeep.datasets.storage import StorageConfig, check_bucket, is_s3, s3_errors, s3_filesystem, strip_s3
+from raydeep.errors import DataError, RaydeepError
 from raydeep.fileio import atomic_write_text
 from raydeep.trainers.checkpoints import STATE_FILE, find_checkpoint, load_state_dict
+
+KEY = "evaluate"  # names the argument in one-line errors
+
 
 def load_model(ckpt: Path):
     from raydeep.config import Config
@@ -40,7 +55,114 @@ def batches(split, column: str, batch_size: int):
                 yield x, rb.column("label").to_numpy()
 
 
-def evaluate_command(path: str, data: str, *, out: str | None = None, batch_size: int = 256) -> dict[str, Any]:
+# ---------------------------------------------------------------------------------------------
+# Finding the checkpoint, locally or on S3
+
+
+@dataclass
+class Located:
+    """A checkpoint ready to load: ``local`` (maybe a temporary copy), and what to call it."""
+
+    local: Path
+    uri: str  # the checkpoint as the user knows it: a local path or s3://...
+    out: str  # where evaluation.json goes by default: a local path or s3://...
+    storage: StorageConfig | None  # how S3 was reached, when it was
+
+
+def _remote_checkpoint_of_run(run_dir: Path) -> tuple[str, StorageConfig] | None:
+    """``(s3://... checkpoint, the run's storage section)`` when ``run_dir`` is a local run directory
+    whose summary names checkpoints that are not on this disk because ``run.storage`` is S3."""
+    summary = run_dir / "summary.json"
+    config = run_dir / "config.yaml"
+    if (run_dir / STATE_FILE).is_file() or not summary.is_file() or not config.is_file():
+        return None
+    from raydeep.config import load_config
+
+    cfg = load_config(config)
+    if not is_s3(cfg.run.storage):
+        return None
+    s = json.loads(summary.read_text())
+    for ckpt in (s.get("best", {}).get("checkpoint"), s.get("latest_checkpoint")):
+        if ckpt and not Path(ckpt).is_dir():
+            # Ray Train reports paths inside its storage filesystem: "bucket/prefix/...", no scheme.
+            return (ckpt if is_s3(ckpt) else "s3://" + ckpt.lstrip("/")), cfg.storage
+    return None
+
+
+def _find_s3_checkpoint(fs: Any, uri: str) -> str:
+    """The bucket/key prefix of the checkpoint at ``uri``: that directory if it holds a raydeep
+    checkpoint, else the newest ``checkpoint_*`` under it (a Ray Train run folder)."""
+    base = strip_s3(uri)
+    if "/" not in base:
+        raise DataError(f"{KEY}: {uri}: expected s3://BUCKET/PREFIX of a checkpoint or run, not a bare bucket")
+    check_bucket(fs, uri)  # a missing bucket or bad credentials: raised here, turned into one line
+    if fs.isfile(f"{base}/{STATE_FILE}"):
+        return base
+    # Ray names checkpoint folders checkpoint_<timestamp>: the last in name order is the newest.
+    found = sorted(p.rsplit("/", 1)[0] for p in fs.glob(f"{base}/checkpoint_*/{STATE_FILE}"))
+    if found:
+        return found[-1]
+    raise DataError(f"{KEY}: {uri}: no raydeep checkpoint there (no {STATE_FILE}, no checkpoint_*/{STATE_FILE})")
+
+
+def _download(fs: Any, base: str, dest: Path) -> None:
+    remote = [p for p in fs.find(base) if not p.endswith("/")]
+    local = []
+    for p in remote:
+        target = dest / p[len(base):].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        local.append(str(target))
+    fs.get(remote, local)
+
+
+@contextlib.contextmanager
+def located_checkpoint(path: str, storage: StorageConfig | None = None) -> Iterator[Located]:
+    """The checkpoint ``path`` names, on local disk for as long as the block runs.
+
+    ``storage``: how to reach S3 as the user gave it on the command line (None: the run's
+    ``storage:`` section when there is one, else the standard AWS variables)."""
+    remote: str | None = None
+    out: str | None = None
+    if is_s3(path):
+        remote = path
+    else:
+        found = _remote_checkpoint_of_run(Path(path))
+        if found is None:
+            ckpt, run_dir = find_checkpoint(path)
+            yield Located(ckpt, str(ckpt), str(run_dir / "evaluation.json"), storage)
+            return
+        remote, run_storage = found
+        storage = storage or run_storage
+        out = str(Path(path) / "evaluation.json")
+    fs = s3_filesystem(storage)
+    with tempfile.TemporaryDirectory(prefix="raydeep-eval-") as tmp:
+        with s3_errors(path, key=KEY, storage=storage):
+            base = _find_s3_checkpoint(fs, remote)
+            _download(fs, base, Path(tmp) / "checkpoint")
+        if not (Path(tmp) / "checkpoint" / STATE_FILE).is_file():  # deleted between listing and copy
+            raise DataError(f"{KEY}: s3://{base}: the checkpoint disappeared while it was being downloaded")
+        uri = "s3://" + base
+        yield Located(Path(tmp) / "checkpoint", uri, out or uri.rsplit("/", 1)[0] + "/evaluation.json", storage)
+
+
+def write_result(out: str, text: str, storage: StorageConfig | None) -> None:
+    if is_s3(out):
+        fs = s3_filesystem(storage)
+        with s3_errors(out, key="--out", storage=storage):
+            fs.pipe_file(strip_s3(out), text.encode())  # one PUT: readers see all of it or none
+    else:
+        atomic_write_text(out, text)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate_command(path: str, data: str, *, out: str | None = None, batch_size: int = 256,
+                     storage: StorageConfig | None = None) -> dict[str, Any]:
+    """Evaluate the checkpoint ``path`` (local or ``s3://``) on the split ``data``.
+
+    ``storage``: S3 settings from the command line; None takes the run's ``storage:`` section,
+    else the standard AWS variables, for both the checkpoint and ``--data``."""
     import torch
     from rich.console import Console
 
@@ -48,11 +170,15 @@ def evaluate_command(path: str, data: str, *, out: str | None = None, batch_size
     from raydeep.trainers.console import confusion_table, metrics_table
     from raydeep.trainers.metrics import classification_metrics, confusion_matrix
 
-    ckpt, run_dir = find_checkpoint(path)
-    model, cfg, feature, state = load_model(ckpt)
-    split = open_split(data, key="--data")
+    with located_checkpoint(path, storage) as where:
+        model, cfg, feature, state = load_model(where.local)
+    storage = storage or where.storage or cfg.storage
+    regression = cfg.model.task == "regression"
+    split = open_split(data, key="--data", storage=storage, label_kind="value" if regression else "class")
     if split.feature.column != feature.column:
         raise RaydeepError(f"--data {data}: has column {split.feature.column!r}; the model reads {feature.column!r}")
+    if regression:
+        return evaluate_regression(model, split, feature, state, where, data, out, batch_size, storage)
     k = cfg.model.num_classes
     label_histogram(split, k)  # range check before any compute
     cm = torch.zeros(k, k, dtype=torch.int64)
@@ -64,10 +190,39 @@ def evaluate_command(path: str, data: str, *, out: str | None = None, batch_size
     names = state.get("label_names") or [str(i) for i in range(k)]
     metrics = classification_metrics(cm.numpy(), names)
     console = Console()
-    console.print(metrics_table(metrics, names, f"{data} — checkpoint {ckpt.name} (epoch {state['epoch'] + 1})"))
+    name = where.uri.rstrip("/").rsplit("/", 1)[-1]
+    console.print(metrics_table(metrics, names, f"{data} — checkpoint {name} (epoch {state['epoch'] + 1})"))
     console.print(confusion_table(cm.tolist(), names))
-    result = {"checkpoint": str(ckpt), "data": data, "rows": int(cm.sum()), **metrics, "confusion": cm.tolist()}
-    out_path = Path(out) if out else run_dir / "evaluation.json"
-    atomic_write_text(out_path, json.dumps(result, indent=2) + "\n")
+    result = {"checkpoint": where.uri, "data": data, "rows": int(cm.sum()), **metrics, "confusion": cm.tolist()}
+    out_path = out or where.out
+    write_result(out_path, json.dumps(result, indent=2) + "\n", storage)
+    console.print(f"wrote {out_path}")
+    return result
+
+
+def evaluate_regression(model, split, feature, state: dict, where, data: str, out: str | None, batch_size: int,
+                        storage) -> dict[str, Any]:
+    """``raydeep evaluate`` of a ``model.task: regression`` checkpoint: mse, rmse, mae and r2."""
+    import torch
+    from rich.console import Console
+
+    from raydeep.datasets.sources import target_summary
+    from raydeep.trainers.console import regression_table
+    from raydeep.trainers.metrics import RegressionSums
+
+    target_summary(split)  # a null or NaN target fails before any compute
+    sums = RegressionSums()
+    with torch.no_grad():
+        for x, y in batches(split, feature.column, batch_size):
+            xt = torch.from_numpy(np.ascontiguousarray(x).copy())
+            sums.update(model(xt.float() if xt.is_floating_point() else xt.long()), y)
+    metrics = sums.metrics()
+    name = where.uri.rstrip("/").rsplit("/", 1)[-1]
+    console = Console()
+    console.print(regression_table({f"val/{k}": v for k, v in metrics.items()}, None, None,
+                                   f"{data} — checkpoint {name} (epoch {state['epoch'] + 1})"))
+    result = {"checkpoint": where.uri, "data": data, "rows": sums.n, **metrics}
+    out_path = out or where.out
+    write_result(out_path, json.dumps(result, indent=2) + "\n", storage)
     console.print(f"wrote {out_path}")
     return result

@@ -10,8 +10,9 @@ collective: a forward on rank 0 alone would hang. And we chose it over a split v
 set because ``streaming_split(equal=True)`` trims rows to equalize shards (the metrics would
 not be over the whole set) while an unequal split leaves ranks with different numbers of
 forward passes, which again hangs ZeRO-3. Every rank therefore builds the same, complete
-confusion matrix; rank 0's is reported. The cost is duplicated validation compute, which is
-small next to an epoch of training on any realistic split.
+confusion matrix (for ``model.task: regression``, the same error sums); rank 0's is reported.
+The cost is duplicated validation compute, which is small next to an epoch of training on any
+realistic split.
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from raydeep.datasets.schema import FeatureSpec
 from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE
 from raydeep.trainers.engine import create_engine, input_dtype, l1_penalty, set_lr
 from raydeep.trainers.losses import build_loss
-from raydeep.trainers.metrics import classification_metrics, confusion_matrix, flat_metrics
+from raydeep.trainers.metrics import (
+    RegressionSums,
+    classification_metrics,
+    confusion_matrix,
+    flat_metrics,
+    flat_regression_metrics,
+)
 from raydeep.trainers.models import build_model
 from raydeep.trainers.progress import StepTicker
 from raydeep.trainers.schedules import Schedule
@@ -62,7 +69,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
                            job.get("verbose", False))
     marks["engine_ready"] = time.time()
     schedule = Schedule(cfg.schedule, cfg.optim.lr, job["total_steps"], job["optimizer_steps_per_epoch"])
-    loss_fn = build_loss(cfg.imbalance, job["class_weights"], cfg.model.num_classes)
+    loss_fn = build_loss(cfg.imbalance, job["class_weights"], cfg.model.output_dim)
     state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0}
     resumed_from = restore(engine, schedule, state)
     board = job["board"] if rank == 0 else None  # None in Tune trials: Tune draws its own table
@@ -149,18 +156,26 @@ def inputs(batch: dict[str, torch.Tensor], feature: FeatureSpec, dtype: torch.dt
 
 @torch.no_grad()
 def evaluate(engine, data, feature: FeatureSpec, cfg: Config, loss_fn, epoch: int, dtype) -> dict[str, Any]:
-    """Loss and classification metrics over the whole validation set (see the module docstring)."""
+    """Loss and metrics over the whole validation set (see the module docstring): classification
+    metrics from one confusion matrix, or regression's mse, rmse, mae and r2."""
     engine.eval()
-    k = cfg.model.num_classes
+    regression = cfg.model.task == "regression"
+    k = cfg.model.output_dim
     cm = torch.zeros(k, k, dtype=torch.int64)
+    sums = RegressionSums()
     loss_sum, n = 0.0, 0
     for batch in data.iter_torch_batches(batch_size=max(cfg.data.batch_size, 256), device=engine.device):
         y = batch["label"]
-        logits = engine(inputs(batch, feature, dtype)).float()
-        loss_sum += float(loss_fn(logits, y, epoch)) * len(y)
+        out = engine(inputs(batch, feature, dtype)).float()
+        loss_sum += float(loss_fn(out, y, epoch)) * len(y)
         n += len(y)
-        cm += confusion_matrix(logits.argmax(-1).cpu(), y.cpu(), k)
+        if regression:
+            sums.update(out.cpu(), y.cpu())
+        else:
+            cm += confusion_matrix(out.argmax(-1).cpu(), y.cpu(), k)
     engine.train()
+    if regression:
+        return {"val/loss": loss_sum / max(n, 1), **flat_regression_metrics(sums.metrics(), "val/")}
     m = classification_metrics(cm.numpy(), None)
     return {"val/loss": loss_sum / max(n, 1), **flat_metrics(m, "val/"), "val/confusion": cm.tolist()}
 

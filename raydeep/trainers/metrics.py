@@ -1,4 +1,5 @@
-"""Classification metrics from a confusion matrix: exact, and equal to scikit-learn's.
+"""Classification metrics from a confusion matrix, and regression metrics (mse, rmse, mae, r2):
+exact, and equal to scikit-learn's.
 
 Workers accumulate one ``[K, K]`` confusion matrix over the validation set (it sums across
 batches and across workers, unlike per-batch F1), and every metric is derived from it.
@@ -99,3 +100,103 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "val/") -> dict[str, flo
         out[f"{prefix}recall/{row['label']}"] = float(row["recall"])
         out[f"{prefix}f1/{row['label']}"] = float(row["f1"])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Regression (model.task: regression): one predicted value per row against a float target.
+#
+# r2 follows scikit-learn's ``r2_score`` (``force_finite=True``): ``1 - SSE / SST``, and when the
+# targets are all equal (SST = 0) 1.0 for a perfect prediction and 0.0 otherwise.
+
+REGRESSION_KEYS = ("mse", "rmse", "mae", "r2")
+
+
+def _pairs(preds: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
+    """float64 ``[N]`` arrays from ``[N]`` or ``[N, 1]`` predictions and ``[N]`` targets (tensors or arrays)."""
+    p, t = (np.asarray(v.detach().cpu().double() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
+            for v in (preds, targets))
+    if p.ndim == 2 and p.shape[1] == 1:
+        p = p[:, 0]
+    if p.ndim != 1 or t.ndim != 1 or p.shape != t.shape:
+        # [N, 1] against [N] would broadcast to an N x N table of differences.
+        raise ValueError(f"regression metrics want predictions [N] or [N, 1] and targets [N]; got "
+                         f"{list(p.shape)} and {list(t.shape)}")
+    if p.size == 0:
+        raise ValueError("regression metrics of zero rows are undefined")
+    return p, t
+
+
+def mse(preds: Any, targets: Any) -> float:
+    """Mean squared error ``Σ (p - y)² / N``."""
+    p, t = _pairs(preds, targets)
+    return float(np.mean((p - t) ** 2))
+
+
+def rmse(preds: Any, targets: Any) -> float:
+    """Root mean squared error, in the targets' units: ``sqrt(mse)``."""
+    return float(np.sqrt(mse(preds, targets)))
+
+
+def mae(preds: Any, targets: Any) -> float:
+    """Mean absolute error ``Σ |p - y| / N``."""
+    p, t = _pairs(preds, targets)
+    return float(np.mean(np.abs(p - t)))
+
+
+def _r2_from(sse: float, sst: float) -> float:
+    if sst == 0.0:
+        return 1.0 if sse == 0.0 else 0.0
+    return 1.0 - sse / sst
+
+
+def r2(preds: Any, targets: Any) -> float:
+    """Coefficient of determination ``1 - Σ (p - y)² / Σ (y - ȳ)²`` (see the section note for SST = 0)."""
+    p, t = _pairs(preds, targets)
+    return _r2_from(float(np.sum((p - t) ** 2)), float(np.sum((t - t.mean()) ** 2)))
+
+
+class RegressionSums:
+    """mse, rmse, mae and r2 over many batches without keeping them: sums in float64.
+
+    The target variance is summed about the first target seen (``Σ (y - K)``, ``Σ (y - K)²``),
+    which avoids the cancellation of ``Σ y² - (Σ y)² / N`` when the targets' mean dwarfs their spread.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sse = 0.0
+        self.sae = 0.0
+        self.shift: float | None = None
+        self.sum_d = 0.0
+        self.sum_d2 = 0.0
+
+    def update(self, preds: Any, targets: Any) -> None:
+        p, t = _pairs(preds, targets)
+        e = p - t
+        if self.shift is None:
+            self.shift = float(t[0])
+        d = t - self.shift
+        self.n += t.size
+        self.sse += float(np.sum(e * e))
+        self.sae += float(np.sum(np.abs(e)))
+        self.sum_d += float(np.sum(d))
+        self.sum_d2 += float(np.sum(d * d))
+
+    def metrics(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ValueError("regression metrics of zero rows are undefined")
+        sst = max(self.sum_d2 - self.sum_d * self.sum_d / self.n, 0.0)
+        m = self.sse / self.n
+        return {"mse": m, "rmse": float(np.sqrt(m)), "mae": self.sae / self.n, "r2": _r2_from(self.sse, sst)}
+
+
+def regression_metrics(preds: Any, targets: Any) -> dict[str, float]:
+    """``{"mse", "rmse", "mae", "r2"}`` of one set of predictions."""
+    sums = RegressionSums()
+    sums.update(preds, targets)
+    return sums.metrics()
+
+
+def flat_regression_metrics(metrics: dict[str, float], prefix: str = "val/") -> dict[str, float]:
+    """``{"val/mse": ..., "val/rmse": ..., "val/mae": ..., "val/r2": ...}`` for reports and metrics.jsonl."""
+    return {f"{prefix}{key}": float(metrics[key]) for key in REGRESSION_KEYS}

@@ -25,17 +25,23 @@ def _save(fig, path: str | os.PathLike) -> None:
 
 
 def plot_learning_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Loss, validation metrics and LR against epochs, one panel each."""
+    """Loss, validation metrics and LR against epochs, one panel each (regression: rmse and mae)."""
     plt = _figure()
     x = [m["epoch"] + 1 for m in epochs]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     axes[0].plot(x, [m["train/loss"] for m in epochs], "o-", label="train")
     axes[0].plot(x, [m["val/loss"] for m in epochs], "o-", label="validation")
     axes[0].set_title("loss")
-    for key in ("val/accuracy", "val/macro_f1", "val/balanced_accuracy"):
+    regression = any("val/rmse" in m for m in epochs)
+    keys = ("val/rmse", "val/mae") if regression else ("val/accuracy", "val/macro_f1", "val/balanced_accuracy")
+    for key in keys:
         axes[1].plot(x, [m.get(key) for m in epochs], "o-", label=key.split("/", 1)[1])
-    axes[1].set_title("validation")
-    axes[1].set_ylim(0, 1.02)
+    if regression:
+        axes[1].set_title("validation error (target units)")
+        axes[1].set_ylim(bottom=0)
+    else:
+        axes[1].set_title("validation")
+        axes[1].set_ylim(0, 1.02)
     axes[2].plot(x, [m["lr"] for m in epochs], "o-")
     axes[2].set_title("learning rate (end of epoch)")
     for ax in axes:

@@ -39,6 +39,7 @@ def config_file(tmp_path):
         ("scaling.num_workers=0", ["scaling.num_workers = 0", "greater than or equal to 1"]),
         ("schedule.name=cosinus", ["schedule.name", "cosine"]),
         ("optim.name=lamb", ["optim.name = 'lamb'", "'adamw'"]),
+        ("imbalance.loss=mse", ["imbalance.loss = 'mse' is the regression loss", "model.task: regression"]),
     ],
 )
 def test_config_errors_name_file_key_value(config_file, tmp_path, override, needles):

@@ -1,8 +1,10 @@
-"""Classifier models, built by ``model.kind`` from the run config and the data's feature spec.
+"""Models, built by ``model.kind`` from the run config and the data's feature spec.
 
 Every model's ``forward(x)`` takes the batch column as the data loader yields it (token ids
-``[B, L]``, or pixels flat ``[B, C*H*W]`` / ``[B, C, H, W]``) and returns logits
-``[B, num_classes]``. A new kind is one decorated builder function in its own module::
+``[B, L]``, pixels flat ``[B, C*H*W]`` / ``[B, C, H, W]``, or numeric features ``[B, N]``) and
+returns ``[B, model.output_dim]``: logits ``[B, num_classes]`` for classification, one value per
+row for ``task: regression`` (``[B, 1]``, or ``[B]``). A new kind is one decorated builder
+function in its own module::
 
     @register("mlp")
     def build_mlp(cfg: ModelConfig, feature: FeatureSpec) -> nn.Module: ...
@@ -83,4 +85,4 @@ def as_images(x: torch.Tensor, shape: tuple[int, int, int], dtype: torch.dtype) 
 
 # Importing the modules registers their builders; they import `register` from here, so these
 # imports must come after it.
-from raydeep.trainers.models import cnn, transformer  # noqa: E402,F401
+from raydeep.trainers.models import cnn, linear, transformer  # noqa: E402,F401

@@ -22,7 +22,8 @@ class ConvClassifier(nn.Module):
         if feature.kind != "image":
             raise ValueError(
                 f"model.kind 'cnn' classifies images, but column {feature.column!r} holds {feature.kind}; "
-                "use model.kind: transformer for token data"
+                + ("use model.kind: linear for numeric features" if feature.kind == "numeric"
+                   else "use model.kind: transformer for token data")
             )
         self.image_shape = image_shape_of(feature)
         c, h, w = self.image_shape
@@ -43,7 +44,7 @@ class ConvClassifier(nn.Module):
         # without restating the pooling arithmetic here.
         with torch.no_grad():
             flat = self.features(torch.zeros(1, c, h, w)).shape[1]
-        self.classifier = nn.Sequential(nn.Linear(flat, 64), nn.ReLU(), nn.Linear(64, cfg.num_classes))
+        self.classifier = nn.Sequential(nn.Linear(flat, 64), nn.ReLU(), nn.Linear(64, cfg.output_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         img = as_images(x, self.image_shape, self.classifier[0].weight.dtype)

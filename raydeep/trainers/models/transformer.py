@@ -90,14 +90,15 @@ class TransformerClassifier(nn.Module):
                     "raise model.max_len or model.patch_size"
                 )
         else:
-            raise ValueError(f"the transformer takes tokens or images, not {feature.kind!r}")
+            raise ValueError(f"the transformer takes tokens or images, not {feature.kind!r}"
+                             + ("; use model.kind: linear for numeric features" if feature.kind == "numeric" else ""))
 
         self.pos = nn.Parameter(torch.zeros(1, cfg.max_len, d))
         self.cls = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pooling == "cls" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, cfg.num_classes)
+        self.head = nn.Linear(d, cfg.output_dim)  # one output for task: regression
         self._init_weights(cfg.layers)
 
     def _init_weights(self, layers: int) -> None:
