@@ -11,9 +11,18 @@ Run it alone: it measures CPU-bound rates, so anything else on the machine skews
    ``[B, L]`` int32 numpy array plus labels, in this process: the upper bound for one reader.
 3. ``ray_ingest``: ``to_ray_dataset(open_split(dir), shuffle_seed=0)`` split as Ray Train splits
    it (``streaming_split(1, equal=True)``), consumed in a Ray task with ``iter_torch_batches``
-   (and the worker loop's local shuffle buffer unless ``--shuffle-buffer 0``). Reported: rows/s
-   over the epoch and after the first batch, latency to the first batch, and the p50/p99 time
-   to fetch one batch.
+   (and the worker loop's local shuffle buffer unless ``--shuffle-buffer 0``) for ``--epochs``
+   epochs, as a run does. Reported per epoch: rows/s over the epoch and after the first batch,
+   latency to the first batch, and the p50/p99 time to fetch one batch; the first (cold)
+   epoch's at the top level, with its ratio to pyarrow and the last epoch's.
+4. ``--before`` adds ``ray_ingest_list_column``: the same, over the dataset as ``to_ray_dataset``
+   built it before the feature column became a fixed-shape tensor in the read tasks (the
+   ``list<int32>`` column as stored, stacked row by row in the worker), in the same Ray
+   session, to measure that change before/after in one run. ``--repeat`` runs every arm again,
+   alternating, on the now-warm Ray (worker processes started: later epochs of a run).
+
+Each figure carries the 1-minute load average before and after it: on a shared machine, read
+the rates with it.
 
 Prints one JSON object with the figures, the ratio ray_ingest / pyarrow, and the settings.
 """
@@ -67,14 +76,23 @@ def pyarrow_rate(files: list[str], batch_size: int, seq_len: int) -> dict:
     return {"rows": rows, "seconds": round(dt, 3), "rows_per_s": round(rows / dt)}
 
 
-def consume(it, batch_size: int, shuffle_buffer: int, prefetch: int) -> dict:
-    """What a Ray Train worker does with its shard: iter_torch_batches over one epoch."""
+def consume(it, batch_size: int, shuffle_buffer: int, prefetch: int, epochs: int = 1) -> dict:
+    """What a Ray Train worker does with its shard: iter_torch_batches, epoch after epoch.
+
+    The first epoch's figures at the top level (a cold start: the split coordinator and the
+    read tasks' worker processes start); every epoch's under ``per_epoch``.
+    """
+    per_epoch = [consume_epoch(it, batch_size, shuffle_buffer, prefetch, e) for e in range(epochs)]
+    return {**per_epoch[0], "per_epoch": per_epoch}
+
+
+def consume_epoch(it, batch_size: int, shuffle_buffer: int, prefetch: int, epoch: int) -> dict:
     times = []
     rows = 0
     t0 = time.perf_counter()
     last = t0
     for batch in it.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle_buffer or None,
-                                       local_shuffle_seed=0 if shuffle_buffer else None,
+                                       local_shuffle_seed=epoch if shuffle_buffer else None,
                                        prefetch_batches=prefetch, drop_last=True):
         now = time.perf_counter()
         times.append(now - last)
@@ -92,6 +110,29 @@ def consume(it, batch_size: int, shuffle_buffer: int, prefetch: int) -> dict:
             "batches": len(times)}
 
 
+def list_column_dataset(split, shuffle_seed: int):
+    """``to_ray_dataset(split, shuffle_seed=)`` as it was before the tensor-column change."""
+    import ray.data
+
+    ds = ray.data.read_parquet(split.files, filesystem=split.filesystem, partitioning=None,
+                               shuffle=ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True))
+    return ds.select_columns([split.feature.column, "label"])
+
+
+def run_arm(ds, remote, args) -> dict:
+    import ray
+
+    ds = ds.copy(ds, _deep_copy=True)  # its own context, as Ray Train's DataConfig gives it
+    ds.context.execution_options.preserve_order = args.preserve_order
+    (it,) = ds.streaming_split(1, equal=True)
+    load_before = os.getloadavg()[0]
+    t = time.perf_counter()
+    out = ray.get(remote.remote(it, args.batch_size, args.shuffle_buffer, args.prefetch, args.epochs))
+    out["wall_s_from_driver"] = round(time.perf_counter() - t, 3)
+    out["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -105,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "raydeep-ingest-bench"))
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--address", default=None, help="an existing Ray cluster instead of a local one")
+    p.add_argument("--before", action="store_true",
+                   help="also measure the dataset as built before the tensor-column change (see 4. above)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per arm over one split (a run's epoch 2+ is warm)")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of every arm (the first on a cold Ray)")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 
@@ -115,27 +160,37 @@ def main(argv: list[str] | None = None) -> int:
     from raydeep.datasets import open_split, to_ray_dataset
 
     split = open_split(str(split_dir), key="bench")
+    load = os.getloadavg()[0]
     raw = pyarrow_rate(split.files, args.batch_size, args.seq_len)
+    raw["load_avg_1m"] = [round(load, 2), round(os.getloadavg()[0], 2)]
 
     import ray
 
     ray.init(address=args.address, num_cpus=None if args.address else args.num_cpus, logging_level="WARNING",
              include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = to_ray_dataset(split, shuffle_seed=0)
-    ds = ds.copy(ds, _deep_copy=True)  # its own context, as Ray Train's DataConfig gives it
-    ds.context.execution_options.preserve_order = args.preserve_order
-    (it,) = ds.streaming_split(1, equal=True)
     remote = ray.remote(num_cpus=1)(consume)
-    t = time.perf_counter()
-    ingest = ray.get(remote.remote(it, args.batch_size, args.shuffle_buffer, args.prefetch))
-    ingest["wall_s_from_driver"] = round(time.perf_counter() - t, 3)
+    arms = {"ray_ingest": lambda: to_ray_dataset(split, shuffle_seed=0)}
+    if args.before:
+        arms["ray_ingest_list_column"] = lambda: list_column_dataset(split, 0)
+    rounds = []
+    for r in range(args.repeat):
+        # Alternate which arm goes first, so neither always gets the cold start.
+        order = list(arms) if r % 2 == 0 else list(reversed(arms))
+        rounds.append({name: run_arm(arms[name](), remote, args) for name in order})
     ray.shutdown()
 
+    ingest = rounds[0]["ray_ingest"]
     result = {
         "pyarrow": raw,
         "ray_ingest": ingest,
         "ratio_ingest_over_pyarrow": round(ingest["rows_per_s"] / raw["rows_per_s"], 3),
+        "ratio_ingest_after_first_batch_over_pyarrow": round((ingest["rows_per_s_after_first_batch"] or 0)
+                                                             / raw["rows_per_s"], 3),
+        # A run's epoch 2 onwards: the coordinator and the read workers are already up.
+        "ratio_ingest_last_epoch_over_pyarrow": round(ingest["per_epoch"][-1]["rows_per_s"] / raw["rows_per_s"], 3),
+        **({"ray_ingest_list_column": rounds[0]["ray_ingest_list_column"]} if args.before else {}),
+        **({"rounds": rounds} if len(rounds) > 1 else {}),
         "settings": {**vars(args), "data": str(split_dir), "generate_s": round(gen_s, 1),
                      "files": len(split.files), "cpus": os.cpu_count(), "python": sys.version.split()[0],
                      "date": time.strftime("%Y-%m-%d")},

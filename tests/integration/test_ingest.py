@@ -219,6 +219,27 @@ def test_exactly_once_without_preserve_order_and_when_materialized(ray_connected
     assert cached[0][0] != cached[0][1]  # cached blocks are re-ordered every epoch too
 
 
+def test_worker_batches_are_whole_tensors_through_the_shuffle_buffer(ray_connected, id_split) -> None:
+    # The feature column reaches the worker as one [B, L] int32 tensor (a fixed-shape tensor
+    # column since the read), streamed or cached, through the local shuffle buffer.
+    import ray
+
+    @ray.remote(num_cpus=0.25)
+    def consume(it):
+        out = []
+        for b in it.iter_torch_batches(batch_size=64, local_shuffle_buffer_size=128, local_shuffle_seed=0):
+            assert tuple(b["input_ids"].shape) == (len(b["id"]), 4) and str(b["input_ids"].dtype) == "torch.int32"
+            assert int(b["input_ids"].sum()) == 4 * len(b["id"])
+            out += b["id"].tolist()
+        return out
+
+    for materialize in (0, 1 << 30):
+        ds = to_ray_dataset(open_split(id_split, key="data.train"), shuffle_seed=3, with_ids=True,
+                            materialize_max_bytes=materialize)
+        seen = ray.get([consume.remote(it) for it in ds.streaming_split(2, equal=True)])
+        assert sorted(seen[0] + seen[1]) == sorted(set(seen[0] + seen[1])) and len(seen[0]) == len(seen[1]) == 500
+
+
 def test_open_split_refuses_an_unfinished_prepare(tmp_path: Path) -> None:
     # The marker S3 prepares use, seen from the reader's side (no Ray needed, but it belongs here).
     (tmp_path / "_raydeep.incomplete").write_text("")

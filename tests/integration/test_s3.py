@@ -176,6 +176,24 @@ def test_cli_errors_are_one_line(s3_server, synthetic_on_s3, tmp_path) -> None: 
     assert not any(w in proc.stderr + proc.stdout for w in SECRET_WORDS)
 
 
+def test_evaluate_errors_are_one_line(s3_server, synthetic_on_s3, monkeypatch, tmp_path) -> None:  # noqa: F811
+    from raydeep.trainers.evaluate import evaluate_command
+
+    s3_server.apply(monkeypatch)
+    with pytest.raises(DataError) as info:
+        evaluate_command("s3://data/runs/nope", synthetic_on_s3)
+    assert one_line(info) == ("evaluate: s3://data/runs/nope: no raydeep checkpoint there "
+                              "(no raydeep.json, no checkpoint_*/raydeep.json)")
+    with pytest.raises(DataError, match="^evaluate: s3://nobucket/runs/x: bucket 'nobucket' does not exist"):
+        evaluate_command("s3://nobucket/runs/x", synthetic_on_s3)
+    s3_server.apply(monkeypatch, credentials=False)  # the CLI inherits this process's environment
+    proc = run_cli("evaluate", "s3://data/runs/x", "--data", synthetic_on_s3, env={"TMPDIR": str(tmp_path)},
+                   timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("raydeep: error: evaluate: s3://data/runs/x: no AWS credentials found"), proc.stderr
+    assert not list(tmp_path.glob("raydeep-eval-*"))  # the temporary download dir is gone
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_prepare_train_resume_on_s3(s3_server, tmp_path) -> None:  # noqa: F811
@@ -223,3 +241,25 @@ def test_prepare_train_resume_on_s3(s3_server, tmp_path) -> None:  # noqa: F811
         assert second["final"]["epoch"] == 1 and second["latest_checkpoint"] != first["latest_checkpoint"]
     finally:
         stop_head(head)
+
+    # evaluate, no Ray: ZeRO shards downloaded from S3 to a temporary dir and consolidated there.
+    # The S3 run folder -> its latest checkpoint, the one the final metrics came from; the
+    # endpoint from the flag, as a user without a config at hand gives it.
+    run_folder = "s3://mlbkt/runs/" + run_dir.name
+    (tmp_path / "tmp").mkdir()
+    run_cli("evaluate", run_folder, "--data", "s3://mlbkt/prepared/val", "--endpoint-url", s3_server.endpoint,
+            "--out", str(tmp_path / "latest.json"), env={**train_env, "TMPDIR": str(tmp_path / "tmp")},
+            check=True, timeout=300)
+    latest = json.loads((tmp_path / "latest.json").read_text())
+    assert latest["checkpoint"] == "s3://" + second["latest_checkpoint"]
+    assert latest["confusion"] == second["confusion"]  # the same rows and the same predictions
+    for key in ("accuracy", "macro_f1", "balanced_accuracy"):
+        assert latest[key] == pytest.approx(second["final"][f"val/{key}"], abs=1e-6), key
+    assert not list((tmp_path / "tmp").glob("raydeep-eval-*"))  # the downloaded checkpoint is removed
+    # The local run directory -> its best checkpoint on S3; the endpoint from the run's own
+    # config, as training found it; evaluation.json beside summary.json.
+    run_cli("evaluate", str(run_dir), "--data", "s3://mlbkt/prepared/val", env=train_env, check=True, timeout=300)
+    best = json.loads((run_dir / "evaluation.json").read_text())
+    assert best["checkpoint"] == "s3://" + second["best"]["checkpoint"]
+    assert best["macro_f1"] == pytest.approx(second["best"]["value"], abs=1e-6)
+    assert best["rows"] == latest["rows"] == sum(map(sum, second["confusion"]))
