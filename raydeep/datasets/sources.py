@@ -554,6 +554,36 @@ def as_tensor_column(batch: pa.Table, column: str, width: int) -> pa.Table:
     return batch.set_column(batch.schema.get_field_index(column), column, tensor)
 
 
+def cached_dataset(split: ParquetSplit, columns: list[str], shuffle_seed: int | None) -> ray.data.Dataset:
+    """A small split read here with pyarrow and put into the object store as MIN_CACHED_BLOCKS blocks.
+
+    Reading on the driver costs milliseconds for what ``materialize_max_bytes`` admits; a Ray
+    Data execution to materialize it cost seconds each (read tasks in fresh worker processes;
+    three of them at every start: the training split, its repartition, the validation split),
+    the largest part of the time to the first step (benchmarks/startup.py). With a seed the
+    file order is shuffled once here and the block order every epoch: Ray seeds each execution
+    from ``hash((seed, execution_idx))``, and a Train run re-executes the dataset per epoch.
+    """
+    import random
+
+    import pyarrow.parquet as pq
+    import ray.data
+
+    files = list(split.files)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(files)
+    table = pa.concat_tables(
+        [pq.read_table(f, columns=columns, filesystem=split.filesystem, partitioning=None) for f in files])
+    table = as_tensor_column(table, split.feature.column, split.feature.width)
+    step = max(1, -(-table.num_rows // MIN_CACHED_BLOCKS))
+    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
+    if shuffle_seed is not None:
+        from ray.data import RandomSeedConfig
+
+        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
+    return ds
+
+
 def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with_ids: bool = False,
                    materialize_max_bytes: int = 0, first_epoch: int = 0) -> ray.data.Dataset:
     """A Ray Dataset over the split's shards with only the columns training needs.
@@ -568,10 +598,10 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with
     except ``num_rows % n`` rows dropped to equalize. Which worker gets which rows depends on
     read-task completion order unless the ingest's ``ExecutionOptions(preserve_order=True)``.
 
-    A split no larger than ``materialize_max_bytes`` on storage is read once into the object
-    store: every streaming execution costs about a second of scheduling (3-6 s per epoch
-    measured on 2 busy cores for a 300-row split), which dominates small sets. Large splits
-    stay lazy and stream.
+    A split no larger than ``materialize_max_bytes`` on storage is read once, here, into the
+    object store (``cached_dataset``): every streaming execution costs about a second of
+    scheduling (3-6 s per epoch measured on 2 busy cores for a 300-row split), which dominates
+    small sets. Large splits stay lazy and stream.
     """
     import ray.data  # lazily: importing this module must not need (or start) Ray
 
@@ -580,38 +610,27 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with
         if not split.has_ids:
             raise DataError(f"{split.key}: {split.uri}: no {ID_COLUMN!r} column, which this run needs")
         columns.append(ID_COLUMN)
-    shuffle = None
-    if shuffle_seed is not None:
-        shuffle = ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
-    cache = bool(materialize_max_bytes) and split_bytes(split) <= materialize_max_bytes
-    ds = ray.data.read_parquet(
-        split.files,
-        filesystem=split.filesystem,
-        shuffle=shuffle,
-        # The files are already listed; hive partitioning would turn any "k=v" directory in
-        # their paths into an extra column.
-        partitioning=None,
-    )
-    ds = ds.select_columns(columns)
-    # In the read tasks, not in the worker: the feature column becomes a fixed-shape tensor, so
-    # iter_torch_batches hands the worker one [B, width] array per batch instead of stacking B
-    # per-row arrays (list<int32> comes out of Arrow as an object array): 1.7 -> 0.5 ms per
-    # 256-row batch measured here, the worker-side cost that capped ingest (benchmarks/ingest.py).
-    ds = ds.map_batches(as_tensor_column, fn_kwargs={"column": split.feature.column, "width": split.feature.width},
-                        batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
-    if cache:
-        ds = ds.materialize()
+    if bool(materialize_max_bytes) and split_bytes(split) <= materialize_max_bytes:
+        ds = cached_dataset(split, columns, shuffle_seed)
+    else:
+        shuffle = None
         if shuffle_seed is not None:
-            # The file shuffle ran once, when materializing; reorder the cached blocks per
-            # epoch instead (no data moves, only the order the blocks are handed out). Ray
-            # packs a small split into one block, which would split between the workers the
-            # same way every epoch: cut it into MIN_CACHED_BLOCKS first.
-            from ray.data import RandomSeedConfig
-
-            if ds.num_blocks() < MIN_CACHED_BLOCKS:
-                ds = ds.repartition(MIN_CACHED_BLOCKS).materialize()
-
-            ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
+            shuffle = ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
+        ds = ray.data.read_parquet(
+            split.files,
+            filesystem=split.filesystem,
+            shuffle=shuffle,
+            # The files are already listed; hive partitioning would turn any "k=v" directory in
+            # their paths into an extra column.
+            partitioning=None,
+        )
+        ds = ds.select_columns(columns)
+        # In the read tasks, not in the worker: the feature column becomes a fixed-shape tensor, so
+        # iter_torch_batches hands the worker one [B, width] array per batch instead of stacking B
+        # per-row arrays (list<int32> comes out of Arrow as an object array): 1.7 -> 0.5 ms per
+        # 256-row batch measured here, the worker-side cost that capped ingest (benchmarks/ingest.py).
+        ds = ds.map_batches(as_tensor_column, fn_kwargs={"column": split.feature.column, "width": split.feature.width},
+                            batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
     if first_epoch:
         ds = ds.copy(ds, _deep_copy=True)  # its own context, so the counter below is this dataset's alone
         ds.context._execution_idx = int(first_epoch)
