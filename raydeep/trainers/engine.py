@@ -154,6 +154,13 @@ def create_engine(cfg: Config, model: torch.nn.Module, ds_config: dict[str, Any]
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        import warnings
+
+        # DeepSpeed's ZeRO step calls it; torch 2.13 deprecates it with a FutureWarning that
+        # filled the console with one line per step and worker. Nothing the user can act on.
+        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                                category=FutureWarning)
 
     check_precision(ds_config, device)
     optimizer = build_optimizer(cfg, model)
