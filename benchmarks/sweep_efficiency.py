@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both sweeps, e.g. --set scaling.cpus_per_worker=1")
     p.add_argument("--out-dir", help="where the two sweep directories go (default: a temp dir)")
+    p.add_argument("--asha-set", dest="asha_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for the ASHA sweep only, e.g. --asha-set tune.scheduler.grace_period=4")
+    p.add_argument("--full-from", metavar="SWEEP_DIR",
+                   help="take the full-budget sweep from this finished sweep dir (same config and trials) "
+                        "instead of running it again")
+    p.add_argument("--tag", default="", help="suffix of the results file name")
     args = p.parse_args(argv)
 
     from rich.console import Console
@@ -61,15 +67,24 @@ def main(argv: list[str] | None = None) -> dict:
                     "load_avg_1m_before": os.getloadavg()[0], "sweeps": {}}
     trial_lists = {}
     for scheduler in ("none", "asha"):
-        cfg = load_config(args.config, [f"tune.search.num_samples={args.trials}", f"tune.scheduler={scheduler}",
-                                        *args.overrides])
+        sweep_dir = root / scheduler
         t0 = time.time()
-        summary = run_sweep(cfg, source=args.config, run_dir=root / scheduler, address=args.address,
-                            console=console)
-        measured = measure(root / scheduler)
+        if scheduler == "none" and args.full_from:
+            sweep_dir = Path(args.full_from)
+            summary = json.loads((sweep_dir / "summary.json").read_text())
+            wall = summary.get("wall_time_s")
+        else:
+            extra = args.asha_overrides if scheduler == "asha" else []
+            cfg = load_config(args.config, [f"tune.search.num_samples={args.trials}", f"tune.scheduler={scheduler}",
+                                            *args.overrides, *extra])
+            summary = run_sweep(cfg, source=args.config, run_dir=sweep_dir, address=args.address, console=console)
+            wall = time.time() - t0
+        measured = measure(sweep_dir)
         trial_lists[scheduler] = measured.pop("params")
-        result["sweeps"][scheduler] = {"wall_s": round(time.time() - t0, 1), "best_val_macro_f1": summary["best"]["value"],
+        result["sweeps"][scheduler] = {"wall_s": round(wall, 1) if wall else None, "dir": str(sweep_dir),
+                                       "best_val_macro_f1": summary["best"]["value"],
                                        "best_trial": summary["best"]["params"], **measured}
+    result["asha_overrides"] = args.asha_overrides
     assert sorted(map(json.dumps, trial_lists["none"])) == sorted(map(json.dumps, trial_lists["asha"])), \
         "the two sweeps did not train the same trials"
     full, asha = result["sweeps"]["none"], result["sweeps"]["asha"]
@@ -77,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["step_ratio"] = round(asha["total_steps"] / full["total_steps"], 3)
     result["target_met"] = result["f1_gap"] <= 0.01 and result["step_ratio"] <= 1 / 3
 
-    out = HERE / "results" / f"sweep-efficiency-{result['date']}.json"
+    out = HERE / "results" / f"sweep-efficiency-{result['date']}{args.tag}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
