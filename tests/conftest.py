@@ -92,15 +92,21 @@ def start_head(tmp: Path, *, num_cpus: int = 4, env: dict | None = None, extra: 
     raise RuntimeError("ray head did not start within 90 s")
 
 
-def stop_head(head: RayHead) -> None:
+def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the process group a service was started in (``start_new_session=True``), and
+    SIGKILL it if it is still there after ``grace_s``."""
     try:
-        os.killpg(head.proc.pid, signal.SIGTERM)
-        head.proc.wait(timeout=15)  # Ray drains for up to 30 s on SIGTERM; our processes need no drain
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
-            os.killpg(head.proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def stop_head(head: RayHead) -> None:
+    stop_process_group(head.proc, 15)  # Ray drains for up to 30 s on SIGTERM; our processes need no drain
     shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, isolated_port_flags, run_cli, start_head, stop_head
+from tests.conftest import BIN, isolated_port_flags, run_cli, start_head, stop_head, stop_process_group
 from tests.helpers import tiny_config, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -40,14 +39,7 @@ def start_worker_node(head, tmp: Path, *, num_cpus: int) -> tuple[subprocess.Pop
 
 
 def stop_worker_node(proc: subprocess.Popen, temp_dir: str) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=40)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    stop_process_group(proc, 40)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
