@@ -175,7 +175,7 @@ def _add_data_command(sub) -> None:
     prep.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     prep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
     _add_storage_flags(prep)
-    ins = dsub.add_parser("inspect", help="schema, rows, shards, label histogram and decoded samples",
+    ins = dsub.add_parser("inspect", help="schema, rows, shards, label histogram (or target statistics) and samples",
                           description="Describe a split (or every split of a prepared set) without Ray.")
     ins.add_argument("path", help="a split directory, file, glob, s3://... or a prepared set's root")
     ins.add_argument("--samples", type=int, default=3, help="rows to decode and print (default 3)")

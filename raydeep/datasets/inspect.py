@@ -2,9 +2,11 @@
 
 Schema, rows and shards come from the parquet footers (``open_split``); the label histogram
 from the manifest, else from a pyarrow scan of the label column only; a few rows are decoded
-with the set's own tokenizer when the manifest names one. Image splits are scanned for NaN
-and inf pixels, which fail the command. Everything is plain text, so it reads the same in a
-terminal, a CI log and a test.
+with the set's own tokenizer when the manifest names one. A regression split (its manifest's
+task is ``regression``, or, without a manifest, a floating ``label``) gets the targets' count,
+min, max, mean and std from the same kind of scan instead of a histogram. Image and numeric
+splits are scanned for NaN and inf values, which fail the command, as do NaN/inf targets.
+Everything is plain text, so it reads the same in a terminal, a CI log and a test.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raydeep.datasets.manifest import PREPARED_NAME
-from raydeep.datasets.sources import ParquetSplit, check_finite, open_split
+from raydeep.datasets.manifest import MANIFEST_NAME, PREPARED_NAME
+from raydeep.datasets.schema import LABEL_COLUMN
+from raydeep.datasets.sources import ParquetSplit, check_finite, open_split, target_summary
 from raydeep.datasets.storage import StorageConfig, is_s3, s3_errors, s3_filesystem, strip_s3
 from raydeep.errors import DataError
 
@@ -55,6 +58,42 @@ def label_counts(split: ParquetSplit) -> dict[int, int]:
     return dict(sorted(counts.items()))
 
 
+def label_kind(split: ParquetSplit) -> str:
+    """``"class"`` (a histogram) or ``"value"`` (regression targets: statistics) for this split.
+
+    The manifest's ``task`` decides when there is one, and its label column must fit it; else
+    the column's type: integers are class ids, floats are targets. Anything else is one line
+    naming the file and the column.
+    """
+    t = split.schema.field(LABEL_COLUMN).type
+    path = split.files[0]
+    task = (split.manifest or {}).get("task")
+    if not isinstance(task, str):
+        task = None
+    is_int, is_float = pa.types.is_integer(t), pa.types.is_floating(t)
+    if task == "regression":
+        if not (is_int or is_float):
+            raise DataError(f"{KEY}: {path}: column {LABEL_COLUMN!r} is {t}, but its {MANIFEST_NAME} says task "
+                            "'regression', which needs numeric targets (float32/float64, or an integer type)")
+        return "value"
+    # A manifest kept for a subset of its shards (a file or a glob) leaves only num_classes behind.
+    classes = (task is not None and "classification" in task) or split.num_classes is not None
+    if classes and not is_int:
+        said = f"task {task!r}" if task else f"num_classes {split.num_classes}"
+        raise DataError(f"{KEY}: {path}: column {LABEL_COLUMN!r} is {t}, but its {MANIFEST_NAME} says {said}, "
+                        "which needs integer class ids (int64)")
+    if is_int:
+        return "class"
+    if is_float:
+        return "value"
+    raise DataError(f"{KEY}: {path}: column {LABEL_COLUMN!r} is {t}, expected an integer type (int64) for class "
+                    "ids, or a float type for regression targets")
+
+
+def _number(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
 def _tokenizer(split: ParquetSplit, storage: StorageConfig | None) -> tuple[Any, str]:
     """(tokenizer or None, a note about it) from the manifest's ``tokenizer`` entry."""
     info = (split.manifest or {}).get("tokenizer")
@@ -77,7 +116,7 @@ def _tokenizer(split: ParquetSplit, storage: StorageConfig | None) -> tuple[Any,
         return None, f"tokenizer: {where} is not a readable tokenizer.json; samples shown as ids"
 
 
-def _samples(split: ParquetSplit, n: int, tok: Any) -> list[str]:
+def _samples(split: ParquetSplit, n: int, tok: Any, kind: str = "class") -> list[str]:
     if n <= 0:
         return []
     path = split.files[0]
@@ -90,12 +129,18 @@ def _samples(split: ParquetSplit, n: int, tok: Any) -> list[str]:
     lines = []
     for row in batch.to_pylist():
         label = row["label"]
-        shown = f"{label} ({names[label]})" if names and 0 <= label < len(names) else str(label)
+        if kind == "value" or label is None:
+            shown = _number(label)
+        else:
+            shown = f"{label} ({names[label]})" if names and 0 <= label < len(names) else str(label)
         ident = f"id {row['id']}, " if "id" in row else ""
         values = row[split.feature.column] or []
         if split.feature.kind == "image":
             arr = np.asarray(values, dtype=np.float64)
             body = f"{arr.size} pixels, min {arr.min():.3g}, max {arr.max():.3g}, mean {arr.mean():.3g}"
+        elif split.feature.kind == "numeric":
+            shown_values = ", ".join(_number(v) for v in values[:8])
+            body = f"{len(values)} value(s): [{shown_values}{', …' if len(values) > 8 else ''}]"
         elif tok is not None:
             from raydeep.datasets.tokenizer import decode
 
@@ -109,13 +154,14 @@ def _samples(split: ParquetSplit, n: int, tok: Any) -> list[str]:
 
 
 def inspect_split(uri: str, *, storage: StorageConfig | None = None, samples: int = 3) -> list[str]:
-    split = open_split(uri, key=KEY, storage=storage)
+    split = open_split(uri, key=KEY, storage=storage, label_kind="any")
     with s3_errors(uri, key=KEY, storage=storage):
         return _report(split, storage, samples)
 
 
 def _report(split: ParquetSplit, storage: StorageConfig | None, samples: int) -> list[str]:
     m = split.manifest
+    kind = label_kind(split)  # footers and manifest only: a mismatch fails before any scan
     rows = [md for md in (m or {}).get("shards", [])]
     shard_rows = [s["rows"] for s in rows] if rows else None
     out = [split.uri]
@@ -132,10 +178,36 @@ def _report(split: ParquetSplit, storage: StorageConfig | None, samples: int) ->
     if f.kind == "tokens":
         out.append(f"  feature: tokens in {f.column!r}, length {f.seq_len}, vocab {f.vocab_size or '?'}, "
                    f"pad id {f.pad_id}")
+    elif f.kind == "numeric":
+        out.append(f"  feature: numeric in {f.column!r}, {f.num_features} value(s) per row")
+        check_finite(split)
+        out.append(f"  {f.column}: all finite")
     else:
         out.append(f"  feature: image in {f.column!r}, shape {list(f.image_shape or ())}")
         check_finite(split)
         out.append("  pixels: all finite")
+    if kind == "value":
+        s = target_summary(split)
+        out.append(f"  targets ({schema.field(LABEL_COLUMN).type} {LABEL_COLUMN!r}, from a scan of the label column): "
+                   f"count {s['rows']:,}, min {_number(s['min'])}, max {_number(s['max'])}, "
+                   f"mean {_number(s['mean'])}, std {_number(s['std'])}")
+    else:
+        out += _histogram(split)
+    if m and "truncated" in m:
+        out.append(f"  truncated to {m.get('max_len')} tokens: {m['truncated']:,} of {split.num_rows:,}")
+    tok, note = _tokenizer(split, storage) if f.kind == "tokens" else (None, "")
+    if note:
+        out.append("  " + note)
+    lines = _samples(split, samples, tok, kind)
+    if lines:
+        out.append(f"  first {len(lines)} row(s) of {posixpath.basename(split.files[0])}:")
+        out += lines
+    return out
+
+
+def _histogram(split: ParquetSplit) -> list[str]:
+    m = split.manifest
+    out = []
     if m and isinstance(m.get("label_histogram"), list):
         hist = dict(enumerate(m["label_histogram"]))
         source = "manifest"
@@ -149,15 +221,6 @@ def _report(split: ParquetSplit, storage: StorageConfig | None, samples: int) ->
     for k, c in hist.items():
         name = names[k] if names and 0 <= k < len(names) else str(k)
         out.append(f"    {k:>3}  {name:<{width}}  {c:>10,}  {100 * c / total:5.1f}%")
-    if m and "truncated" in m:
-        out.append(f"  truncated to {m.get('max_len')} tokens: {m['truncated']:,} of {split.num_rows:,}")
-    tok, note = _tokenizer(split, storage) if f.kind == "tokens" else (None, "")
-    if note:
-        out.append("  " + note)
-    lines = _samples(split, samples, tok)
-    if lines:
-        out.append(f"  first {len(lines)} row(s) of {posixpath.basename(split.files[0])}:")
-        out += lines
     return out
 
 

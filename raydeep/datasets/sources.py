@@ -45,7 +45,9 @@ if TYPE_CHECKING:
     import ray.data
 
 BUNDLED_SCHEME = "datasets://"
-LABEL_KINDS = ("class", "value")  # what a split's label column holds: class ids, or regression targets
+# What a split's label column holds: class ids, regression targets, or either (the caller decides:
+# ``raydeep data inspect`` reads the manifest and the column's type).
+LABEL_KINDS = ("class", "value", "any")
 MIN_CACHED_BLOCKS = 16  # blocks of a materialized split: the unit its per-epoch reshuffle moves
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -365,7 +367,8 @@ def open_split(uri: str, *, key: str, cache_dir: str | None = None,
 
     ``uri``: a local directory, file or glob, ``datasets://NAME/SPLIT``, or the same forms
     under ``s3://bucket/prefix`` (``storage`` says how to reach S3). ``label_kind``: ``"class"``
-    (an integer ``label`` column, the default) or ``"value"`` (a regression target: any numeric type).
+    (an integer ``label`` column, the default), ``"value"`` (a regression target: any numeric type)
+    or ``"any"`` (the label column's type is not checked here; the caller checks it).
     """
     if label_kind not in LABEL_KINDS:
         raise ValueError(f"label_kind must be one of {', '.join(LABEL_KINDS)}, got {label_kind!r}")
