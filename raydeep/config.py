@@ -19,6 +19,7 @@ from raydeep.errors import ConfigError
 from raydeep.datasets.storage import StorageConfig
 from raydeep.trainers.class_weights import ImbalanceConfig
 from raydeep.trainers.schedules import SCHEDULES, ConstantSchedule, ScheduleConfig
+from raydeep.trainers.sweep_space import METRICS as CLASSIFICATION_METRICS, PER_CLASS, REGRESSION_ONLY
 from raydeep.trainers.sweeps import TuneConfig
 
 
@@ -48,12 +49,22 @@ class DataConfig(Section):
 
 # What the worker loop reports each epoch for a regression task (trainers/metrics.py makes them);
 # r2 grows with a better fit, the others shrink.
-REGRESSION_METRICS = ("val/loss", "val/mse", "val/rmse", "val/mae", "val/r2", "train/loss")
+REGRESSION_METRICS = ("val/loss", *REGRESSION_ONLY, "train/loss")
 
 
 def metric_mode(metric: str) -> str:
     """The direction in which ``metric`` improves: ``max`` for val/r2, ``min`` for losses and errors."""
     return "max" if metric == "val/r2" else "min"
+
+
+def metric_task_error(key: str, metric: str, regression: bool) -> str | None:
+    """Why ``metric`` (at config ``key``) is one the run's task does not report; None when it does."""
+    if regression and metric not in REGRESSION_METRICS:
+        return f"{key} = {metric!r}: a model.task: regression run reports {', '.join(REGRESSION_METRICS)}"
+    if not regression and metric in REGRESSION_ONLY:
+        return (f"{key} = {metric!r} is a regression metric; set model.task: regression, "
+                "or pick a classification metric such as val/macro_f1")
+    return None
 
 
 class ModelConfig(Section):
@@ -190,9 +201,26 @@ class Config(Section):
                 es.setdefault("mode", metric_mode(es["metric"]))
         if isinstance(raw.get("tune"), dict):
             tune = section(raw, "tune")
-            tune.setdefault("metric", "val/loss")  # tune.metric takes val/loss, not yet val/rmse (same ranking)
+            tune.setdefault("metric", "val/loss")  # = val/mse: ranks trials as val/rmse does
             if tune["metric"] in REGRESSION_METRICS:
                 tune.setdefault("mode", metric_mode(tune["metric"]))
+        return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tune_metric_fits_task(cls, raw: Any) -> Any:
+        """A tune.metric of the other task is refused before TuneConfig checks its mode: a classification
+        run's ``val/rmse`` should hear that it is a regression metric, not "use mode: min"."""
+        model = raw.get("model") if isinstance(raw, dict) else None
+        tune = raw.get("tune") if isinstance(raw, dict) else None
+        if not (isinstance(model, dict) and isinstance(tune, dict) and isinstance(tune.get("metric"), str)):
+            return raw
+        task, metric = model.get("task", "classification"), tune["metric"]
+        known = metric in CLASSIFICATION_METRICS or metric in REGRESSION_ONLY or metric.startswith(PER_CLASS)
+        if task in ("classification", "regression") and known:  # else the field validators say what is wrong
+            why = metric_task_error("tune.metric", metric, task == "regression")
+            if why:
+                raise ValueError(why)
         return raw
 
     @model_validator(mode="after")
@@ -211,15 +239,12 @@ class Config(Section):
         if self.tune is not None:
             metrics.append(("tune.metric", self.tune.metric, self.tune.mode))
         for key, metric, mode in metrics:
-            if regression and metric not in REGRESSION_METRICS:
-                raise ValueError(f"{key} = {metric!r}: a model.task: regression run reports "
-                                 f"{', '.join(REGRESSION_METRICS)}")
+            why = metric_task_error(key, metric, regression)
+            if why:
+                raise ValueError(why)
             if regression and mode != metric_mode(metric):
                 raise ValueError(f"{key} = {metric!r} with mode: {mode} would favour the worst values; "
                                  f"use mode: {metric_mode(metric)}")
-            if not regression and metric in REGRESSION_METRICS and metric not in ("val/loss", "train/loss"):
-                raise ValueError(f"{key} = {metric!r} is a regression metric; set model.task: regression, "
-                                 "or pick a classification metric such as val/macro_f1")
         return self
 
     @model_validator(mode="after")

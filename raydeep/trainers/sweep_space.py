@@ -43,6 +43,15 @@ TRIAL_CPU = 0.1
 METRICS = ("val/macro_f1", "val/accuracy", "val/balanced_accuracy", "val/macro_precision",
            "val/macro_recall", "val/loss", "train/loss")
 PER_CLASS = ("val/recall/", "val/f1/")
+# What it reports for model.task: regression besides the losses (trainers/metrics.py:
+# flat_regression_metrics); raydeep.config refuses these in a classification run, and the
+# classification ones above in a regression run.
+REGRESSION_ONLY = ("val/mse", "val/rmse", "val/mae", "val/r2")
+
+
+def improves_upward(metric: str) -> bool:
+    """Whether ``metric`` grows with a better model: not for losses and errors (mse, rmse, mae)."""
+    return not (metric.endswith("loss") or metric in ("val/mse", "val/rmse", "val/mae"))
 
 
 class _Section(BaseModel):
@@ -254,11 +263,13 @@ class TuneConfig(_Section):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str) -> str:
-        if v in METRICS or (v.startswith(PER_CLASS) and v.count("/") == 2 and not v.endswith("/")):
+        if v in METRICS or v in REGRESSION_ONLY or (v.startswith(PER_CLASS) and v.count("/") == 2
+                                                     and not v.endswith("/")):
             return v
-        close = difflib.get_close_matches(v, METRICS, n=1)
+        close = difflib.get_close_matches(v, METRICS + REGRESSION_ONLY, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ValueError(f"{hint}the workers report {', '.join(METRICS)}, and val/recall/<class>, val/f1/<class>")
+        raise ValueError(f"{hint}the workers report {', '.join(METRICS)}, and val/recall/<class>, val/f1/<class>; "
+                         f"a model.task: regression run {', '.join(REGRESSION_ONLY)}, val/loss and train/loss")
 
     @field_validator("max_concurrent_trials")
     @classmethod
@@ -269,10 +280,10 @@ class TuneConfig(_Section):
 
     @model_validator(mode="after")
     def _direction(self) -> "TuneConfig":
-        if self.metric.endswith("loss") and self.mode == "max":
-            raise ValueError(f"metric {self.metric} with mode: max would favour the worst trials; use mode: min")
-        if not self.metric.endswith("loss") and self.mode == "min":
-            raise ValueError(f"metric {self.metric} with mode: min would favour the worst trials; use mode: max")
+        wanted = "max" if improves_upward(self.metric) else "min"
+        if self.mode != wanted:
+            raise ValueError(f"metric {self.metric} with mode: {self.mode} would favour the worst trials; "
+                             f"use mode: {wanted}")
         return self
 
 

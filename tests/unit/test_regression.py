@@ -258,6 +258,50 @@ def test_classification_refuses_regression_metrics():
     assert "run.early_stopping.metric = 'val/rmse' is a regression metric" in config_error(raw)
 
 
+SPACE = {"optim.lr": "loguniform(1e-3, 1e-1)"}
+CLASSIFICATION = {"model": {"task": "classification", "num_classes": 2}, "imbalance": {"loss": "cross_entropy"},
+                  "run": {"early_stopping": {"metric": "val/macro_f1", "mode": "max"}}}
+
+
+@pytest.mark.parametrize("metric, mode", [("val/rmse", "min"), ("val/mae", "min"), ("val/mse", "min"),
+                                          ("val/r2", "max"), ("val/loss", "min")])
+def test_regression_sweeps_rank_by_regression_metrics(metric, mode):
+    for tune in ({"metric": metric}, {"metric": metric, "mode": mode}):  # unset, the mode follows the metric
+        cfg = validate(regression_config(tune={**tune, "space": SPACE}), "seed.yaml")
+        assert (cfg.tune.metric, cfg.tune.mode) == (metric, mode)
+        assert validate(cfg.model_dump(mode="json"), "job") == cfg  # what a trial re-validates
+    wrong = "max" if mode == "min" else "min"
+    assert config_error(regression_config(tune={"metric": metric, "mode": wrong, "space": SPACE})) == (
+        f"seed.yaml: tune: metric {metric} with mode: {wrong} would favour the worst trials; use mode: {mode}")
+
+
+@pytest.mark.parametrize("metric", ["val/mse", "val/rmse", "val/mae", "val/r2"])
+@pytest.mark.parametrize("mode", [None, "min", "max"])
+def test_classification_sweeps_refuse_regression_metrics(metric, mode):
+    tune = {"metric": metric, "space": SPACE, **({"mode": mode} if mode else {})}
+    raw = copy.deepcopy(regression_config(**CLASSIFICATION, tune=tune))
+    # whatever the mode: the metric is what is wrong, not its direction
+    assert config_error(raw) == (f"seed.yaml: tune.metric = {metric!r} is a regression metric; set model.task: "
+                                 "regression, or pick a classification metric such as val/macro_f1")
+    raw["tune"]["metric"] = "val/macro_f1"
+    raw["tune"]["mode"] = "max"
+    assert validate(raw, "seed.yaml").tune.metric == "val/macro_f1"
+
+
+@pytest.mark.parametrize("metric, mode", [("val/macro_f1", None), ("val/accuracy", "min"), ("val/f1/3", "max"),
+                                          ("val/recall/3", None)])
+def test_regression_sweeps_refuse_classification_metrics(metric, mode):
+    tune = {"metric": metric, "space": SPACE, **({"mode": mode} if mode else {})}
+    assert config_error(regression_config(tune=tune)) == (
+        f"seed.yaml: tune.metric = {metric!r}: a model.task: regression run reports val/loss, val/mse, val/rmse, "
+        "val/mae, val/r2, train/loss")
+
+
+def test_a_misspelt_regression_tune_metric_gets_a_suggestion():
+    line = config_error(regression_config(tune={"metric": "val/rmes", "space": SPACE}))
+    assert line.startswith("seed.yaml: tune.metric = 'val/rmes': did you mean 'val/rmse'?")
+
+
 def test_plan_refuses_a_model_that_cannot_read_the_data(tmp_path, monkeypatch):
     from raydeep.trainers.driver import plan_data
 
