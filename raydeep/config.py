@@ -42,7 +42,8 @@ class DataConfig(Section):
     shuffle_buffer: int = Field(1024, ge=0, description="rows in each worker's local shuffle buffer; 0 = off")
     materialize_max_mb: float = Field(
         256, ge=0,
-        description="a split whose parquet files total at most this many MiB is read once into Ray's "
+        description="a split whose training columns take at most this many MiB in memory (decoded and "
+        "uncompressed, 2-5x its parquet files; counted from the parquet footers) is read once into Ray's "
         "object store instead of re-read from storage every epoch; 0 = always stream",
     )
 

@@ -321,3 +321,90 @@ def test_nullability_differences_are_not_schema_differences(tmp_path: Path) -> N
                                pa.field("label", pa.int64(), nullable=False), pa.field("id", pa.int64())]))
     write_shards(tmp_path, t, strict)
     assert open_split(str(tmp_path), key="k").num_rows == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Caching a small split (data.materialize_max_mb): decided by its size in memory, not on storage
+
+ROWS, SEQ = 2000, 128
+IN_MEMORY = ROWS * SEQ * 4 + ROWS * 8  # input_ids int32 values + int64 labels; the id column is not read
+
+
+def compressible_split(d: Path) -> Path:
+    """2000 rows x 128 token ids that are all 7: about 1 MB in memory, a few KB of parquet
+    (dictionary + run-length encoding before any compression, so the footers' own
+    ``total_byte_size`` is a few KB too), in two files of several row groups."""
+    d.mkdir()
+    for i in range(2):
+        t = tokens_table([0] * (ROWS // 2), seq_len=SEQ)
+        t = t.set_column(0, "input_ids", tokens_array(np.full((ROWS // 2, SEQ), 7), SEQ))
+        pq.write_table(t, d / f"part-{i:05d}.parquet", row_group_size=300)
+    return d
+
+
+def test_memory_bytes_counts_decoded_values_of_the_columns_read(tmp_path: Path) -> None:
+    from raydeep.datasets.sources import memory_bytes, split_bytes
+
+    split = open_split(str(compressible_split(tmp_path / "d")), key="data.train")
+    assert split_bytes(split) < 50_000  # on storage
+    assert memory_bytes(split, ["input_ids", "label"]) == IN_MEMORY == 1_040_000
+    assert memory_bytes(split, ["input_ids", "label", "id"]) == IN_MEMORY + ROWS * 8
+    # Fixed-size lists and floats: values x width too.
+    features = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(30, dtype=np.float32)), 3)
+    pq.write_table(pa.table({"features": features, "label": pa.array(np.ones(10))}), tmp_path / "r.parquet")
+    regression = open_split(str(tmp_path / "r.parquet"), key="k", label_kind="value")
+    assert memory_bytes(regression, ["features", "label"]) == 10 * 3 * 4 + 10 * 8
+
+
+@pytest.fixture
+def fake_ray_data(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``ray.data`` replaced by a recorder (no Ray), and ``cached_dataset`` too: which path
+    ``to_ray_dataset`` took, "stream" or "cache", is appended to the returned list."""
+    import types
+
+    from raydeep.datasets import sources
+
+    taken: list[str] = []
+
+    class Lazy:
+        def select_columns(self, columns: list[str]) -> Lazy:
+            return self
+
+        def map_batches(self, *args: object, **kwargs: object) -> Lazy:
+            return self
+
+    def read_parquet(files: list[str], **kwargs: object) -> Lazy:
+        taken.append("stream")
+        return Lazy()
+
+    data = types.ModuleType("ray.data")
+    data.read_parquet = read_parquet
+    ray = types.ModuleType("ray")
+    ray.data = data
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.data", data)
+    monkeypatch.setattr(sources, "cached_dataset", lambda split, columns, seed: taken.append("cache"))
+    return taken
+
+
+def test_a_split_small_on_storage_but_large_in_memory_streams(tmp_path: Path, fake_ray_data: list[str]) -> None:
+    from raydeep.datasets.sources import to_ray_dataset
+
+    split = open_split(str(compressible_split(tmp_path / "d")), key="data.train")
+    for limit, path in [(IN_MEMORY - 1, "stream"), (IN_MEMORY, "cache"), (2 * IN_MEMORY, "cache"), (0, "stream")]:
+        to_ray_dataset(split, materialize_max_bytes=limit)
+        assert fake_ray_data.pop() == path, limit
+
+
+def test_a_split_over_the_limit_on_storage_streams_without_reading_footers(
+        tmp_path: Path, fake_ray_data: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from raydeep.datasets import sources
+
+    split = open_split(str(compressible_split(tmp_path / "d")), key="data.train")
+
+    def no_footers(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read a footer")
+
+    monkeypatch.setattr(sources, "_read_footer", no_footers)
+    sources.to_ray_dataset(split, materialize_max_bytes=sources.split_bytes(split) - 1)
+    assert fake_ray_data == ["stream"]
