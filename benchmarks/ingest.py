@@ -40,24 +40,44 @@ import numpy as np
 
 
 def make_data(root: Path, rows: int, seq_len: int, shards: int) -> Path:
-    import pyarrow as pa
+    """A prepared split of random tokens, ``shards`` contiguous shards, written one shard at a time.
 
-    from raydeep.datasets import FeatureSpec, write_split
-    from raydeep.datasets.manifest import publish_dir
+    Shard by shard, so that a 10M-row set (5 GB of tokens in memory) is generated in the memory
+    of one shard; each shard has its own seeded generator, so a set is the same every time.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raydeep.datasets import FeatureSpec
+    from raydeep.datasets.manifest import FORMAT, publish_dir, shard_name, write_manifest
     from raydeep.datasets.schema import tokens_array
 
     final = root / f"rows{rows}-len{seq_len}-shards{shards}"
+    feature = FeatureSpec(column="input_ids", kind="tokens", seq_len=seq_len, vocab_size=8000)
 
     def build(tmp: Path) -> None:
-        rng = np.random.default_rng(0)
-        table = pa.table({
-            "input_ids": tokens_array(rng.integers(1, 8000, (rows, seq_len), dtype=np.int32), seq_len),
-            "label": pa.array(rng.integers(0, 10, rows), pa.int64()),
-            "id": pa.array(np.arange(rows, dtype=np.int64)),
+        out = tmp / "train"
+        out.mkdir()
+        bounds = np.linspace(0, rows, shards + 1).astype(int)
+        histogram = np.zeros(10, dtype=np.int64)
+        shard_rows = []
+        for i in range(shards):
+            n = int(bounds[i + 1] - bounds[i])
+            rng = np.random.default_rng([0, i])
+            labels = rng.integers(0, 10, n)
+            pq.write_table(pa.table({
+                "input_ids": tokens_array(rng.integers(1, 8000, (n, seq_len), dtype=np.int32), seq_len),
+                "label": pa.array(labels, pa.int64()),
+                "id": pa.array(np.arange(bounds[i], bounds[i + 1], dtype=np.int64)),
+            }), out / shard_name(i))
+            histogram += np.bincount(labels, minlength=10)
+            shard_rows.append({"file": shard_name(i), "rows": n})
+        write_manifest(out, {
+            "format": FORMAT, "name": "ingest-bench", "split": "train", "task": "text_classification",
+            "feature": feature.to_dict(), "num_classes": 10, "label_names": [str(i) for i in range(10)],
+            "num_rows": rows, "shards": shard_rows, "generator": {"seed": 0},
+            "label_histogram": histogram.tolist(),
         })
-        write_split(tmp / "train", table, name="ingest-bench", split="train", task="text_classification",
-                    feature=FeatureSpec(column="input_ids", kind="tokens", seq_len=seq_len, vocab_size=8000),
-                    num_classes=10, label_names=[str(i) for i in range(10)], shards=shards)
 
     return publish_dir(final, build) / "train"
 
