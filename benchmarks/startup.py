@@ -11,7 +11,7 @@
    ready, first batch, first step), all ``time.time()`` on this one machine.
 
 Whether DeepSpeed had to compile its shared-memory comm op (a g++ build on a machine's first
-run, cached in ~/.cache/torch_extensions) is read off that cache's modification time.
+run, cached under ~/.cache/torch_extensions) is read off that cache's modification time.
 
 Prints one JSON object; a summary goes to stderr.
 """
@@ -105,8 +105,12 @@ def import_time(module: str) -> float:
 
 
 def shm_op_mtime() -> float | None:
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/torch_extensions")
+    # raydeep builds into <cache>/raydeep-<environment hash>/ (engine.isolate_extension_builds)
+    # unless TORCH_EXTENSIONS_DIR names the folder itself.
+    root = os.path.expanduser("~/.cache/torch_extensions")
     found = glob.glob(os.path.join(root, "*", "deepspeed_shm_comm", "*.so"))
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        found += glob.glob(os.path.join(os.environ["TORCH_EXTENSIONS_DIR"], "deepspeed_shm_comm", "*.so"))
     return max((os.path.getmtime(f) for f in found), default=None)
 
 
