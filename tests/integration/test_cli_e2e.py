@@ -54,6 +54,20 @@ def test_config_that_starves_ray_data_is_refused(ray_head, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_model_that_cannot_read_the_data_is_refused_before_training(ray_head, tmp_path):
+    # Checked beside Ray's start (driver.connect_checking_model): still one line, exit 2, and
+    # no run directory, exactly as when the check ran before Ray.
+    proc = run_cli("train", "configs/seed-regression.yaml", "--set", "model.kind=transformer",
+                   "--set", "model.d_model=16", "--set", "model.heads=2",
+                   "--address", ray_head.address, "--run-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("raydeep: error:")]
+    assert len(errors) == 1 and "model.kind = 'transformer' on data.train (numeric in 'features')" in errors[0], \
+        proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def _worker_pids(dashboard_url: str) -> list[int]:
     from ray.util.state import list_actors
 
