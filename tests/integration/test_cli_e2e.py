@@ -55,8 +55,8 @@ def test_config_that_starves_ray_data_is_refused(ray_head, tmp_path):
 
 
 def test_model_that_cannot_read_the_data_is_refused_before_training(ray_head, tmp_path):
-    # Checked beside Ray's start (driver.connect_checking_model): still one line, exit 2, and
-    # no run directory, exactly as when the check ran before Ray.
+    # The driver builds the model on the meta device before Ray starts (driver.check_model):
+    # one line, exit 2, no run directory.
     proc = run_cli("train", "configs/seed-regression.yaml", "--set", "model.kind=transformer",
                    "--set", "model.d_model=16", "--set", "model.heads=2",
                    "--address", ray_head.address, "--run-dir", str(tmp_path / "out"))
