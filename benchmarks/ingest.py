@@ -142,7 +142,12 @@ def list_column_dataset(split, shuffle_seed: int):
 def run_arm(ds, remote, args) -> dict:
     import ray
 
+    from raydeep.trainers.driver import ingest_options
+
     ds = ds.copy(ds, _deep_copy=True)  # its own context, as Ray Train's DataConfig gives it
+    options = ingest_options(args.read_ahead_mb or None)  # what raydeep hands DataConfig
+    if options is not None:
+        ds.context.execution_options = options
     ds.context.execution_options.preserve_order = args.preserve_order
     (it,) = ds.streaming_split(1, equal=True)
     load_before = os.getloadavg()[0]
@@ -154,6 +159,8 @@ def run_arm(ds, remote, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from raydeep.config import DataConfig
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--seq-len", type=int, default=128)
@@ -161,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shuffle-buffer", type=int, default=1024, help="the worker loop's local buffer; 0 = off")
     p.add_argument("--prefetch", type=int, default=1, help="iter_torch_batches(prefetch_batches=)")
+    p.add_argument("--read-ahead-mb", type=float, default=DataConfig(train="x", val="x").read_ahead_mb or 0,
+                   help="data.read_ahead_mb (default: the config's); 0 = Ray Data's own budget")
     p.add_argument("--preserve-order", action="store_true",
                    help="ExecutionOptions(preserve_order=True): reproducible per-worker order, at what cost?")
     p.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "raydeep-ingest-bench"))

@@ -14,7 +14,9 @@ For each size (``--rows`` and ``--factor`` × that, in shards of ``--shard-rows`
 ``raydeep data prepare --shard-rows`` grows a data set: more shards, not bigger ones) and each
 ``data.materialize_max_mb`` setting in ``--modes``, the driver builds the training set exactly as
 ``raydeep train`` does (``to_ray_dataset(open_split(...), shuffle_seed=, materialize_max_bytes=)``,
-its own DataContext, ``streaming_split(1, equal=True)`` as Ray Train's DataConfig splits it) and
+its own DataContext with the execution options raydeep gives DataConfig (``ingest_options``:
+``data.read_ahead_mb``, ``--read-ahead-mb``), ``streaming_split(1, equal=True)`` as Ray Train's
+DataConfig splits it) and
 a fresh Ray actor, standing in for a Train worker, consumes one epoch with the worker loop's
 ``iter_torch_batches(batch_size, local_shuffle_buffer_size, local_shuffle_seed)``. In that
 actor: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the kernel's peak RSS) before and after
@@ -168,6 +170,7 @@ def measure(split_dir: Path, materialize_mb: float, args) -> dict:
 
     from raydeep.datasets import open_split, to_ray_dataset
     from raydeep.datasets.sources import fits_in_memory
+    from raydeep.trainers.driver import ingest_options
 
     split = open_split(str(split_dir), key="bench")
     actor = ray.remote(num_cpus=args.worker_cpus)(Consumer).remote(args.sample_s)
@@ -176,12 +179,9 @@ def measure(split_dir: Path, materialize_mb: float, args) -> dict:
         ds = to_ray_dataset(split, shuffle_seed=args.seed, materialize_max_bytes=int(materialize_mb * MiB))
         prepare_s = time.perf_counter() - t
         ds = ds.copy(ds, _deep_copy=True)  # its own context, as Ray Train's DataConfig gives it
-        if args.store_limit_mb:
-            # What DataConfig(execution_options=ExecutionOptions(resource_limits=...)) sets.
-            from ray.data import ExecutionResources
-
-            ds.context.execution_options.resource_limits = ExecutionResources(
-                object_store_memory=int(args.store_limit_mb * MiB))
+        options = ingest_options(args.read_ahead_mb or None)  # what raydeep hands DataConfig
+        if options is not None:
+            ds.context.execution_options = options
         (it,) = ds.streaming_split(1, equal=True)
         out = ray.get(actor.epoch.remote(it, args.batch_size, args.shuffle_buffer, args.seed))
     out["materialized"] = fits_in_memory(split, [split.feature.column, "label"], int(materialize_mb * MiB))
@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shuffle-buffer", type=int, default=defaults.shuffle_buffer, help="default: data.shuffle_buffer's")
     p.add_argument("--modes", default=f"0,{defaults.materialize_max_mb:g}",
                    help="data.materialize_max_mb values to measure, comma-separated (0 = always stream)")
-    p.add_argument("--store-limit-mb", type=float, default=0,
-                   help="cap the ingest's object-store use (ExecutionOptions.resource_limits); 0 = Ray's default")
+    p.add_argument("--read-ahead-mb", type=float, default=defaults.read_ahead_mb or 0,
+                   help="data.read_ahead_mb (default: the config's); 0 = Ray Data's own budget")
     p.add_argument("--worker-cpus", type=float, default=1.0)
     p.add_argument("--sample-s", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)

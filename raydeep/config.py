@@ -46,6 +46,13 @@ class DataConfig(Section):
         "uncompressed, 2-5x its parquet files; counted from the parquet footers) is read once into Ray's "
         "object store instead of re-read from storage every epoch; 0 = always stream",
     )
+    read_ahead_mb: float | None = Field(
+        512, gt=0,
+        description="object-store MiB Ray Data may hold ahead of the workers while it reads a split "
+        "(its read-ahead, across all workers); every block a worker reads is mapped into its memory, so "
+        "this bounds a worker's memory however large the data set; null = Ray Data's default (up to "
+        "half the object store)",
+    )
 
 
 # What the worker loop reports each epoch for a regression task (trainers/metrics.py makes them);
