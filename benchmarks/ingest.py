@@ -15,11 +15,12 @@ Run it alone: it measures CPU-bound rates, so anything else on the machine skews
    epochs, as a run does. Reported per epoch: rows/s over the epoch and after the first batch,
    latency to the first batch, and the p50/p99 time to fetch one batch; the first (cold)
    epoch's at the top level, with its ratio to pyarrow and the last epoch's.
-4. ``--before`` adds ``ray_ingest_list_column``: the same, over the dataset as ``to_ray_dataset``
-   built it before the feature column became a fixed-shape tensor in the read tasks (the
-   ``list<int32>`` column as stored, stacked row by row in the worker), in the same Ray
-   session, to measure that change before/after in one run. ``--repeat`` runs every arm again,
-   alternating, on the now-warm Ray (worker processes started: later epochs of a run).
+4. ``--before`` adds ``ray_ingest_tensor_column``: the same, plus the fixed-shape tensor
+   conversion of the feature column in the read tasks (``map_batches(as_tensor_column)``),
+   which ``to_ray_dataset``'s streaming path did from 2026-11-28 until 2026-11-29 (it made
+   the read-ahead hold more memory and no epoch faster), in the same Ray session, to compare
+   the two in one run. ``--repeat`` runs every arm again, alternating, on the now-warm Ray
+   (worker processes started: later epochs of a run).
 
 Each figure carries the 1-minute load average before and after it: on a shared machine, read
 the rates with it.
@@ -130,13 +131,14 @@ def consume_epoch(it, batch_size: int, shuffle_buffer: int, prefetch: int, epoch
             "batches": len(times)}
 
 
-def list_column_dataset(split, shuffle_seed: int):
-    """``to_ray_dataset(split, shuffle_seed=)`` as it was before the tensor-column change."""
-    import ray.data
+def tensor_column_dataset(split, shuffle_seed: int):
+    """``to_ray_dataset(split, shuffle_seed=)`` as it streamed from 2026-11-28 to 2026-11-29."""
+    from raydeep.datasets import to_ray_dataset
+    from raydeep.datasets.sources import as_tensor_column
 
-    ds = ray.data.read_parquet(split.files, filesystem=split.filesystem, partitioning=None,
-                               shuffle=ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True))
-    return ds.select_columns([split.feature.column, "label"])
+    return to_ray_dataset(split, shuffle_seed=shuffle_seed).map_batches(
+        as_tensor_column, fn_kwargs={"column": split.feature.column, "width": split.feature.width},
+        batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
 
 
 def run_arm(ds, remote, args) -> dict:
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--address", default=None, help="an existing Ray cluster instead of a local one")
     p.add_argument("--before", action="store_true",
-                   help="also measure the dataset as built before the tensor-column change (see 4. above)")
+                   help="also measure the tensor-column variant of the streaming path (see 4. above)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per arm over one split (a run's epoch 2+ is warm)")
     p.add_argument("--repeat", type=int, default=1, help="rounds of every arm (the first on a cold Ray)")
     args = p.parse_args(argv)
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     remote = ray.remote(num_cpus=1)(consume)
     arms = {"ray_ingest": lambda: to_ray_dataset(split, shuffle_seed=0)}
     if args.before:
-        arms["ray_ingest_list_column"] = lambda: list_column_dataset(split, 0)
+        arms["ray_ingest_tensor_column"] = lambda: tensor_column_dataset(split, 0)
     rounds = []
     for r in range(args.repeat):
         # Alternate which arm goes first, so neither always gets the cold start.
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                                                              / raw["rows_per_s"], 3),
         # A run's epoch 2 onwards: the coordinator and the read workers are already up.
         "ratio_ingest_last_epoch_over_pyarrow": round(ingest["per_epoch"][-1]["rows_per_s"] / raw["rows_per_s"], 3),
-        **({"ray_ingest_list_column": rounds[0]["ray_ingest_list_column"]} if args.before else {}),
+        **({"ray_ingest_tensor_column": rounds[0]["ray_ingest_tensor_column"]} if args.before else {}),
         **({"rounds": rounds} if len(rounds) > 1 else {}),
         "settings": {**vars(args), "data": str(split_dir), "generate_s": round(gen_s, 1),
                      "files": len(split.files), "cpus": os.cpu_count(), "python": sys.version.split()[0],

@@ -675,13 +675,14 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with
             # their paths into an extra column.
             partitioning=None,
         )
+        # The feature column stays a list column; iter_torch_batches stacks each batch's rows in
+        # the worker. A fixed-shape tensor column made in the read tasks instead
+        # (map_batches(as_tensor_column), as cached splits get it on the driver) was faster in
+        # isolation (0.5 vs 1.7 ms per 256 x 128-token batch) but not end to end (epoch 93-99k vs
+        # 99k rows/s), and over a 10M-row epoch under data.read_ahead_mb 512 it held the object
+        # store at 0.8 GB instead of 0.6 GB and each worker's mapped pages at 1003 instead of 625
+        # MiB (benchmarks/BENCHMARKS.md, "Worker memory as the data grows").
         ds = ds.select_columns(columns)
-        # In the read tasks, not in the worker: the feature column becomes a fixed-shape tensor, so
-        # iter_torch_batches hands the worker one [B, width] array per batch instead of stacking B
-        # per-row arrays (list<int32> comes out of Arrow as an object array): 1.7 -> 0.5 ms per
-        # 256-row batch measured here, the worker-side cost that capped ingest (benchmarks/ingest.py).
-        ds = ds.map_batches(as_tensor_column, fn_kwargs={"column": split.feature.column, "width": split.feature.width},
-                            batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
     if first_epoch:
         ds = ds.copy(ds, _deep_copy=True)  # its own context, so the counter below is this dataset's alone
         ds.context._execution_idx = int(first_epoch)

@@ -254,8 +254,9 @@ def ingest_options(read_ahead_mb: float | None):
     Left alone, Ray Data reads ahead into the object store up to its budget (half the store):
     1.7-1.8 GB on this 7 GB store for a 10M-row split, and a worker maps every block it reads,
     so its RSS grew with the data until that budget (1M -> 10M rows: 1.3 -> 2.5 GB). With 512
-    MiB the store peaked at 0.8 GB and the worker at 1.7 GB, and the epoch was not slower
-    (benchmarks/BENCHMARKS.md, "Worker memory as the data grows"). ``None``: Train's default.
+    MiB (and list columns to the workers; see to_ray_dataset) the store peaked at 0.6 GB and the
+    worker at 1.3 GB, and the epoch was not slower (benchmarks/BENCHMARKS.md, "Worker memory as
+    the data grows"). ``None``: Train's default.
     """
     if read_ahead_mb is None:
         return None  # DataConfig's own default_ingest_options()

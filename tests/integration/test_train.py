@@ -94,3 +94,36 @@ def test_oversampling_focal_rmsprop_l1_run(ray_connected, tmp_path):
     # dropped to equalize the two shards.
     assert abs(summary["final"]["train/samples"] - expected) < 0.1 * expected
     assert (tmp_path / "run" / "lr_schedule.png").is_file()
+
+
+DIGITS = "datasets://digits-lt/{split}?imbalance_ratio=10&seed=0"
+SEED = "datasets://seed-regression/{split}?rows=200&val_rows=50&seed=0"
+
+
+@pytest.mark.parametrize("kind", ["tokens", "pixels", "numeric"])
+def test_streamed_split_trains_every_row_once(ray_connected, tmp_path, kind):
+    """``data.materialize_max_mb: 0``: the training split streams from its parquet files (list
+    columns to the workers, which stack them) for each kind of feature column; one epoch sees
+    every row but the 2-worker remainder."""
+    from raydeep.datasets import open_split
+
+    stream = {"materialize_max_mb": 0}
+    if kind == "tokens":
+        cfg, train_uri = tiny_config(data=stream), SYNTH.format(split="train", rows=400)
+    elif kind == "pixels":
+        train_uri = DIGITS.format(split="train")
+        cfg = tiny_config(data={**stream, "train": train_uri, "val": DIGITS.format(split="val")},
+                          model={"kind": "transformer", "num_classes": 10, "d_model": 32, "layers": 1,
+                                 "heads": 2, "patch_size": 4, "max_len": 64, "dropout": 0.0})
+    else:
+        train_uri = SEED.format(split="train")
+        cfg = tiny_config(data={**stream, "train": train_uri, "val": SEED.format(split="val"), "batch_size": 10},
+                          optim={"name": "sgd", "lr": 0.03, "weight_decay": 0.0, "grad_clip": 0.0},
+                          deepspeed={"zero_stage": 0},
+                          run={"epochs": 1, "seed": 0, "early_stopping": {"metric": "val/rmse", "mode": "min"}})
+        cfg["model"] = {"kind": "linear", "task": "regression"}  # replaces the transformer's keys
+    summary = train(validate(cfg, "test"), run_dir=tmp_path / "run", address=ray_connected.address)
+    rows = open_split(train_uri, key="data.train", label_kind="value" if kind == "numeric" else "class").num_rows
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["train/samples"] == rows - rows % 2
+    assert summary["final"]["global_step"] > 0
