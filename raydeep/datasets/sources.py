@@ -66,6 +66,7 @@ class ParquetSplit:
     num_classes: int | None  # from the manifest when present
     label_names: list[str] | None
     schema: pa.Schema | None = field(default=None, repr=False)  # the shards' common arrow schema
+    footers: list[pq.FileMetaData] | None = field(default=None, repr=False)  # per file, as open_split read them
 
     @property
     def has_ids(self) -> bool:
@@ -434,7 +435,8 @@ def _open_listing(uri: str, listing: _Listing, fs: pafs.FileSystem, *, key: str,
     else:
         feature = _infer_feature(files, footers, schema, fs, key=key)
     return ParquetSplit(uri=uri, key=key, files=files, filesystem=fs, manifest=manifest, feature=feature,
-                        num_rows=num_rows, num_classes=num_classes, label_names=label_names, schema=schema)
+                        num_rows=num_rows, num_classes=num_classes, label_names=label_names, schema=schema,
+                        footers=footers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,18 +500,14 @@ def target_summary(split: ParquetSplit) -> dict[str, float]:
             "min": lo, "max": hi}
 
 
-def split_bytes(split: ParquetSplit) -> int:
-    """Total size of the split's files on storage (one metadata call, no data read)."""
-    return sum(info.size or 0 for info in split.filesystem.get_file_info(split.files))
-
-
 # Bytes per value of parquet's fixed-width physical types, as Arrow holds them in memory.
 _VALUE_BYTES = {"BOOLEAN": 1 / 8, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
 
 
 def memory_bytes(split: ParquetSplit, columns: list[str]) -> int:
     """Bytes the split's ``columns`` take in memory (decoded, uncompressed), from its parquet
-    footers alone (one footer read per file, through the split's filesystem, so S3 too).
+    footers alone: those ``open_split`` already read (no I/O), else one read per file through
+    the split's filesystem, so S3 too.
 
     Per column chunk: its value count (list entries included) times its type's width; a
     variable-length binary or string chunk counts its uncompressed size. Validity bitmaps and
@@ -520,8 +518,8 @@ def memory_bytes(split: ParquetSplit, columns: list[str]) -> int:
     """
     wanted = set(columns)
     total = 0.0
-    for path in split.files:
-        md = _read_footer(path, split.filesystem, key=split.key)
+    footers = split.footers or [_read_footer(path, split.filesystem, key=split.key) for path in split.files]
+    for md in footers:
         for g in range(md.num_row_groups):
             group = md.row_group(g)
             for j in range(group.num_columns):
@@ -539,15 +537,10 @@ def memory_bytes(split: ParquetSplit, columns: list[str]) -> int:
 
 def fits_in_memory(split: ParquetSplit, columns: list[str], max_bytes: int) -> bool:
     """Whether ``to_ray_dataset`` caches the split: its ``columns`` take at most ``max_bytes`` in
-    memory (``memory_bytes``), where the cached copy lives, 2-5x its parquet size on storage.
-
-    The size on storage is checked first, with one metadata call: a split whose files already
-    exceed ``max_bytes`` streams without reading anything more (parquet is rarely larger than
-    the data it holds). ``max_bytes`` 0: never cache.
+    memory (``memory_bytes``, from the footers ``open_split`` read: no I/O), where the cached
+    copy lives, 2-5x its parquet size on storage. ``max_bytes`` 0: never cache.
     """
-    if max_bytes <= 0 or split_bytes(split) > max_bytes:
-        return False
-    return memory_bytes(split, columns) <= max_bytes
+    return max_bytes > 0 and memory_bytes(split, columns) <= max_bytes
 
 
 def check_finite(split: ParquetSplit) -> None:

@@ -343,10 +343,10 @@ def compressible_split(d: Path) -> Path:
 
 
 def test_memory_bytes_counts_decoded_values_of_the_columns_read(tmp_path: Path) -> None:
-    from raydeep.datasets.sources import memory_bytes, split_bytes
+    from raydeep.datasets.sources import memory_bytes
 
     split = open_split(str(compressible_split(tmp_path / "d")), key="data.train")
-    assert split_bytes(split) < 50_000  # on storage
+    assert sum(os.path.getsize(f) for f in split.files) < 50_000  # on storage
     assert memory_bytes(split, ["input_ids", "label"]) == IN_MEMORY == 1_040_000
     assert memory_bytes(split, ["input_ids", "label", "id"]) == IN_MEMORY + ROWS * 8
     # Fixed-size lists and floats: values x width too.
@@ -356,48 +356,17 @@ def test_memory_bytes_counts_decoded_values_of_the_columns_read(tmp_path: Path) 
     assert memory_bytes(regression, ["features", "label"]) == 10 * 3 * 4 + 10 * 8
 
 
-@pytest.fixture
-def fake_ray_data(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """``ray.data`` replaced by a recorder (no Ray), and ``cached_dataset`` too: which path
-    ``to_ray_dataset`` took, "stream" or "cache", is appended to the returned list."""
-    import types
-
-    from raydeep.datasets import sources
-
-    taken: list[str] = []
-
-    class Lazy:
-        def select_columns(self, columns: list[str]) -> Lazy:
-            return self
-
-        def map_batches(self, *args: object, **kwargs: object) -> Lazy:
-            return self
-
-    def read_parquet(files: list[str], **kwargs: object) -> Lazy:
-        taken.append("stream")
-        return Lazy()
-
-    data = types.ModuleType("ray.data")
-    data.read_parquet = read_parquet
-    ray = types.ModuleType("ray")
-    ray.data = data
-    monkeypatch.setitem(sys.modules, "ray", ray)
-    monkeypatch.setitem(sys.modules, "ray.data", data)
-    monkeypatch.setattr(sources, "cached_dataset", lambda split, columns, seed: taken.append("cache"))
-    return taken
-
-
-def test_a_split_small_on_storage_but_large_in_memory_streams(tmp_path: Path, fake_ray_data: list[str]) -> None:
-    from raydeep.datasets.sources import to_ray_dataset
+def test_a_split_small_on_storage_but_large_in_memory_streams(tmp_path: Path) -> None:
+    # fits_in_memory is to_ray_dataset's whole decision: True = cache it, False = stream.
+    from raydeep.datasets.sources import fits_in_memory
 
     split = open_split(str(compressible_split(tmp_path / "d")), key="data.train")
     for limit, path in [(IN_MEMORY - 1, "stream"), (IN_MEMORY, "cache"), (2 * IN_MEMORY, "cache"), (0, "stream")]:
-        to_ray_dataset(split, materialize_max_bytes=limit)
-        assert fake_ray_data.pop() == path, limit
+        taken = "cache" if fits_in_memory(split, ["input_ids", "label"], limit) else "stream"
+        assert taken == path, limit
 
 
-def test_a_split_over_the_limit_on_storage_streams_without_reading_footers(
-        tmp_path: Path, fake_ray_data: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_decision_reuses_the_footers_open_split_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from raydeep.datasets import sources
 
     split = open_split(str(compressible_split(tmp_path / "d")), key="data.train")
@@ -406,5 +375,5 @@ def test_a_split_over_the_limit_on_storage_streams_without_reading_footers(
         raise AssertionError("read a footer")
 
     monkeypatch.setattr(sources, "_read_footer", no_footers)
-    sources.to_ray_dataset(split, materialize_max_bytes=sources.split_bytes(split) - 1)
-    assert fake_ray_data == ["stream"]
+    assert not sources.fits_in_memory(split, ["input_ids", "label"], IN_MEMORY - 1)
+    assert sources.fits_in_memory(split, ["input_ids", "label"], IN_MEMORY)
