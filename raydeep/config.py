@@ -19,7 +19,7 @@ from raydeep.errors import ConfigError
 from raydeep.datasets.storage import StorageConfig
 from raydeep.trainers.class_weights import ImbalanceConfig
 from raydeep.trainers.schedules import SCHEDULES, ConstantSchedule, ScheduleConfig
-from raydeep.trainers.sweep_space import METRICS as CLASSIFICATION_METRICS, PER_CLASS, REGRESSION_ONLY
+from raydeep.trainers.sweep_space import METRICS as CLASSIFICATION_METRICS, PER_CLASS, REGRESSION_ONLY, improves_upward
 from raydeep.trainers.sweeps import TuneConfig
 
 
@@ -61,8 +61,8 @@ REGRESSION_METRICS = ("val/loss", *REGRESSION_ONLY, "train/loss")
 
 
 def metric_mode(metric: str) -> str:
-    """The direction in which ``metric`` improves: ``max`` for val/r2, ``min`` for losses and errors."""
-    return "max" if metric == "val/r2" else "min"
+    """The direction in which ``metric`` improves: ``min`` for losses and errors, else ``max``."""
+    return "max" if improves_upward(metric) else "min"
 
 
 def metric_task_error(key: str, metric: str, regression: bool) -> str | None:
