@@ -15,6 +15,13 @@ driver, and fits:
   checkpoint; the next segment, of this trial or of a trial that clones it, copies that folder
   to a new Train run name, which Train V2 resumes: same global step, same optimizer state.
 
+Where things go: the sweep directory (``runs/<name>-sweep-<time>`` or ``--run-dir``) is the
+driver's: ``config.yaml``, ``trials.jsonl`` and ``trials/<id>.yaml`` (written by a Tune callback
+on the driver, so trials on other nodes need no shared filesystem), the leaderboard,
+``best.yaml``, ``sweep.png``. Tune's experiment state and the trials' Train runs go to the
+sweep's *storage*: the same directory by default, or ``<run.storage>/<sweep name>/`` when
+``run.storage`` is ``s3://...``. Trials touch that storage only through a pyarrow filesystem.
+
 The ``tune:`` section and the search space live in ``sweep_space`` (pure). This module is
 imported by ``raydeep.config`` for ``TuneConfig``, so it too keeps torch, ray and
 ``raydeep.config`` out of its module level.
@@ -27,7 +34,6 @@ import io
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -76,8 +82,7 @@ class TrialContext:
     metric: str
     info: Any  # ClusterInfo, with the trial's token CPU taken out
     data: Any  # DataPlan: the data opened and counted once
-    sweep_dir: str
-    trials_dir: str
+    trials: "TrialStorage"  # where the trials' Train runs go (local or S3)
 
 
 def trial_params(config: dict) -> dict[str, Any]:
@@ -95,10 +100,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     pin_cluster_address()
     trial_id = ray.tune.get_context().get_trial_id()
     params = trial_params(config)
-    cfg, ignored = trial_config(ctx.base, ctx.space, params)
+    cfg, _ = trial_config(ctx.base, ctx.space, params)
     plan = plan_run(cfg, ctx.info, ctx.data)
-    write_trial_config(Path(ctx.trials_dir) / f"{trial_id}.yaml", cfg, params, ignored, trial_id)
-    log_event(ctx, trial_id, "start", params=canonical(ctx.base, params))
     if ctx.scheduler.name == "pbt":
         run_segments(plan, ctx, trial_id)
     else:
@@ -106,11 +109,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         # Named after the trial: a trial restarted by --resume continues its own Train run.
-        trainer = build_trainer(plan, name=trial_id, storage_path=ctx.trials_dir,
-                                callbacks=[TuneReportCallback()])
-        result = trainer.fit()
-        final = result.return_value or {}
-        log_event(ctx, trial_id, "end", epoch=final.get("epoch"), global_step=final.get("global_step"))
+        build_trainer(plan, name=trial_id, storage_path=ctx.trials.root, storage_filesystem=ctx.trials.fs,
+                      callbacks=[TuneReportCallback()]).fit()
 
 
 def pin_cluster_address() -> None:
@@ -141,6 +141,66 @@ def pin_cluster_address() -> None:
 SEGMENT_FILE = "segment.json"
 
 
+@dataclass
+class TrialStorage:
+    """Where the trials' Train runs live: ``root`` is a path in ``fs``, a pyarrow filesystem
+    (``None``: this machine's, for a local sweep). Every file operation a trial makes on it
+    goes through ``fs``, so a sweep on ``s3://`` runs the same code as a local one."""
+
+    root: str
+    fs: Any = None  # pyarrow.fs.FileSystem | None
+
+    @property
+    def filesystem(self):
+        import pyarrow.fs as pafs
+
+        return self.fs if self.fs is not None else pafs.LocalFileSystem()
+
+    def path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def segment_folders(self, trial_id: str) -> list[str]:
+        """This trial's segment folders (``<trial>-e<epochs>``), left by a pause or restart."""
+        import pyarrow.fs as pafs
+
+        infos = self.filesystem.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        return sorted(i.path for i in infos
+                      if i.type == pafs.FileType.Directory and i.base_name.startswith(f"{trial_id}-e"))
+
+    def remove(self, path: str) -> None:
+        self.filesystem.delete_dir(path)
+
+    def copy_in(self, source: str, source_fs, dest: str) -> None:
+        """Copy the folder ``source`` (on ``source_fs``: Tune's checkpoint) to ``dest`` here."""
+        import pyarrow.fs as pafs
+
+        self.filesystem.create_dir(dest)
+        pafs.copy_files(source, dest, source_filesystem=source_fs, destination_filesystem=self.filesystem,
+                        chunk_size=64 * 1024 * 1024)
+
+    def move(self, source: str, dest: str) -> None:
+        """A rename on a local filesystem; on S3 (no renames) a copy of every object, then the
+        delete (fsspec's recursive ``mv`` trips over the folder's own marker object)."""
+        import pyarrow.fs as pafs
+
+        if self.fs is None:
+            self.filesystem.move(source, dest)
+            return
+        pafs.copy_files(source, dest, source_filesystem=self.fs, destination_filesystem=self.fs,
+                        chunk_size=64 * 1024 * 1024)
+        self.fs.delete_dir(source)
+
+    def write_json(self, path: str, obj: Any) -> None:
+        with self.filesystem.open_output_stream(path) as f:
+            f.write(json.dumps(obj).encode())
+
+
+def read_segment(checkpoint) -> dict[str, Any]:
+    """``segment.json`` of a Tune checkpoint, on whatever filesystem Tune keeps it."""
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path.rstrip('/')}/{SEGMENT_FILE}") as f:
+        return json.loads(f.read())
+
+
 def run_segments(plan: "RunPlan", ctx: TrialContext, trial_id: str) -> None:
     """PBT: one short fit per Tune iteration, each continuing the Train run it was handed.
 
@@ -152,52 +212,112 @@ def run_segments(plan: "RunPlan", ctx: TrialContext, trial_id: str) -> None:
 
     from raydeep.trainers.driver import build_trainer
 
-    root = Path(ctx.trials_dir)
-    for stale in root.glob(f"{trial_id}-e*"):  # this trial's folders from before a pause or restart
-        shutil.rmtree(stale, ignore_errors=True)
+    store = ctx.trials
+    for stale in store.segment_folders(trial_id):  # this trial's folders from before a pause or restart
+        store.remove(stale)
     total = plan.cfg.run.epochs
     done, carry, cloned_from = 0, None, None  # carry: the Train run folder the next segment continues
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            meta = json.loads((Path(d) / SEGMENT_FILE).read_text())
-            done = int(meta["epochs_done"])
-            carry = root / f"{trial_id}-e{done:03d}"
-            shutil.copytree(d, carry)
+        meta = read_segment(checkpoint)
+        done = int(meta["epochs_done"])
+        carry = store.path(f"{trial_id}-e{done:03d}")
+        store.copy_in(checkpoint.path, checkpoint.filesystem, carry)
         if meta["trial_id"] != trial_id:
             cloned_from = meta["trial_id"]
-            log_event(ctx, trial_id, "clone", donor=cloned_from, epochs_done=done, global_step=meta.get("global_step"))
     while done < total:
         end = min(done + ctx.scheduler.perturbation_interval, total)
-        run_dir = root / f"{trial_id}-e{end:03d}"
+        run_dir = store.path(f"{trial_id}-e{end:03d}")
         if carry is not None:
-            carry.rename(run_dir)  # Train V2 resumes a run whose folder holds a snapshot
+            store.move(carry, run_dir)  # Train V2 resumes a run whose folder holds a snapshot
         seg_cfg = plan.cfg.model_copy(update={"run": plan.cfg.run.model_copy(update={"epochs": end})})
         seg_plan = replace(plan, cfg=seg_cfg)  # total_steps stays the whole run's: one LR schedule
-        final = build_trainer(seg_plan, name=run_dir.name, storage_path=str(root)).fit().return_value or {}
-        (run_dir / SEGMENT_FILE).write_text(json.dumps(
-            {"trial_id": trial_id, "epochs_done": end, "global_step": final.get("global_step")}))
+        final = build_trainer(seg_plan, name=run_dir.rsplit("/", 1)[1], storage_path=store.root,
+                              storage_filesystem=store.fs).fit().return_value or {}
+        store.write_json(f"{run_dir}/{SEGMENT_FILE}",
+                         {"trial_id": trial_id, "epochs_done": end, "global_step": final.get("global_step")})
         metrics = {k: v for k, v in final.items() if k != "val/confusion"}
-        metrics.update(epochs_done=end, cloned_from=cloned_from or "")
+        # from_epochs and cloned_from: the driver's trials.jsonl logs a clone from them.
+        metrics.update(epochs_done=end, from_epochs=done, cloned_from=cloned_from or "")
         last = end == total or bool(final.get("stopped_early"))
-        if last:  # before the report: Tune stops a trial that reports its last segment
-            log_event(ctx, trial_id, "end", epochs_done=end, global_step=final.get("global_step"))
         # Tune copies the folder into its own storage: what a clone reads never changes under it.
-        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(run_dir)))
+        # (Tune stops a trial that reports its last segment.)
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint(run_dir, filesystem=store.filesystem))
         carry, done, cloned_from = run_dir, end, None
         if last:
             break
 
 
-def log_event(ctx: TrialContext, trial_id: str, event: str, **fields: Any) -> None:
-    """One JSON line per trial start, clone and end in <sweep>/trials.jsonl (O_APPEND: one
-    write per line, so concurrent trials on one filesystem do not interleave)."""
-    line = json.dumps({"time": round(time.time(), 3), "trial_id": trial_id, "event": event, **fields}) + "\n"
-    fd = os.open(Path(ctx.sweep_dir) / "trials.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+# ---------------------------------------------------------------------------------------------
+# On the driver, while the sweep runs: trials.jsonl and each trial's config
+
+
+class SweepLog:
+    """A Tune callback on the driver: one JSON line per trial start, clone and end in
+    ``<sweep>/trials.jsonl``, and ``<sweep>/trials/<id>.yaml`` (the trial's whole config) at
+    each start. On the driver, not in the trials: trials may run on nodes that do not share
+    the sweep directory's filesystem (a sweep on S3 storage)."""
+
+    def __init__(self, sweep_dir: str, base: dict, space: dict[str, Distribution]) -> None:
+        self.sweep_dir, self.base, self.space = sweep_dir, base, space
+
+    # ray.tune.Callback's interface, without importing ray here (see the module docstring);
+    # tune_callback() wraps it.
+    def on_trial_start(self, trial) -> None:
+        params = trial_params(trial.config)
+        cfg, ignored = trial_config(self.base, self.space, params)
+        write_trial_config(Path(self.sweep_dir) / "trials" / f"{trial.trial_id}.yaml", cfg, params, ignored,
+                           trial.trial_id)
+        self.event(trial.trial_id, "start", params=canonical(self.base, params))
+
+    def on_trial_result(self, trial, result: dict) -> None:
+        if result.get("cloned_from"):  # PBT: this segment continued another trial's checkpoint
+            self.event(trial.trial_id, "clone", donor=result["cloned_from"], epochs_done=result.get("from_epochs"),
+                       global_step=result.get("resumed_from_step"))
+
+    def on_trial_end(self, trial, status: str) -> None:
+        last = trial.last_result or {}
+        self.event(trial.trial_id, "end", status=status, epoch=last.get("epoch"),
+                   epochs_done=last.get("epochs_done"), global_step=last.get("global_step"))
+
+    def event(self, trial_id: str, event: str, **fields: Any) -> None:
+        line = json.dumps({"time": round(time.time(), 3), "trial_id": trial_id, "event": event, **fields},
+                          default=str) + "\n"
+        fd = os.open(Path(self.sweep_dir) / "trials.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+def tune_callback(log: SweepLog):
+    """``log`` as a ``ray.tune.Callback``. A failure to write a line is printed, never raised:
+    it must not stop the sweep."""
+    from ray import tune
+
+    class SweepLogCallback(tune.Callback):
+        def __init__(self, log: SweepLog) -> None:
+            self.log = log
+
+        def _safe(self, fn, *args) -> None:
+            try:
+                fn(*args)
+            except Exception as exc:  # noqa: BLE001 - logging must never fail a sweep
+                print(f"raydeep: could not write to {self.log.sweep_dir}: {exc}")
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            self._safe(self.log.on_trial_start, trial)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            self._safe(self.log.on_trial_result, trial, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._safe(self.log.on_trial_end, trial, "terminated")
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._safe(self.log.on_trial_end, trial, "error")
+
+    return SweepLogCallback(log)
 
 
 def write_trial_config(path: Path, cfg: "Config", params: dict, ignored: dict[str, str], trial_id: str) -> None:
@@ -226,14 +346,61 @@ class Sweep:
     trials: list[dict[str, Any]] | None
     concurrency: int
     context: TrialContext = field(repr=False, default=None)
+    storage: "SweepStorage" = None
+
+    @property
+    def tune_dir(self) -> str:
+        """Tune's experiment folder, as a user would name it (a local path or s3://...)."""
+        return self.storage.uri("tune")
+
+
+@dataclass
+class SweepStorage:
+    """Where Tune's experiment state and the trials' Train runs go: the sweep directory itself
+    (``remote`` None), or ``remote`` = ``s3://bucket/prefix/<sweep name>``."""
+
+    path: str  # Tune's storage_path: a local directory, or bucket/prefix/<sweep name> in fs
+    fs: Any = None  # pyarrow.fs.FileSystem for S3; None: local
+    remote: str | None = None
+
+    def uri(self, name: str) -> str:
+        return f"{self.remote}/{name}" if self.remote else str(Path(self.path) / name)
+
+    def trials(self) -> TrialStorage:
+        return TrialStorage(f"{self.path}/trials", self.fs)
+
+    def exists(self, name: str) -> bool:
+        import pyarrow.fs as pafs
+
+        fs = self.fs if self.fs is not None else pafs.LocalFileSystem()
+        return fs.get_file_info(f"{self.path}/{name}").type != pafs.FileType.NotFound
 
 
 def new_sweep_dir(cfg: "Config") -> Path:
-    root = Path(cfg.run.storage) if cfg.run.storage else Path("runs")
+    """``<run.storage>/<name>-sweep-<time>`` for a local run.storage; else under ``runs/`` (for
+    ``s3://`` storage the sweep's state goes to ``<run.storage>/<that folder's name>``)."""
+    local = cfg.run.storage and "://" not in cfg.run.storage
+    root = Path(cfg.run.storage) if local else Path("runs")
     return root / f"{cfg.name}-sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def plan_sweep(cfg: "Config", source: str, sweep_dir: Path, info: "ClusterInfo", data: "DataPlan") -> Sweep:
+def sweep_storage(cfg: "Config", sweep_dir: Path, remote: str | None = None) -> SweepStorage:
+    """The sweep's storage; for ``s3://`` the bucket is checked now, before Ray starts (a missing
+    bucket or bad credentials fail in a second). ``remote``: a resumed sweep's own location."""
+    from raydeep.datasets.storage import resolve_storage
+
+    if remote is None and cfg.run.storage and "://" in cfg.run.storage:
+        remote = f"{cfg.run.storage.rstrip('/')}/{sweep_dir.name}"
+    if remote is None:
+        return SweepStorage(str(sweep_dir.resolve()))
+    path, fs = resolve_storage(remote, cfg.storage, key="run.storage")
+    if fs is None:  # file://
+        return SweepStorage(path)
+    return SweepStorage(path, fs, remote)
+
+
+def plan_sweep(cfg: "Config", source: str, sweep_dir: Path, info: "ClusterInfo", data: "DataPlan",
+               storage: SweepStorage) -> Sweep:
     """Everything the sweep checks once Ray is up: every listed trial plans (resources, LR
     schedule against the real step counts), and the concurrency fits the cluster."""
     from raydeep.trainers.driver import plan_run
@@ -263,8 +430,8 @@ def plan_sweep(cfg: "Config", source: str, sweep_dir: Path, info: "ClusterInfo",
                                  cluster_gpus=info.gpus, num_trials=n)
     sweep_dir = sweep_dir.resolve()
     ctx = TrialContext(base=base, space=dict(t.space), scheduler=t.scheduler, metric=t.metric, info=trial_info,
-                       data=data, sweep_dir=str(sweep_dir), trials_dir=str(sweep_dir / "trials"))
-    return Sweep(cfg, source, sweep_dir, data, trial_info, plan, trials, concurrency, ctx)
+                       data=data, trials=storage.trials())
+    return Sweep(cfg, source, sweep_dir, data, trial_info, plan, trials, concurrency, ctx, storage)
 
 
 def describe_sweep(s: Sweep) -> str:
@@ -423,7 +590,8 @@ def _tuner(s: Sweep, verbose: bool):
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
-            name="tune", storage_path=str(s.sweep_dir),
+            name="tune", storage_path=s.storage.path, storage_filesystem=s.storage.fs,
+            callbacks=[tune_callback(SweepLog(str(s.sweep_dir), s.context.base, s.context.space))],
             # PBT: a trial that reports its last segment stops there, before PBT would perturb it.
             stop={"epochs_done": s.cfg.run.epochs} if t.scheduler.name == "pbt" else None,
             progress_reporter=_reporter(s), verbose=2 if verbose else 1,
@@ -448,23 +616,28 @@ def run_sweep(cfg: "Config", *, source: str = "config", run_dir: str | os.PathLi
     trials = initial_trials(cfg)
     if trials is not None:
         check_trials(cfg, trials, source)
-    _check_storage(cfg, source)
     if cfg.tune.search.name == "optuna":
         require_optuna()
     data = plan_data(cfg)
     sweep_dir = Path(run_dir) if run_dir else new_sweep_dir(cfg)
-    if (sweep_dir / "tune").exists():
+    if (sweep_dir / "tune").exists() or (sweep_dir / SWEEP_FILE).exists():
         raise ConfigError(f"--run-dir {sweep_dir}: holds a sweep already; continue it with "
                           f"raydeep tune --resume {sweep_dir}, or pick a new directory")
+    storage = sweep_storage(cfg, sweep_dir)
+    if storage.remote and storage.exists("tune"):
+        raise ConfigError(f"run.storage: {storage.remote} holds a sweep already; pick another --run-dir name "
+                          f"or run.storage prefix")
     info = connect(address, verbose=verbose)
-    s = plan_sweep(cfg, source, sweep_dir, info, data)
+    s = plan_sweep(cfg, source, sweep_dir, info, data, storage)
     (s.sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
     atomic_write_text(s.sweep_dir / "config.yaml", to_yaml(cfg))
     # Tune keeps this concurrency in its saved state; --resume checks that the cluster holds it.
-    atomic_write_text(s.sweep_dir / SWEEP_FILE, json.dumps({"max_concurrent_trials": s.concurrency}) + "\n")
+    # storage: where --resume finds Tune's state (the sweep dir itself when absent).
+    atomic_write_text(s.sweep_dir / SWEEP_FILE, json.dumps(
+        {"max_concurrent_trials": s.concurrency, "storage": storage.remote}) + "\n")
     console.print(describe_sweep(s), soft_wrap=True)
-    console.print(f"sweep dir: {s.sweep_dir}" + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""),
-                  soft_wrap=True)
+    console.print(f"sweep dir: {s.sweep_dir}" + (f"   storage: {storage.remote}" if storage.remote else "")
+                  + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""), soft_wrap=True)
     _quiet_tune()
     t0 = time.time()
     results = _tuner(s, verbose).fit()
@@ -486,21 +659,26 @@ def resume_sweep(sweep_dir: str | os.PathLike, *, address: str | None = None, ve
     console = console or Console()
     sweep_dir = Path(sweep_dir)
     source = str(sweep_dir / "config.yaml")
-    if not (sweep_dir / "config.yaml").is_file() or not (sweep_dir / "tune").is_dir():
+    saved = read_sweep_file(sweep_dir)
+    if not (sweep_dir / "config.yaml").is_file() or not ((sweep_dir / "tune").is_dir() or saved.get("storage")):
         raise ConfigError(f"--resume {sweep_dir}: not a sweep directory (no config.yaml and tune/ in it)")
     cfg = load_config(source)
     check_space(cfg, source)
     data = plan_data(cfg)
+    storage = sweep_storage(cfg, sweep_dir, remote=saved.get("storage"))
     info = connect(address, verbose=verbose)
-    s = plan_sweep(cfg, source, sweep_dir, info, data)
-    if not tune.Tuner.can_restore(str(s.sweep_dir / "tune")):
-        raise RaydeepError(f"--resume {sweep_dir}: Tune saved no experiment state there yet; start the sweep again")
-    check_resumed_concurrency(s, info)
+    s = plan_sweep(cfg, source, sweep_dir, info, data, storage)
+    tune_path = f"{storage.path}/tune"
+    if not tune.Tuner.can_restore(tune_path, storage_filesystem=storage.fs):
+        raise RaydeepError(f"--resume {sweep_dir}: Tune saved no experiment state in {s.tune_dir} yet; "
+                           f"start the sweep again")
+    check_resumed_concurrency(s, info, saved)
     console.print(f"resuming {describe_sweep(s)}", soft_wrap=True)
     _quiet_tune()
     t0 = time.time()
-    tuner = tune.Tuner.restore(str(s.sweep_dir / "tune"), trainable=_trainable(s),
-                               resume_unfinished=True, restart_errored=True)
+    tuner = tune.Tuner.restore(tune_path, trainable=_trainable(s), resume_unfinished=True, restart_errored=True,
+                               storage_filesystem=storage.fs)
+    point_log_at(tuner, s)
     results = tuner.fit()
     return finish(s, results, console, wall_time_s=time.time() - t0)
 
@@ -508,15 +686,38 @@ def resume_sweep(sweep_dir: str | os.PathLike, *, address: str | None = None, ve
 SWEEP_FILE = "sweep.json"
 
 
-def check_resumed_concurrency(s: Sweep, info: "ClusterInfo") -> None:
+def read_sweep_file(sweep_dir: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    except (OSError, ValueError):
+        return {}  # a sweep dir from before this file
+    return saved if isinstance(saved, dict) else {}
+
+
+def point_log_at(tuner, s: Sweep) -> None:
+    """Tune.restore brings back the run config it pickled, callbacks included: make the sweep
+    log write to this sweep directory (it may have been moved), or add it to a sweep started
+    before raydeep logged from the driver."""
+    try:
+        callbacks = tuner._local_tuner.get_run_config().callbacks  # private; the log is best effort
+    except AttributeError:
+        return
+    for cb in callbacks or []:
+        if isinstance(getattr(cb, "log", None), SweepLog):
+            cb.log.sweep_dir = str(s.sweep_dir)
+            return
+    if callbacks is not None:
+        callbacks.append(tune_callback(SweepLog(str(s.sweep_dir), s.context.base, s.context.space)))
+
+
+def check_resumed_concurrency(s: Sweep, info: "ClusterInfo", saved_file: dict[str, Any]) -> None:
     """Tune.restore runs as many trials at once as the sweep did when it started (it is in
     Tune's saved state, not recomputed); on a smaller cluster that many would wait on each
     other's CPUs and starve Ray Data. Refuse with the numbers instead."""
     from raydeep.errors import ResourceError
 
-    try:
-        saved = json.loads((s.sweep_dir / SWEEP_FILE).read_text())["max_concurrent_trials"]
-    except (OSError, ValueError, KeyError):
+    saved = saved_file.get("max_concurrent_trials")
+    if saved is None:
         return  # a sweep dir from before this file: nothing to compare
     try:
         max_concurrent(int(saved), plan=s.plan, cluster_cpus=info.cpus, cluster_gpus=info.gpus, num_trials=None)
@@ -525,21 +726,6 @@ def check_resumed_concurrency(s: Sweep, info: "ClusterInfo") -> None:
         raise ResourceError(f"--resume {s.sweep_dir}: the sweep runs {saved} trials at once (fixed when it "
                             f"started), more than this cluster holds: {why}; resume it on a cluster like the "
                             f"one it started on") from None
-
-
-def _check_storage(cfg: "Config", source: str) -> None:
-    """Sweeps need a filesystem path. Every trial writes its Train run, its config and
-    trials.jsonl under the sweep dir with file calls; PBT renames and copies segment folders;
-    the driver writes the leaderboard, best.yaml and sweep.png there; --resume reads it back.
-    None of that goes through a pyarrow filesystem yet, so S3 is refused before Ray starts."""
-    if cfg.run.storage and "://" in cfg.run.storage:
-        raise ConfigError(
-            f"{source}: run.storage = {cfg.run.storage!r}: sweeps cannot keep trials on object storage "
-            f"(trials and PBT's segment copies write the sweep dir with file operations, and --resume "
-            f"reads it back); run the sweep on a local path, or on a shared filesystem mounted on every "
-            f"node for a multi-node cluster: --set run.storage=null --run-dir DIR. Copy DIR to "
-            f"{cfg.run.storage} afterwards if you want it there; raydeep train (e.g. of the sweep's "
-            f"best.yaml) does write checkpoints to S3")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,7 +870,7 @@ def finish(s: Sweep, results, console, *, wall_time_s: float) -> dict[str, Any]:
         "trials": len(rows), "errors": sum(r.status == "error" for r in rows),
         "stopped_early": sum(r.status == "stopped early" for r in rows),
         "epochs_run": sum(r.epochs for r in rows), "interrupted": interrupted, "wall_time_s": wall_time_s,
-        "best": None,
+        "storage": s.storage.remote, "best": None,
     }
     for row in rows:
         if row.status == "error":
@@ -709,5 +895,5 @@ def finish(s: Sweep, results, console, *, wall_time_s: float) -> dict[str, Any]:
         console.print(f"[yellow]the sweep was interrupted; continue it with: raydeep tune --resume {s.sweep_dir}",
                       soft_wrap=True)
     elif not scored:
-        raise RaydeepError(f"no trial reported {t.metric}; see the errors above and {s.sweep_dir / 'tune'}")
+        raise RaydeepError(f"no trial reported {t.metric}; see the errors above and {s.tune_dir}")
     return summary

@@ -263,3 +263,98 @@ def test_prepare_train_resume_on_s3(s3_server, tmp_path) -> None:  # noqa: F811
     assert best["checkpoint"] == "s3://" + second["best"]["checkpoint"]
     assert best["macro_f1"] == pytest.approx(second["best"]["value"], abs=1e-6)
     assert best["rows"] == latest["rows"] == sum(map(sum, second["confusion"]))
+
+
+def test_trial_storage_on_s3_copies_moves_and_lists_segment_folders(s3_server, monkeypatch) -> None:  # noqa: F811
+    # A PBT trial's file work between segments, on S3: what test_sweep_space checks locally.
+    from raydeep.trainers.sweeps import TrialStorage
+
+    s3_server.apply(monkeypatch)
+    fs = s3_server.filesystem()
+    fs.mkdir("segbkt")
+    fs.pipe({"segbkt/tune/t_b/ck0/checkpoint_000000/rank0.pt": b"x" * 100,
+             "segbkt/tune/t_b/ck0/segment.json": b'{"trial_id": "t_b", "epochs_done": 1}'})
+    path, arrow = resolve_storage("s3://segbkt/sweep", key="run.storage")
+    store = TrialStorage(f"{path}/trials", arrow)
+    assert store.segment_folders("t_a") == []
+    store.copy_in("segbkt/tune/t_b/ck0", arrow, store.path("t_a-e001"))
+    store.move(store.path("t_a-e001"), store.path("t_a-e002"))
+    store.write_json(store.path("t_a-e002") + "/segment.json", {"trial_id": "t_a", "epochs_done": 2})
+    fs.pipe({"segbkt/sweep/trials/t_ab-e001/x": b"", "segbkt/sweep/trials/t_a.yaml": b""})
+    assert store.segment_folders("t_a") == ["segbkt/sweep/trials/t_a-e002"]
+    assert fs.cat("segbkt/sweep/trials/t_a-e002/checkpoint_000000/rank0.pt") == b"x" * 100
+    assert json.loads(fs.cat("segbkt/sweep/trials/t_a-e002/segment.json")) == {"trial_id": "t_a", "epochs_done": 2}
+    assert not fs.exists("segbkt/sweep/trials/t_a-e001/segment.json")
+    store.remove(store.path("t_a-e002"))
+    assert store.segment_folders("t_a") == [] and fs.exists("segbkt/tune/t_b/ck0/segment.json")
+
+
+def test_a_sweep_on_a_missing_bucket_fails_before_ray_starts(s3_server, monkeypatch, tmp_path) -> None:  # noqa: F811
+    from raydeep.config import validate
+    from raydeep.trainers.sweeps import run_sweep
+
+    s3_server.apply(monkeypatch)
+    raw = tiny_config(run={"epochs": 1, "seed": 0, "storage": "s3://no-such-bucket/sweeps"})
+    raw["tune"] = {"space": {"optim.lr": {"grid": [1e-3, 1e-2]}}, "search": "grid", "scheduler": "none"}
+    with pytest.raises(DataError) as info:
+        run_sweep(validate(raw, "sweep.yaml"), source="sweep.yaml", run_dir=tmp_path / "sweep",
+                  address="127.0.0.1:1")  # never reached: the bucket is checked first
+    assert one_line(info).startswith("run.storage: s3://no-such-bucket/sweeps/sweep: bucket 'no-such-bucket' "
+                                     "does not exist")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_pbt_sweep_on_s3_storage_clones_and_resumes(s3_server, tmp_path) -> None:  # noqa: F811
+    # Tune's state and every trial's Train runs and PBT segments on S3; the sweep dir (leaderboard,
+    # best.yaml, trials.jsonl) local; the head has credentials, only the config says where S3 is.
+    from tests.integration.test_tune import STEPS_PER_EPOCH, sweep_raw
+
+    fs = s3_server.filesystem()
+    fs.mkdir("sweepbkt")
+    raw = sweep_raw({"optim.lr": {"grid": [1.0e-2, 1.0e3]}}, epochs=2,
+                    scheduler={"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
+                               "resample_probability": 0.0, "synch": True})
+    raw["run"]["storage"] = "s3://sweepbkt/sweeps"
+    raw["storage"] = {"endpoint_url": s3_server.endpoint}
+    cfg_path = write_config(tmp_path / "sweep.yaml", raw)
+    sweep = tmp_path / "sweep"
+    env = s3_server.env(endpoint=False)
+    head = start_head(tmp_path, num_cpus=4, env=env)
+    try:
+        proc = run_cli("tune", str(cfg_path), "--run-dir", str(sweep), "--address", head.address, env=env,
+                       timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "storage: s3://sweepbkt/sweeps/sweep" in proc.stdout
+
+        summary = json.loads((sweep / "summary.json").read_text())
+        assert summary["storage"] == "s3://sweepbkt/sweeps/sweep" and summary["trials"] == 2
+        assert (sweep / "best.yaml").is_file() and (sweep / "sweep.png").stat().st_size > 10_000
+        assert not (sweep / "tune").exists() and not list((sweep / "trials").glob("*-e*"))  # nothing local
+        log = [json.loads(x) for x in (sweep / "trials.jsonl").read_text().splitlines()]
+        clones = [e for e in log if e["event"] == "clone"]
+        assert clones, log
+        clone = clones[0]
+        assert clone["epochs_done"] == 1 and clone["global_step"] == STEPS_PER_EPOCH
+        assert {e["trial_id"] for e in log if e["event"] == "end"} == {e["trial_id"] for e in log}
+
+        remote = "sweepbkt/sweeps/sweep"
+        assert fs.glob(f"{remote}/tune/experiment_state-*.json")
+        results = [json.loads(x) for x in fs.cat(f"{remote}/tune/{clone['trial_id']}/result.json").splitlines()]
+        after = [r for r in results if r.get("cloned_from") == clone["donor"]]
+        assert after and after[0]["resumed_from_step"] == STEPS_PER_EPOCH  # continued the donor's S3 segment
+        assert after[0]["global_step"] == 2 * STEPS_PER_EPOCH
+        segments = {p.rsplit("/", 1)[1] for p in fs.ls(f"{remote}/trials")}
+        assert f"{clone['trial_id']}-e002" in segments, segments
+        assert fs.glob(f"{remote}/trials/{clone['trial_id']}-e002/checkpoint_*/*")
+
+        # --resume finds Tune's state on S3 from the local sweep dir; every trial had finished.
+        resumed = run_cli("tune", "--resume", str(sweep), "--address", head.address, env=env, timeout=600)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        again = json.loads((sweep / "summary.json").read_text())
+        assert again["best"]["trial_id"] == summary["best"]["trial_id"] and again["trials"] == 2
+        assert [e for e in (json.loads(x) for x in (sweep / "trials.jsonl").read_text().splitlines())
+                if e["event"] == "start"] == [e for e in log if e["event"] == "start"]  # nothing rerun
+    finally:
+        stop_head(head)

@@ -497,31 +497,95 @@ def test_resumed_synchronous_pbt_knows_scores_and_waits_for_the_slowest_trial(tm
     assert pbt._next_perturbation_sync == 3
 
 
-def test_a_sweep_on_s3_storage_is_refused_before_ray_starts_saying_what_works():
-    from raydeep.trainers.sweeps import run_sweep
+def test_sweep_dir_and_storage_local_and_s3(tmp_path):
+    # Local run.storage: the sweep dir is under it and holds Tune's state. s3://: the sweep dir
+    # (leaderboard, best.yaml, trials.jsonl) is local under runs/, Tune's state and the trials'
+    # Train runs go to <run.storage>/<sweep dir name>.
+    from raydeep.trainers.sweeps import new_sweep_dir, sweep_storage
 
     raw = sweep_cfg({"optim.lr": {"choice": [1e-3, 1e-2]}})
-    raw["run"]["storage"] = "s3://bucket/sweeps"
-    with pytest.raises(ConfigError) as exc:
-        run_sweep(validate(raw, "sweep.yaml"), source="sweep.yaml")
-    msg = str(exc.value)
-    assert "\n" not in msg and msg.startswith("sweep.yaml: run.storage = 's3://bucket/sweeps': "), msg
-    assert "--set run.storage=null --run-dir DIR" in msg and "raydeep train" in msg
+    raw["run"]["storage"] = str(tmp_path / "store")
+    cfg = validate(raw, "sweep.yaml")
+    d = new_sweep_dir(cfg)
+    assert d.parent == tmp_path / "store" and d.name.startswith(f"{cfg.name}-sweep-")
+    st = sweep_storage(cfg, d)
+    assert st.remote is None and st.fs is None and st.path == str(d.resolve())
+    assert st.uri("tune") == str(d.resolve() / "tune") and st.trials().root == f"{d.resolve()}/trials"
+
+    raw["run"]["storage"] = "s3://bucket/sweeps/"
+    d = new_sweep_dir(validate(raw, "sweep.yaml"))
+    assert d.parent == Path("runs")
+
+
+def test_sweep_log_writes_trial_configs_and_events_on_the_driver(tmp_path):
+    # The Tune callback's work, given what Tune hands it (a trial's id, config and last result).
+    from raydeep.trainers.sweeps import SweepLog
+
+    cfg = validate(sweep_cfg({"optim.lr": {"choice": [1e-3, 1e-2]}}), "sweep.yaml")
+    (tmp_path / "trials").mkdir()
+    log = SweepLog(str(tmp_path), base_raw(cfg), dict(cfg.tune.space))
+    a = SimpleNamespace(trial_id="t_a", config={"params": {"optim.lr": 1e-2}}, last_result={})
+    b = SimpleNamespace(trial_id="t_b", config={"params": {"optim.lr": 1e-3}}, last_result={})
+    log.on_trial_start(a)
+    log.on_trial_start(b)
+    log.on_trial_result(a, {"epochs_done": 1, "from_epochs": 0, "cloned_from": ""})  # not a clone
+    log.on_trial_result(b, {"epochs_done": 2, "from_epochs": 1, "cloned_from": "t_a", "resumed_from_step": 8})
+    b.last_result = {"epoch": 1, "epochs_done": 2, "global_step": 16}
+    log.on_trial_end(b, "terminated")
+    log.on_trial_end(a, "error")
+
+    events = [json.loads(x) for x in (tmp_path / "trials.jsonl").read_text().splitlines()]
+    assert [(e["trial_id"], e["event"]) for e in events] == [
+        ("t_a", "start"), ("t_b", "start"), ("t_b", "clone"), ("t_b", "end"), ("t_a", "end")]
+    assert events[0]["params"] == {"optim.lr": 1e-2}
+    assert {k: events[2][k] for k in ("donor", "epochs_done", "global_step")} == {
+        "donor": "t_a", "epochs_done": 1, "global_step": 8}
+    assert {k: events[3][k] for k in ("status", "epoch", "epochs_done", "global_step")} == {
+        "status": "terminated", "epoch": 1, "epochs_done": 2, "global_step": 16}
+    assert events[4]["status"] == "error" and events[4]["global_step"] is None
+    trial = load_config(tmp_path / "trials" / "t_a.yaml")  # the trial's whole config, loadable as is
+    assert trial.optim.lr == 1e-2 and trial.model_dump(exclude={"optim", "tune"}) == cfg.model_dump(exclude={"optim", "tune"})
+
+
+def test_trial_storage_segment_folders_copy_move_on_a_local_filesystem(tmp_path):
+    # What a PBT trial does between segments, through the same pyarrow calls it makes on S3.
+    from raydeep.trainers.sweeps import TrialStorage
+
+    store = TrialStorage(str(tmp_path / "trials"))
+    assert store.segment_folders("t_a") == []  # the folder does not exist yet
+    donor = tmp_path / "tune" / "t_b" / "checkpoint_000000"
+    (donor / "checkpoint_000000").mkdir(parents=True)
+    (donor / "checkpoint_000000" / "rank0.pt").write_bytes(b"x" * 100)
+    (donor / "segment.json").write_text('{"trial_id": "t_b", "epochs_done": 1}')
+    carry = store.path("t_a-e001")
+    store.copy_in(str(donor), store.filesystem, carry)
+    store.move(carry, store.path("t_a-e002"))
+    store.write_json(store.path("t_a-e002") + "/extra.json", {"k": 1})
+    (tmp_path / "trials" / "t_ab-e001").mkdir()  # another trial whose id starts alike
+    (tmp_path / "trials" / "t_a.yaml").write_text("")
+    assert store.segment_folders("t_a") == [store.path("t_a-e002")]
+    got = tmp_path / "trials" / "t_a-e002"
+    assert (got / "checkpoint_000000" / "rank0.pt").read_bytes() == b"x" * 100
+    assert json.loads((got / "extra.json").read_text()) == {"k": 1} and not (tmp_path / "trials" / "t_a-e001").exists()
+    store.remove(store.path("t_a-e002"))
+    assert store.segment_folders("t_a") == [] and donor.is_dir()
 
 
 def test_resume_refuses_a_cluster_too_small_for_the_concurrency_the_sweep_started_with(tmp_path):
     # Tune.restore keeps the saved max_concurrent_trials; raydeep checks it against the new cluster.
-    from raydeep.trainers.sweeps import SWEEP_FILE, check_resumed_concurrency
+    from raydeep.trainers.sweeps import SWEEP_FILE, check_resumed_concurrency, read_sweep_file
 
-    (tmp_path / SWEEP_FILE).write_text(json.dumps({"max_concurrent_trials": 3}))
+    (tmp_path / SWEEP_FILE).write_text(json.dumps({"max_concurrent_trials": 3, "storage": None}))
+    saved = read_sweep_file(tmp_path)
     s = SimpleNamespace(sweep_dir=tmp_path, plan=plan())
-    check_resumed_concurrency(s, SimpleNamespace(cpus=8, gpus=0))
+    check_resumed_concurrency(s, SimpleNamespace(cpus=8, gpus=0), saved)
     with pytest.raises(ResourceError) as exc:
-        check_resumed_concurrency(s, SimpleNamespace(cpus=4, gpus=0))
+        check_resumed_concurrency(s, SimpleNamespace(cpus=4, gpus=0), saved)
     assert str(exc.value) == (
         f"--resume {tmp_path}: the sweep runs 3 trials at once (fixed when it started), more than this cluster "
         "holds: each trial takes 2 workers x 0.5 CPU + 0.1 for the trial itself = 1.1 CPU; 3 trials need 3.3 of "
         "the cluster's 4 CPUs, leaving 0.7 for Ray Data, which needs 1 (the sweep would hang); at most 2 fit; "
         "resume it on a cluster like the one it started on")
     (tmp_path / SWEEP_FILE).unlink()  # a sweep dir from before the file: nothing to check
-    check_resumed_concurrency(s, SimpleNamespace(cpus=4, gpus=0))
+    assert read_sweep_file(tmp_path) == {}
+    check_resumed_concurrency(s, SimpleNamespace(cpus=4, gpus=0), read_sweep_file(tmp_path))
