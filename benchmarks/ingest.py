@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", type=int, default=1, help="iter_torch_batches(prefetch_batches=)")
     p.add_argument("--read-ahead-mb", type=float, default=DataConfig(train="x", val="x").read_ahead_mb or 0,
                    help="data.read_ahead_mb (default: the config's); 0 = Ray Data's own budget")
+    p.add_argument("--block-mb", type=float, default=DataConfig(train="x", val="x").block_mb or 0,
+                   help="data.block_mb (default: the config's); 0 = Ray Data's own block size")
     p.add_argument("--preserve-order", action="store_true",
                    help="ExecutionOptions(preserve_order=True): reproducible per-worker order, at what cost?")
     p.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "raydeep-ingest-bench"))
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
              include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     remote = ray.remote(num_cpus=1)(consume)
-    arms = {"ray_ingest": lambda: to_ray_dataset(split, shuffle_seed=0)}
+    block = int(args.block_mb * 2**20) if args.block_mb else None  # data.block_mb, as the driver passes it
+    arms = {"ray_ingest": lambda: to_ray_dataset(split, shuffle_seed=0, block_bytes=block)}
     if args.before:
         arms["ray_ingest_tensor_column"] = lambda: tensor_column_dataset(split, 0)
     rounds = []

@@ -15,7 +15,7 @@ For each size (``--rows`` and ``--factor`` × that, in shards of ``--shard-rows`
 ``data.materialize_max_mb`` setting in ``--modes``, the driver builds the training set exactly as
 ``raydeep train`` does (``to_ray_dataset(open_split(...), shuffle_seed=, materialize_max_bytes=)``,
 its own DataContext with the execution options raydeep gives DataConfig (``ingest_options``:
-``data.read_ahead_mb``, ``--read-ahead-mb``), ``streaming_split(1, equal=True)`` as Ray Train's
+``data.read_ahead_mb``, ``--read-ahead-mb``; ``data.block_mb``, ``--block-mb``), ``streaming_split(1, equal=True)`` as Ray Train's
 DataConfig splits it) and
 a fresh Ray actor, standing in for a Train worker, consumes one epoch with the worker loop's
 ``iter_torch_batches(batch_size, local_shuffle_buffer_size, local_shuffle_seed)``. In that
@@ -176,7 +176,8 @@ def measure(split_dir: Path, materialize_mb: float, args) -> dict:
     actor = ray.remote(num_cpus=args.worker_cpus)(Consumer).remote(args.sample_s)
     with StoreWatcher() as store:
         t = time.perf_counter()
-        ds = to_ray_dataset(split, shuffle_seed=args.seed, materialize_max_bytes=int(materialize_mb * MiB))
+        ds = to_ray_dataset(split, shuffle_seed=args.seed, materialize_max_bytes=int(materialize_mb * MiB),
+                            block_bytes=int(args.block_mb * MiB) if args.block_mb else None)
         prepare_s = time.perf_counter() - t
         ds = ds.copy(ds, _deep_copy=True)  # its own context, as Ray Train's DataConfig gives it
         options = ingest_options(args.read_ahead_mb or None)  # what raydeep hands DataConfig
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="data.materialize_max_mb values to measure, comma-separated (0 = always stream)")
     p.add_argument("--read-ahead-mb", type=float, default=defaults.read_ahead_mb or 0,
                    help="data.read_ahead_mb (default: the config's); 0 = Ray Data's own budget")
+    p.add_argument("--block-mb", type=float, default=defaults.block_mb or 0,
+                   help="data.block_mb (default: the config's); 0 = Ray Data's own block size")
     p.add_argument("--worker-cpus", type=float, default=1.0)
     p.add_argument("--sample-s", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)

@@ -628,7 +628,8 @@ def cached_dataset(split: ParquetSplit, columns: list[str], shuffle_seed: int | 
 
 
 def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with_ids: bool = False,
-                   materialize_max_bytes: int = 0, first_epoch: int = 0) -> ray.data.Dataset:
+                   materialize_max_bytes: int = 0, first_epoch: int = 0,
+                   block_bytes: int | None = None) -> ray.data.Dataset:
     """A Ray Dataset over the split's shards with only the columns training needs.
 
     ``shuffle_seed`` shuffles the file order reproducibly and differently every epoch: Ray
@@ -645,7 +646,11 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with
     (``fits_in_memory``: the size decoded and uncompressed, from the parquet footers, not the
     size on storage) is read once, here, into the object store (``cached_dataset``): every
     streaming execution costs about a second of scheduling (3-6 s per epoch measured on 2 busy
-    cores for a 300-row split), which dominates small sets. Large splits stay lazy and stream.
+    cores for a 300-row split), which dominates small sets. Large splits stay lazy and stream,
+    cut into blocks of at most ``block_bytes`` (``data.block_mb``; None: Ray Data's 128 MiB).
+    A worker maps every block it reads and holds a few at a time (prefetch, local shuffle
+    buffer); with whole 64 MB shards as blocks its peak RSS grew 1080 -> 1335 MiB from 1M to 10M
+    rows, with 32 MiB blocks 835 -> 832 MiB (benchmarks/BENCHMARKS.md, "Worker memory").
     """
     import ray.data  # lazily: importing this module must not need (or start) Ray
 
@@ -676,6 +681,9 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with
         # store at 0.8 GB instead of 0.6 GB and each worker's mapped pages at 1003 instead of 625
         # MiB (benchmarks/BENCHMARKS.md, "Worker memory as the data grows").
         ds = ds.select_columns(columns)
+        if block_bytes:
+            ds = ds.copy(ds, _deep_copy=True)  # its own context: the global one stays as it was
+            ds.context.target_max_block_size = int(block_bytes)  # read at execution, by the read tasks
     if first_epoch:
         ds = ds.copy(ds, _deep_copy=True)  # its own context, so the counter below is this dataset's alone
         ds.context._execution_idx = int(first_epoch)

@@ -240,7 +240,7 @@ def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesy
         ),
         datasets={
             "train": train_dataset(plan, cache_bytes),
-            "val": to_ray_dataset(data.val, materialize_max_bytes=cache_bytes),
+            "val": to_ray_dataset(data.val, materialize_max_bytes=cache_bytes, block_bytes=block_bytes(cfg)),
         },
         # Only the training set is split; see trainers/loop.py for why validation is not.
         dataset_config=DataConfig(datasets_to_split=["train"],
@@ -272,10 +272,16 @@ def ingest_options(read_ahead_mb: float | None):
     )
 
 
+def block_bytes(cfg: Config) -> int | None:
+    """``data.block_mb`` in bytes (None: Ray Data's default block size)."""
+    return int(cfg.data.block_mb * 2**20) if cfg.data.block_mb else None
+
+
 def train_dataset(plan: RunPlan, cache_bytes: int):
     from raydeep.datasets.resample import resample
 
-    ds = to_ray_dataset(plan.data.train, shuffle_seed=plan.cfg.run.seed, materialize_max_bytes=cache_bytes)
+    ds = to_ray_dataset(plan.data.train, shuffle_seed=plan.cfg.run.seed, materialize_max_bytes=cache_bytes,
+                        block_bytes=block_bytes(plan.cfg))
     return resample(ds, plan.sampling_rates, plan.cfg.run.seed) if plan.sampling_rates else ds
 
 

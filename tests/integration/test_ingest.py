@@ -176,7 +176,7 @@ def id_split(tmp_path_factory) -> str:
 
 
 def epochs_seen(split_dir: str, seed: int, *, epochs: int = 2, preserve_order: bool = False, first_epoch: int = 0,
-                materialize: int = 0) -> list[list[list[int]]]:
+                materialize: int = 0, block_bytes: int | None = None) -> list[list[list[int]]]:
     """``[worker][epoch] -> ids in order``, split as Ray Train splits (``streaming_split(2, equal=True)``)."""
     import ray
 
@@ -186,7 +186,7 @@ def epochs_seen(split_dir: str, seed: int, *, epochs: int = 2, preserve_order: b
                 for _ in range(n_epochs)]
 
     ds = to_ray_dataset(open_split(split_dir, key="data.train"), shuffle_seed=seed, with_ids=True,
-                        materialize_max_bytes=materialize, first_epoch=first_epoch)
+                        materialize_max_bytes=materialize, first_epoch=first_epoch, block_bytes=block_bytes)
     ds = ds.copy(ds, _deep_copy=True)  # as DataConfig does, with options of its own
     ds.context.execution_options.preserve_order = preserve_order
     return ray.get([consume.remote(it, epochs) for it in ds.streaming_split(2, equal=True)])
@@ -217,6 +217,20 @@ def test_exactly_once_without_preserve_order_and_when_materialized(ray_connected
     cached = epochs_seen(id_split, seed=7, materialize=1 << 30, preserve_order=True)
     assert_exactly_once(cached)
     assert cached[0][0] != cached[0][1]  # cached blocks are re-ordered every epoch too
+
+
+def test_data_block_mb_cuts_each_shard_into_blocks_and_keeps_exactly_once(ray_connected, id_split) -> None:
+    # data.block_mb: a streamed split's blocks are at most that size (here 1 KiB: each ~4 KiB shard
+    # becomes several blocks), set on the dataset's own context, not on the process's.
+    import ray.data
+
+    split = open_split(id_split, key="data.train")
+    ds = to_ray_dataset(split, shuffle_seed=7, with_ids=True, block_bytes=1024)
+    assert ds.context.target_max_block_size == 1024
+    assert ray.data.DataContext.get_current().target_max_block_size != 1024
+    small = ds.materialize().num_blocks()
+    assert small > 2 * len(split.files) and small > to_ray_dataset(split, with_ids=True).materialize().num_blocks()
+    assert_exactly_once(epochs_seen(id_split, seed=7, block_bytes=1024))
 
 
 def test_worker_batches_are_whole_tensors_through_the_shuffle_buffer(ray_connected, id_split) -> None:

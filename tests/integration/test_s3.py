@@ -8,7 +8,10 @@ cluster node's would: ``data prepare`` to S3, ``train`` from S3 with checkpoints
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import subprocess
 import time
 
 import pyarrow.fs as pafs
@@ -20,7 +23,7 @@ from raydeep.datasets.manifest import PREPARED_NAME
 from raydeep.datasets.prepare import Location, _commit
 from raydeep.datasets.storage import StorageConfig, resolve_storage
 from raydeep.errors import DataError
-from tests.conftest import free_port, run_cli, start_head, stop_head
+from tests.conftest import BIN, ROOT, free_port, run_cli, start_head, stop_head
 from tests.helpers import tiny_config, write_config
 from tests.s3 import s3_server  # noqa: F401 - the fixture
 
@@ -304,16 +307,25 @@ def test_a_sweep_on_a_missing_bucket_fails_before_ray_starts(s3_server, monkeypa
     assert not (tmp_path / "sweep").exists()
 
 
+def sweep_events(sweep) -> list[dict]:
+    path = sweep / "trials.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
 @pytest.mark.slow
 @pytest.mark.ray
-def test_pbt_sweep_on_s3_storage_clones_and_resumes(s3_server, tmp_path) -> None:  # noqa: F811
+def test_pbt_sweep_on_s3_storage_clones_survives_a_killed_driver_and_resumes(s3_server, tmp_path) -> None:  # noqa: F811
     # Tune's state and every trial's Train runs and PBT segments on S3; the sweep dir (leaderboard,
     # best.yaml, trials.jsonl) local; the head has credentials, only the config says where S3 is.
+    # The driver is killed once PBT has cloned a trial (mid-sweep, no clean shutdown); --resume
+    # finds Tune's state on S3 from the local sweep dir and every trial continues from its last
+    # segment (raydeep's ResumablePBT: Ray 2.60 restores PBT without its state).
     from tests.integration.test_tune import STEPS_PER_EPOCH, sweep_raw
 
     fs = s3_server.filesystem()
     fs.mkdir("sweepbkt")
-    raw = sweep_raw({"optim.lr": {"grid": [1.0e-2, 1.0e3]}}, epochs=2,
+    epochs = 3
+    raw = sweep_raw({"optim.lr": {"grid": [1.0e-2, 1.0e3]}}, epochs=epochs,
                     scheduler={"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
                                "resample_probability": 0.0, "synch": True})
     raw["run"]["storage"] = "s3://sweepbkt/sweeps"
@@ -323,38 +335,55 @@ def test_pbt_sweep_on_s3_storage_clones_and_resumes(s3_server, tmp_path) -> None
     env = s3_server.env(endpoint=False)
     head = start_head(tmp_path, num_cpus=4, env=env)
     try:
-        proc = run_cli("tune", str(cfg_path), "--run-dir", str(sweep), "--address", head.address, env=env,
-                       timeout=900)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert "storage: s3://sweepbkt/sweeps/sweep" in proc.stdout
-
-        summary = json.loads((sweep / "summary.json").read_text())
-        assert summary["storage"] == "s3://sweepbkt/sweeps/sweep" and summary["trials"] == 2
-        assert (sweep / "best.yaml").is_file() and (sweep / "sweep.png").stat().st_size > 10_000
-        assert not (sweep / "tune").exists() and not list((sweep / "trials").glob("*-e*"))  # nothing local
-        log = [json.loads(x) for x in (sweep / "trials.jsonl").read_text().splitlines()]
-        clones = [e for e in log if e["event"] == "clone"]
-        assert clones, log
-        clone = clones[0]
+        with open(tmp_path / "first.log", "wb") as out:
+            proc = subprocess.Popen([str(BIN / "raydeep"), "tune", str(cfg_path), "--run-dir", str(sweep),
+                                     "--address", head.address], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                    env={**os.environ, **env})
+            try:
+                deadline = time.time() + 480
+                while not [e for e in sweep_events(sweep) if e["event"] == "clone"]:
+                    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                    assert time.time() < deadline, "no PBT clone within 480 s"
+                    time.sleep(0.5)
+            finally:
+                proc.kill()  # what a lost SSH session or an OOM kill does
+                proc.wait()
+        assert "storage: s3://sweepbkt/sweeps/sweep" in (tmp_path / "first.log").read_text()
+        before = sweep_events(sweep)
+        clone = next(e for e in before if e["event"] == "clone")
         assert clone["epochs_done"] == 1 and clone["global_step"] == STEPS_PER_EPOCH
-        assert {e["trial_id"] for e in log if e["event"] == "end"} == {e["trial_id"] for e in log}
+        assert not any(e["event"] == "end" for e in before), before  # killed mid-sweep
 
-        remote = "sweepbkt/sweeps/sweep"
-        assert fs.glob(f"{remote}/tune/experiment_state-*.json")
-        results = [json.loads(x) for x in fs.cat(f"{remote}/tune/{clone['trial_id']}/result.json").splitlines()]
-        after = [r for r in results if r.get("cloned_from") == clone["donor"]]
-        assert after and after[0]["resumed_from_step"] == STEPS_PER_EPOCH  # continued the donor's S3 segment
-        assert after[0]["global_step"] == 2 * STEPS_PER_EPOCH
-        segments = {p.rsplit("/", 1)[1] for p in fs.ls(f"{remote}/trials")}
-        assert f"{clone['trial_id']}-e002" in segments, segments
-        assert fs.glob(f"{remote}/trials/{clone['trial_id']}-e002/checkpoint_*/*")
-
-        # --resume finds Tune's state on S3 from the local sweep dir; every trial had finished.
         resumed = run_cli("tune", "--resume", str(sweep), "--address", head.address, env=env, timeout=600)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-        again = json.loads((sweep / "summary.json").read_text())
-        assert again["best"]["trial_id"] == summary["best"]["trial_id"] and again["trials"] == 2
-        assert [e for e in (json.loads(x) for x in (sweep / "trials.jsonl").read_text().splitlines())
-                if e["event"] == "start"] == [e for e in log if e["event"] == "start"]  # nothing rerun
     finally:
         stop_head(head)
+
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["storage"] == "s3://sweepbkt/sweeps/sweep" and summary["trials"] == 2
+    assert not summary["interrupted"] and summary["errors"] == 0
+    assert (sweep / "best.yaml").is_file() and (sweep / "sweep.png").stat().st_size > 10_000
+    assert not (sweep / "tune").exists() and not list((sweep / "trials").glob("*-e*"))  # nothing local
+    with open(sweep / "leaderboard.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["finished", "finished"], rows
+
+    remote = "sweepbkt/sweeps/sweep"
+    assert fs.glob(f"{remote}/tune/experiment_state-*.json")
+    killed_at = max(e["time"] for e in before)
+    continued = []
+    for trial_id in {e["trial_id"] for e in before}:
+        results = [json.loads(x) for x in fs.cat(f"{remote}/tune/{trial_id}/result.json").splitlines()]
+        assert results[-1]["epochs_done"] == epochs and results[-1]["global_step"] == epochs * STEPS_PER_EPOCH
+        # Every segment, before and after the resume, continued exactly where its checkpoint ended.
+        assert all(r["resumed_from_step"] == r["from_epochs"] * STEPS_PER_EPOCH for r in results), results
+        after = [r for r in results if r["timestamp"] > killed_at]
+        assert after, results
+        continued.append(after[0]["from_epochs"])
+        assert fs.glob(f"{remote}/trials/{trial_id}-e{epochs:03d}/checkpoint_*/*")  # its last segment, on S3
+    # Tune saves its state to S3 every ~10 s: the trials' first segments were in it by the kill.
+    assert max(continued) >= 1, continued
+    # The clone's first segment after the exploit continued the donor's S3 segment.
+    results = [json.loads(x) for x in fs.cat(f"{remote}/tune/{clone['trial_id']}/result.json").splitlines()]
+    first = next(r for r in results if r.get("cloned_from") == clone["donor"])
+    assert first["resumed_from_step"] == STEPS_PER_EPOCH and first["global_step"] == 2 * STEPS_PER_EPOCH

@@ -1,4 +1,4 @@
-"""``data.read_ahead_mb``: the cap raydeep hands Ray Train's DataConfig for the ingest."""
+"""``data.read_ahead_mb``: the cap raydeep hands Ray Train's DataConfig for the ingest; ``data.block_mb``."""
 
 from __future__ import annotations
 
@@ -29,3 +29,17 @@ def test_config_default_and_bounds():
     for bad in (0, -1):
         with pytest.raises(ValidationError, match="read_ahead_mb"):
             DataConfig(train="a", val="b", read_ahead_mb=bad)
+
+
+def test_block_mb_default_bounds_and_bytes():
+    from types import SimpleNamespace
+
+    from raydeep.trainers.driver import block_bytes
+
+    assert DataConfig(train="a", val="b").block_mb == 32
+    assert block_bytes(SimpleNamespace(data=DataConfig(train="a", val="b"))) == 32 * 2**20
+    assert block_bytes(SimpleNamespace(data=DataConfig(train="a", val="b", block_mb=None))) is None
+    assert block_bytes(SimpleNamespace(data=DataConfig(train="a", val="b", block_mb=0.5))) == 2**19
+    for bad in (0, -1):
+        with pytest.raises(ValidationError, match="block_mb"):
+            DataConfig(train="a", val="b", block_mb=bad)
