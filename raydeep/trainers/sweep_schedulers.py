@@ -16,8 +16,9 @@ every saved trial. Left alone, that means after a resume
   resume runs in a new Ray session, which the next sync writes over the saved history.
 
 These subclasses rebuild that state in ``on_trial_add`` from the trial's saved ``result.json``
-(the history Tune itself keeps), and ASHA measures time in epochs done (``epoch + 1``, which the
-worker loop reports and which a resumed Train run continues), not Tune iterations. This module
+(the history Tune itself keeps), and both measure time in epochs done (ASHA: ``epoch + 1``, which
+the worker loop reports and which a resumed Train run continues; PBT: each segment's
+``epochs_done``), not Tune iterations, which a restored trial restarts from its checkpoint. This module
 imports Ray; ``raydeep.trainers.sweeps`` imports it only when a sweep is built.
 """
 
@@ -125,7 +126,7 @@ class ResumablePBT(PopulationBasedTraining):
         time = last[self._time_attr]
         state.last_score, state.last_result = score, last
         state.last_train_time = time
-        # Every segment ends on a perturbation point (perturbation_interval is one iteration).
+        # Time is epochs done; every segment but a short last one ends on a perturbation point.
         state.last_perturbation_time = time - time % self._perturbation_interval
         state.last_checkpoint = trial.checkpoint  # what a clone of it would continue from
         if self._synch and trial.status != Trial.TERMINATED:
@@ -133,3 +134,23 @@ class ResumablePBT(PopulationBasedTraining):
             live = [s.last_train_time for t, s in self._trial_state.items()
                     if t.status != Trial.TERMINATED and s.last_score is not None]
             self._next_perturbation_sync = max(self._perturbation_interval, min(live) + self._perturbation_interval)
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        """Synchronous PBT runs a waiting trial only while it is behind the next sync point. If
+        every unfinished trial waits and none is behind it, nothing can ever run. A resume can
+        get there when the state rebuilt from saved results does not match the checkpoints the
+        trials restart from (Tune saves its experiment state every ~10 s, results and
+        checkpoints as they come): seen in a real resume, both trials PAUSED at epoch 2 with the
+        sync point at 2, forever. Move the point on instead."""
+        trial = super().choose_trial_to_run(tune_controller)
+        if trial is not None or not self._synch:
+            return trial
+        trials = tune_controller.get_trials()
+        waiting = [t for t in trials if t.status in (Trial.PENDING, Trial.PAUSED)]
+        if not waiting or any(t.status == Trial.RUNNING for t in trials):
+            return None
+        behind = min(self._trial_state[t].last_train_time for t in waiting)
+        logger.warning("PBT: every trial waits at epoch %s or later with the sync point at %s; moving it to %s",
+                       behind, self._next_perturbation_sync, behind + self._perturbation_interval)
+        self._next_perturbation_sync = behind + self._perturbation_interval
+        return super().choose_trial_to_run(tune_controller)

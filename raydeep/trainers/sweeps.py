@@ -460,7 +460,7 @@ def _scheduler(s: Sweep):
     from ray import tune
 
     # Subclasses that rebuild their state on --resume (Ray 2.60 does not save it); see there.
-    from raydeep.trainers.sweep_schedulers import EpochASHA, ResumableFIFO, ResumablePBT
+    from raydeep.trainers.sweep_schedulers import EPOCHS_DONE, EpochASHA, ResumableFIFO, ResumablePBT
 
     t = s.cfg.tune
     sc = t.scheduler
@@ -485,8 +485,13 @@ def _scheduler(s: Sweep):
                 mutations[key] = tune.loguniform(d.low, d.high)
             else:
                 mutations[key] = tune.randint(int(d.low), int(d.high) + 1)
+        # Time is epochs done (what each segment reports), not Tune iterations: a trial restored
+        # by --resume restarts Tune's iteration count from its checkpoint, and with it out of step
+        # with the saved results synchronous PBT paused every trial forever (a real resume test
+        # found it). Every segment ends on a perturbation point but the last.
         return ResumablePBT(
-            time_attr="training_iteration", perturbation_interval=1, hyperparam_mutations={"params": mutations},
+            time_attr=EPOCHS_DONE, perturbation_interval=sc.perturbation_interval,
+            hyperparam_mutations={"params": mutations},
             quantile_fraction=sc.quantile_fraction, resample_probability=sc.resample_probability,
             synch=sc.synch)
     return ResumableFIFO()

@@ -444,7 +444,8 @@ def fake_trial(tmp_path: Path, trial_id: str, rows: list[dict], status: str = "P
 
 
 def epochs(*values: float) -> list[dict]:
-    return [{"epoch": e, "val/macro_f1": v, "training_iteration": e + 1} for e, v in enumerate(values)]
+    return [{"epoch": e, "val/macro_f1": v, "training_iteration": e + 1, "epochs_done": e + 1}
+            for e, v in enumerate(values)]
 
 
 def test_resumed_asha_keeps_its_rungs_and_counts_epochs_not_tune_iterations(tmp_path):
@@ -484,7 +485,7 @@ def test_resumed_asha_stops_a_trial_it_had_decided_to_stop_before_the_interrupti
 def test_resumed_synchronous_pbt_knows_scores_and_waits_for_the_slowest_trial(tmp_path):
     from raydeep.trainers.sweep_schedulers import ResumablePBT
 
-    pbt = ResumablePBT(time_attr="training_iteration", metric="val/macro_f1", mode="max", perturbation_interval=1,
+    pbt = ResumablePBT(time_attr="epochs_done", metric="val/macro_f1", mode="max", perturbation_interval=1,
                        hyperparam_mutations={"params": {"optim.lr": [1e-3, 1e-2]}}, synch=True)
     ctl = SimpleNamespace(search_alg=None)
     ahead = fake_trial(tmp_path, "ahead", epochs(0.5, 0.6, 0.7), "PAUSED")  # waiting at the round after 2
@@ -495,6 +496,24 @@ def test_resumed_synchronous_pbt_knows_scores_and_waits_for_the_slowest_trial(tm
     assert pbt._trial_state[behind].last_train_time == 2 and pbt._trial_state[behind].last_perturbation_time == 2
     # Ray's own restore would restart this at 1, so every later result would sync alone.
     assert pbt._next_perturbation_sync == 3
+
+
+def test_synchronous_pbt_never_leaves_every_trial_waiting_past_its_sync_point(tmp_path):
+    from raydeep.trainers.sweep_schedulers import ResumablePBT
+
+    pbt = ResumablePBT(time_attr="epochs_done", metric="val/macro_f1", mode="max", perturbation_interval=1,
+                       hyperparam_mutations={"params": {"optim.lr": [1e-3, 1e-2]}}, synch=True)
+    a, b = fake_trial(tmp_path, "a", [], "PAUSED"), fake_trial(tmp_path, "b", [], "PAUSED")
+    ctl = SimpleNamespace(search_alg=None, get_trials=lambda: [a, b])
+    for t in (a, b):
+        pbt.on_trial_add(ctl, t)
+    # What a real resume left: both paused at epoch 2, the sync point at 2 (nothing behind it).
+    pbt._trial_state[a].last_train_time, pbt._trial_state[b].last_train_time = 2, 3
+    pbt._next_perturbation_sync = 2
+    assert pbt.choose_trial_to_run(ctl) is a and pbt._next_perturbation_sync == 3  # the one behind goes first
+    b.status = "RUNNING"  # while one runs, the others wait as PBT means them to
+    pbt._next_perturbation_sync = 2
+    assert pbt.choose_trial_to_run(ctl) is None and pbt._next_perturbation_sync == 2
 
 
 def test_sweep_dir_and_storage_local_and_s3(tmp_path):
