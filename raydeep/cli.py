@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
         os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
-    from raydeep.cluster.connect import prepare_auth_env
+    from raydeep.cluster.connect import disconnect, prepare_auth_env
 
     prepare_auth_env(getattr(args, "address", None))
     try:
@@ -316,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raydeep: error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        disconnect()
 
 
 if __name__ == "__main__":
