@@ -372,8 +372,7 @@ class SweepStorage:
     def exists(self, name: str) -> bool:
         import pyarrow.fs as pafs
 
-        fs = self.fs if self.fs is not None else pafs.LocalFileSystem()
-        return fs.get_file_info(f"{self.path}/{name}").type != pafs.FileType.NotFound
+        return self.trials().filesystem.get_file_info(f"{self.path}/{name}").type != pafs.FileType.NotFound
 
 
 def new_sweep_dir(cfg: "Config") -> Path:

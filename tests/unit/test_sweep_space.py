@@ -608,3 +608,12 @@ def test_resume_refuses_a_cluster_too_small_for_the_concurrency_the_sweep_starte
     (tmp_path / SWEEP_FILE).unlink()  # a sweep dir from before the file: nothing to check
     assert read_sweep_file(tmp_path) == {}
     check_resumed_concurrency(s, SimpleNamespace(cpus=4, gpus=0), read_sweep_file(tmp_path))
+
+
+def test_sweep_storage_exists_on_the_local_filesystem(tmp_path):
+    from raydeep.trainers.sweeps import SweepStorage
+
+    st = SweepStorage(str(tmp_path))
+    assert not st.exists("tune")
+    (tmp_path / "tune").mkdir()
+    assert st.exists("tune")
