@@ -10,17 +10,16 @@ Run it alone: it measures CPU-bound rates, so anything else on the machine skews
 2. ``pyarrow``: every shard read with ``ParquetFile.iter_batches`` and turned into an
    ``[B, L]`` int32 numpy array plus labels, in this process: the upper bound for one reader.
 3. ``ray_ingest``: ``to_ray_dataset(open_split(dir), shuffle_seed=0)`` split as Ray Train splits
-   it (``streaming_split(1, equal=True)``), consumed in a Ray task with ``iter_torch_batches``
-   (and the worker loop's local shuffle buffer unless ``--shuffle-buffer 0``) for ``--epochs``
-   epochs, as a run does. Reported per epoch: rows/s over the epoch and after the first batch,
-   latency to the first batch, and the p50/p99 time to fetch one batch; the first (cold)
-   epoch's at the top level, with its ratio to pyarrow and the last epoch's.
-4. ``--before`` adds ``ray_ingest_tensor_column``: the same, plus the fixed-shape tensor
-   conversion of the feature column in the read tasks (``map_batches(as_tensor_column)``),
-   which ``to_ray_dataset``'s streaming path did from 2026-11-28 until 2026-11-29 (it made
-   the read-ahead hold more memory and no epoch faster), in the same Ray session, to compare
-   the two in one run. ``--repeat`` runs every arm again, alternating, on the now-warm Ray
-   (worker processes started: later epochs of a run).
+   it (``streaming_split(1, equal=True)``), consumed in a Ray task with the worker loop's
+   ``datasets.batches.torch_batches`` (and its shuffle window unless ``--shuffle-buffer 0``) for
+   ``--epochs`` epochs, as a run does. Reported per epoch: rows/s over the epoch and after the
+   first batch, latency to the first batch, and the p50/p99 time to fetch one batch; the first
+   (cold) epoch's at the top level, with its ratio to pyarrow and the last epoch's.
+4. ``--before`` adds ``ray_ingest_before``: the path raydeep took until 2026-11-29 --
+   ``ray.data.read_parquet`` (with its per-epoch file shuffle) and Ray's ``iter_torch_batches``
+   with its local shuffle buffer -- in the same Ray session, to compare the two in one run.
+   ``--repeat`` runs every arm again, alternating, on the now-warm Ray (worker processes
+   started: later epochs of a run).
 
 Each figure carries the 1-minute load average before and after it: on a shared machine, read
 the rates with it.
@@ -97,24 +96,32 @@ def pyarrow_rate(files: list[str], batch_size: int, seq_len: int) -> dict:
     return {"rows": rows, "seconds": round(dt, 3), "rows_per_s": round(rows / dt)}
 
 
-def consume(it, batch_size: int, shuffle_buffer: int, prefetch: int, epochs: int = 1) -> dict:
-    """What a Ray Train worker does with its shard: iter_torch_batches, epoch after epoch.
+def consume(it, batch_size: int, shuffle_buffer: int, prefetch: int, epochs: int = 1, batcher: str = "raydeep") -> dict:
+    """What a Ray Train worker does with its shard, epoch after epoch: raydeep's ``torch_batches``,
+    or (``batcher="ray"``) Ray's ``iter_torch_batches`` with its local shuffle buffer.
 
     The first epoch's figures at the top level (a cold start: the split coordinator and the
     read tasks' worker processes start); every epoch's under ``per_epoch``.
     """
-    per_epoch = [consume_epoch(it, batch_size, shuffle_buffer, prefetch, e) for e in range(epochs)]
+    per_epoch = [consume_epoch(it, batch_size, shuffle_buffer, prefetch, e, batcher) for e in range(epochs)]
     return {**per_epoch[0], "per_epoch": per_epoch}
 
 
-def consume_epoch(it, batch_size: int, shuffle_buffer: int, prefetch: int, epoch: int) -> dict:
+def consume_epoch(it, batch_size: int, shuffle_buffer: int, prefetch: int, epoch: int, batcher: str) -> dict:
+    from raydeep.datasets.batches import torch_batches
+
     times = []
     rows = 0
     t0 = time.perf_counter()
     last = t0
-    for batch in it.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle_buffer or None,
-                                       local_shuffle_seed=epoch if shuffle_buffer else None,
-                                       prefetch_batches=prefetch, drop_last=True):
+    if batcher == "ray":
+        batches = it.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle_buffer or None,
+                                        local_shuffle_seed=epoch if shuffle_buffer else None,
+                                        prefetch_batches=prefetch)
+    else:  # prefetch counts blocks here, not batches
+        batches = torch_batches(it, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=epoch,
+                                prefetch_blocks=prefetch)
+    for batch in batches:
         now = time.perf_counter()
         times.append(now - last)
         last = now
@@ -131,17 +138,20 @@ def consume_epoch(it, batch_size: int, shuffle_buffer: int, prefetch: int, epoch
             "batches": len(times)}
 
 
-def tensor_column_dataset(split, shuffle_seed: int):
-    """``to_ray_dataset(split, shuffle_seed=)`` as it streamed from 2026-11-28 to 2026-11-29."""
-    from raydeep.datasets import to_ray_dataset
-    from raydeep.datasets.sources import as_tensor_column
+def before_dataset(split, shuffle_seed: int, block_bytes: int | None):
+    """``to_ray_dataset(split, shuffle_seed=, block_bytes=)``'s streaming path until 2026-11-29."""
+    import ray.data
 
-    return to_ray_dataset(split, shuffle_seed=shuffle_seed).map_batches(
-        as_tensor_column, fn_kwargs={"column": split.feature.column, "width": split.feature.width},
-        batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
+    ds = ray.data.read_parquet(split.files, filesystem=split.filesystem, partitioning=None,
+                               shuffle=ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True))
+    ds = ds.select_columns([split.feature.column, "label"])
+    if block_bytes:
+        ds = ds.copy(ds, _deep_copy=True)
+        ds.context.target_max_block_size = int(block_bytes)
+    return ds
 
 
-def run_arm(ds, remote, args) -> dict:
+def run_arm(ds, remote, args, batcher: str = "raydeep") -> dict:
     import ray
 
     from raydeep.trainers.driver import ingest_options
@@ -154,7 +164,7 @@ def run_arm(ds, remote, args) -> dict:
     (it,) = ds.streaming_split(1, equal=True)
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
-    out = ray.get(remote.remote(it, args.batch_size, args.shuffle_buffer, args.prefetch, args.epochs))
+    out = ray.get(remote.remote(it, args.batch_size, args.shuffle_buffer, args.prefetch, args.epochs, batcher))
     out["wall_s_from_driver"] = round(time.perf_counter() - t, 3)
     out["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return out
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shuffle-buffer", type=int, default=1024, help="the worker loop's local buffer; 0 = off")
-    p.add_argument("--prefetch", type=int, default=1, help="iter_torch_batches(prefetch_batches=)")
+    p.add_argument("--prefetch", type=int, default=1, help="blocks (raydeep) or batches (--before's Ray batcher) to prefetch")
     p.add_argument("--read-ahead-mb", type=float, default=DataConfig(train="x", val="x").read_ahead_mb or 0,
                    help="data.read_ahead_mb (default: the config's); 0 = Ray Data's own budget")
     p.add_argument("--block-mb", type=float, default=DataConfig(train="x", val="x").block_mb or 0,
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--address", default=None, help="an existing Ray cluster instead of a local one")
     p.add_argument("--before", action="store_true",
-                   help="also measure the tensor-column variant of the streaming path (see 4. above)")
+                   help="also measure the streaming path before 2026-11-29 (see 4. above)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per arm over one split (a run's epoch 2+ is warm)")
     p.add_argument("--repeat", type=int, default=1, help="rounds of every arm (the first on a cold Ray)")
     args = p.parse_args(argv)
@@ -204,14 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     ray.data.DataContext.get_current().enable_progress_bars = False
     remote = ray.remote(num_cpus=1)(consume)
     block = int(args.block_mb * 2**20) if args.block_mb else None  # data.block_mb, as the driver passes it
-    arms = {"ray_ingest": lambda: to_ray_dataset(split, shuffle_seed=0, block_bytes=block)}
+    arms = {"ray_ingest": (lambda: to_ray_dataset(split, shuffle_seed=0, block_bytes=block), "raydeep")}
     if args.before:
-        arms["ray_ingest_tensor_column"] = lambda: tensor_column_dataset(split, 0)
+        arms["ray_ingest_before"] = (lambda: before_dataset(split, 0, block), "ray")
     rounds = []
     for r in range(args.repeat):
         # Alternate which arm goes first, so neither always gets the cold start.
         order = list(arms) if r % 2 == 0 else list(reversed(arms))
-        rounds.append({name: run_arm(arms[name](), remote, args) for name in order})
+        rounds.append({name: run_arm(arms[name][0](), remote, args, arms[name][1]) for name in order})
     ray.shutdown()
 
     ingest = rounds[0]["ray_ingest"]
@@ -223,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                                                              / raw["rows_per_s"], 3),
         # A run's epoch 2 onwards: the coordinator and the read workers are already up.
         "ratio_ingest_last_epoch_over_pyarrow": round(ingest["per_epoch"][-1]["rows_per_s"] / raw["rows_per_s"], 3),
-        **({"ray_ingest_tensor_column": rounds[0]["ray_ingest_tensor_column"]} if args.before else {}),
+        **({"ray_ingest_before": rounds[0]["ray_ingest_before"],
+            "ratio_before_over_pyarrow": round(rounds[0]["ray_ingest_before"]["rows_per_s"] / raw["rows_per_s"], 3),
+            "ratio_before_last_epoch_over_pyarrow": round(
+                rounds[0]["ray_ingest_before"]["per_epoch"][-1]["rows_per_s"] / raw["rows_per_s"], 3)}
+           if args.before else {}),
         **({"rounds": rounds} if len(rounds) > 1 else {}),
         "settings": {**vars(args), "data": str(split_dir), "generate_s": round(gen_s, 1),
                      "files": len(split.files), "cpus": os.cpu_count(), "python": sys.version.split()[0],

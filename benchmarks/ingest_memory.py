@@ -18,7 +18,8 @@ its own DataContext with the execution options raydeep gives DataConfig (``inges
 ``data.read_ahead_mb``, ``--read-ahead-mb``; ``data.block_mb``, ``--block-mb``), ``streaming_split(1, equal=True)`` as Ray Train's
 DataConfig splits it) and
 a fresh Ray actor, standing in for a Train worker, consumes one epoch with the worker loop's
-``iter_torch_batches(batch_size, local_shuffle_buffer_size, local_shuffle_seed)``. In that
+``datasets.batches.torch_batches(it, batch_size=, shuffle_buffer=, seed=)`` (Ray's
+``iter_torch_batches`` until 2026-11-29). In that
 actor: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the kernel's peak RSS) before and after
 the epoch, and psutil samples every ``--sample-s`` of RSS, USS (private memory) and shared
 (object-store pages mapped into the process count as shared RSS). On the driver: the object
@@ -85,9 +86,10 @@ class Consumer:
         watcher.start()
         rows = 0
         t0 = time.perf_counter()
+        from raydeep.datasets.batches import torch_batches
+
         # The worker loop's call (raydeep/trainers/loop.py), device=cpu.
-        for batch in it.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle_buffer or None,
-                                           local_shuffle_seed=seed if shuffle_buffer else None):
+        for batch in torch_batches(it, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed):
             rows += int(batch["label"].shape[0])
         seconds = time.perf_counter() - t0
         stop.set()

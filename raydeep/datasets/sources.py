@@ -516,10 +516,20 @@ def memory_bytes(split: ParquetSplit, columns: list[str]) -> int:
     ids (a small vocabulary, runs of padding) it is about the compressed size: 2.3 MB against
     10.8 MB in Arrow for 20k rows x 128 tokens of synthetic-text.
     """
+    return math.ceil(sum(memory_bytes_per_file(split, columns)))
+
+
+def footers_of(split: ParquetSplit) -> list[pq.FileMetaData]:
+    """The footers ``open_split`` read (no I/O), else one read per file through the split's filesystem."""
+    return split.footers or [_read_footer(path, split.filesystem, key=split.key) for path in split.files]
+
+
+def memory_bytes_per_file(split: ParquetSplit, columns: list[str]) -> list[float]:
+    """``memory_bytes`` of each of ``split.files``, in their order."""
     wanted = set(columns)
-    total = 0.0
-    footers = split.footers or [_read_footer(path, split.filesystem, key=split.key) for path in split.files]
-    for md in footers:
+    sizes = []
+    for md in footers_of(split):
+        total = 0.0
         for g in range(md.num_row_groups):
             group = md.row_group(g)
             for j in range(group.num_columns):
@@ -532,7 +542,8 @@ def memory_bytes(split: ParquetSplit, columns: list[str]) -> int:
                     total += chunk.num_values * _VALUE_BYTES[chunk.physical_type]
                 else:
                     total += chunk.total_uncompressed_size
-    return math.ceil(total)
+        sizes.append(total)
+    return sizes
 
 
 def fits_in_memory(split: ParquetSplit, columns: list[str], max_bytes: int) -> bool:
@@ -632,9 +643,10 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with
                    block_bytes: int | None = None) -> ray.data.Dataset:
     """A Ray Dataset over the split's shards with only the columns training needs.
 
-    ``shuffle_seed`` shuffles the file order reproducibly and differently every epoch: Ray
-    seeds each execution from ``hash((seed, execution_idx))``, and a Train run re-executes the
-    dataset once per epoch. Row-level mixing is the workers' local shuffle buffer. A resumed
+    ``shuffle_seed`` shuffles the file order reproducibly and differently every epoch: each
+    execution's order is drawn from ``(seed, execution_idx)`` (``reader.epoch_file_order``; Ray's
+    ``randomize_block_order`` for a cached split), and a Train run re-executes the dataset once
+    per epoch. Row-level mixing is the workers' shuffle window (``batches.torch_batches``). A resumed
     run passes ``first_epoch`` so that epoch k gets epoch k's file order, not epoch 0's (Ray
     counts executions per dataset from 0; this sets the dataset's private counter).
 
@@ -662,28 +674,27 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with
     if fits_in_memory(split, columns, materialize_max_bytes):
         ds = cached_dataset(split, columns, shuffle_seed)
     else:
-        shuffle = None
-        if shuffle_seed is not None:
-            shuffle = ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
-        ds = ray.data.read_parquet(
-            split.files,
-            filesystem=split.filesystem,
-            shuffle=shuffle,
-            # The files are already listed; hive partitioning would turn any "k=v" directory in
-            # their paths into an extra column.
-            partitioning=None,
+        # Read by raydeep's own datasource, not ray.data.read_parquet: see datasets/reader.py for
+        # what Ray's parquet reader costs at every epoch's start and what this saves.
+        from raydeep.datasets.reader import ShardReader
+
+        footers = footers_of(split)
+        schema = split.schema
+        if schema is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
+        ds = ray.data.read_datasource(
+            ShardReader(split.files, split.filesystem, columns, [md.num_rows for md in footers],
+                        memory_bytes_per_file(split, columns), schema=schema, shuffle_seed=shuffle_seed,
+                        block_bytes=block_bytes or ray.data.DataContext.get_current().target_max_block_size),
+            override_num_blocks=max(1, len(split.files)),
         )
-        # The feature column stays a list column; iter_torch_batches stacks each batch's rows in
-        # the worker. A fixed-shape tensor column made in the read tasks instead
-        # (map_batches(as_tensor_column), as cached splits get it on the driver) was faster in
-        # isolation (0.5 vs 1.7 ms per 256 x 128-token batch) but not end to end (epoch 93-99k vs
-        # 99k rows/s), and over a 10M-row epoch under data.read_ahead_mb 512 it held the object
-        # store at 0.8 GB instead of 0.6 GB and each worker's mapped pages at 1003 instead of 625
-        # MiB (benchmarks/BENCHMARKS.md, "Worker memory as the data grows").
-        ds = ds.select_columns(columns)
+        # The feature column stays a list column: the worker's batcher (datasets/batches.py) turns
+        # a whole block into one [rows, width] array. A fixed-shape tensor column made in the read
+        # tasks instead held the object store at 0.8 GB instead of 0.6 GB over a 10M-row epoch and
+        # was no faster (benchmarks/BENCHMARKS.md, "Worker memory as the data grows").
         if block_bytes:
             ds = ds.copy(ds, _deep_copy=True)  # its own context: the global one stays as it was
-            ds.context.target_max_block_size = int(block_bytes)  # read at execution, by the read tasks
+            ds.context.target_max_block_size = int(block_bytes)  # Ray's block shaping after the read
     if first_epoch:
         ds = ds.copy(ds, _deep_copy=True)  # its own context, so the counter below is this dataset's alone
         ds.context._execution_idx = int(first_epoch)

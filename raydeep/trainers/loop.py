@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from raydeep.config import Config
+from raydeep.datasets.batches import torch_batches
 from raydeep.datasets.schema import FeatureSpec
 from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE
 from raydeep.trainers.engine import create_engine, input_dtype, l1_penalty, set_lr
@@ -92,10 +93,11 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
         loss_sum = torch.zeros((), dtype=torch.float64)  # accumulated on device: no host sync per step
         seen, t0 = 0, time.perf_counter()
         step_ends = [t0]  # for step-time percentiles; no device sync, no collective
-        batches = train_shard.iter_torch_batches(
+        batches = torch_batches(  # whole blocks from Ray, cut and shuffled here (datasets/batches.py)
+            train_shard,
             batch_size=cfg.data.batch_size,
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-            local_shuffle_seed=cfg.run.seed * 100_003 + epoch * 1_009 + rank,  # new order each epoch
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            seed=cfg.run.seed * 100_003 + epoch * 1_009 + rank,  # new order each epoch
             device=engine.device,
         )
         for step_in_epoch, batch in enumerate(batches):
@@ -164,7 +166,7 @@ def evaluate(engine, data, feature: FeatureSpec, cfg: Config, loss_fn, epoch: in
     cm = torch.zeros(k, k, dtype=torch.int64)
     sums = RegressionSums()
     loss_sum, n = 0.0, 0
-    for batch in data.iter_torch_batches(batch_size=max(cfg.data.batch_size, 256), device=engine.device):
+    for batch in torch_batches(data, batch_size=max(cfg.data.batch_size, 256), device=engine.device):
         y = batch["label"]
         out = engine(inputs(batch, feature, dtype)).float()
         loss_sum += float(loss_fn(out, y, epoch)) * len(y)

@@ -233,25 +233,50 @@ def test_data_block_mb_cuts_each_shard_into_blocks_and_keeps_exactly_once(ray_co
     assert_exactly_once(epochs_seen(id_split, seed=7, block_bytes=1024))
 
 
-def test_worker_batches_are_whole_tensors_through_the_shuffle_buffer(ray_connected, id_split) -> None:
-    # The feature column reaches the worker as one [B, L] int32 tensor (a fixed-shape tensor
-    # column since the read), streamed or cached, through the local shuffle buffer.
+def test_worker_batches_are_whole_tensors_through_the_shuffle_window(ray_connected, id_split) -> None:
+    # What the training loop iterates (datasets.batches.torch_batches): the feature column reaches
+    # the worker as one [B, L] int32 tensor, streamed (a list column from raydeep's shard reader)
+    # or cached (a fixed-shape tensor column), every row once across both workers, in a new
+    # order each epoch and the same order again for the same seeds.
     import ray
 
-    @ray.remote(num_cpus=0.25)
-    def consume(it):
-        out = []
-        for b in it.iter_torch_batches(batch_size=64, local_shuffle_buffer_size=128, local_shuffle_seed=0):
-            assert tuple(b["input_ids"].shape) == (len(b["id"]), 4) and str(b["input_ids"].dtype) == "torch.int32"
-            assert int(b["input_ids"].sum()) == 4 * len(b["id"])
-            out += b["id"].tolist()
-        return out
+    from raydeep.datasets.batches import torch_batches
 
-    for materialize in (0, 1 << 30):
+    @ray.remote(num_cpus=0.25)
+    def consume(it, rank):
+        epochs = []
+        for epoch in range(2):
+            out = []
+            for b in torch_batches(it, batch_size=64, shuffle_buffer=128, seed=epoch * 10 + rank):
+                assert tuple(b["input_ids"].shape) == (len(b["id"]), 4) and str(b["input_ids"].dtype) == "torch.int32"
+                assert str(b["label"].dtype) == "torch.int64" and len(b["id"]) <= 64
+                assert int(b["input_ids"].sum()) == 4 * len(b["id"])
+                assert (b["label"] == b["id"] % 3).all()  # columns stay row-aligned through the shuffle
+                out += b["id"].tolist()
+            epochs.append(out)
+        return epochs
+
+    def seen(materialize):
         ds = to_ray_dataset(open_split(id_split, key="data.train"), shuffle_seed=3, with_ids=True,
                             materialize_max_bytes=materialize)
-        seen = ray.get([consume.remote(it) for it in ds.streaming_split(2, equal=True)])
-        assert sorted(seen[0] + seen[1]) == sorted(set(seen[0] + seen[1])) and len(seen[0]) == len(seen[1]) == 500
+        ds = ds.copy(ds, _deep_copy=True)
+        ds.context.execution_options.preserve_order = True
+        return ray.get([consume.remote(it, r) for r, it in enumerate(ds.streaming_split(2, equal=True))])
+
+    for materialize in (0, 1 << 30):
+        a = seen(materialize)
+        assert_exactly_once(a)
+        assert a[0][0] != a[0][1] and a[1][0] != a[1][1]  # each worker's order changes between epochs
+        assert a == seen(materialize)  # the same seeds, the same batches
+
+
+def test_streamed_split_is_read_by_raydeeps_shard_reader(ray_connected, id_split) -> None:
+    # Not ray.data.read_parquet, whose every execution starts FooterReader actors (datasets/reader.py).
+    split = open_split(id_split, key="data.train")
+    ds = to_ray_dataset(split, shuffle_seed=1, with_ids=True)
+    assert set(ds.schema().names) == {"input_ids", "label", "id"}  # from the footers, before any read
+    read = ds.materialize()
+    assert "ReadParquetShards" in read.stats() and read.count() == N_ROWS
 
 
 def test_open_split_refuses_an_unfinished_prepare(tmp_path: Path) -> None:

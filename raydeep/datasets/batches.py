@@ -1,0 +1,130 @@
+"""What a Ray Train worker makes of its dataset shard: torch batches, block by block, shuffled.
+
+``torch_batches`` replaces ``DataIterator.iter_torch_batches`` in the training loop. Ray's
+version cuts every batch out of its blocks in Ray Data's batcher and stacks a list column's
+rows one by one; at batch 256 x 128 tokens that cost ~0.8 ms of Ray overhead per batch, and
+its local shuffle buffer another third on top, which held a worker to 220-340k rows/s against
+pyarrow's 0.8-1M (benchmarks/BENCHMARKS.md, "Ingest"). Here Ray hands over whole blocks
+(``iter_batches(batch_size=None, batch_format="pyarrow")``), each block's columns become numpy
+arrays in one step (a list column: one flatten and reshape, no copy), and batches are gathered
+from them with one fancy index each.
+
+Shuffle window: with ``shuffle_buffer`` > 0 the rows of each block are drawn in a random order
+together with the rows kept back from the blocks before it; at least ``shuffle_buffer`` rows
+are kept back to mix with the next block, and the last ones go out when the shard ends. So a
+batch mixes rows from a whole block (up to ``data.block_mb``) and beyond, never fewer than
+``shuffle_buffer`` rows, and the order is a function of ``seed`` and the blocks' arrival order.
+Every row of the shard is yielded exactly once; batches are ``batch_size`` rows but the last.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raydeep.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+    from ray.data import DataIterator
+
+Arrays = dict[str, np.ndarray]
+
+
+def column_array(column: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
+    """One block's column as numpy: ``[rows]`` for scalars, ``[rows, width]`` for a list column
+    whose rows all have ``width`` values (the data contract), ``[rows, *shape]`` for Ray's
+    fixed-shape tensor column. Zero-copy where arrow's buffers allow."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    t = arr.type
+    if isinstance(t, pa.ExtensionType):  # ray.data's ArrowTensorType (a cached split)
+        return np.asarray(arr.to_numpy())
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        if arr.null_count:
+            raise DataError(f"column {name!r}: a row is null; every row needs the same number of values")
+        n = len(arr)
+        if pa.types.is_fixed_size_list(t):
+            width = t.list_size
+        else:
+            lengths = pc.min_max(pc.list_value_length(arr))
+            lo, hi = lengths["min"].as_py(), lengths["max"].as_py()
+            if n and lo != hi:
+                raise DataError(f"column {name!r}: rows hold {lo} to {hi} values; every row needs the same number")
+            width = lo or 0
+        flat = pc.list_flatten(arr)  # honours offsets and slices
+        if flat.null_count:
+            raise DataError(f"column {name!r}: a row holds a null value")
+        return flat.to_numpy(zero_copy_only=False).reshape(n, width)
+    if arr.null_count:
+        raise DataError(f"column {name!r}: {arr.null_count} null value(s)")
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def block_arrays(block: pa.Table) -> Arrays:
+    return {name: column_array(block.column(name), name) for name in block.column_names}
+
+
+def _rows(arrays: Arrays) -> int:
+    return len(next(iter(arrays.values()))) if arrays else 0
+
+
+def _take(kept: Arrays | None, block: Arrays, index: np.ndarray) -> Arrays:
+    """Rows ``index`` of ``kept`` followed by ``block`` (as if concatenated), without copying the block."""
+    if not kept:
+        return {k: v[index] for k, v in block.items()}
+    m = _rows(kept)
+    from_kept = index < m
+    out = {}
+    for k, v in block.items():
+        dst = np.empty((len(index),) + v.shape[1:], dtype=np.result_type(kept[k].dtype, v.dtype))
+        dst[from_kept] = kept[k][index[from_kept]]
+        dst[~from_kept] = v[index[~from_kept] - m]
+        out[k] = dst
+    return out
+
+
+def shuffled_batches(blocks: Iterator[Arrays], batch_size: int, shuffle_buffer: int,
+                     rng: np.random.Generator | None) -> Iterator[Arrays]:
+    """Batches of ``batch_size`` rows (the last one shorter) from a stream of blocks; with ``rng``,
+    through the shuffle window of the module doc, else in stream order. Pure: no Ray, no torch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    kept: Arrays | None = None  # rows held back: the shuffle window's carry-over, or a partial batch
+    for block in blocks:
+        m, n = _rows(kept) if kept else 0, _rows(block)
+        total = m + n
+        if rng is not None:
+            order = rng.permutation(total)
+            out = max(0, (total - max(shuffle_buffer, 0)) // batch_size) * batch_size
+        else:
+            order = np.arange(total)
+            out = total // batch_size * batch_size
+        for i in range(0, out, batch_size):
+            yield _take(kept, block, order[i:i + batch_size])
+        kept = _take(kept, block, order[out:]) if out < total else None
+    if kept:
+        for i in range(0, _rows(kept), batch_size):
+            yield {k: v[i:i + batch_size] for k, v in kept.items()}
+
+
+def torch_batches(shard: DataIterator, *, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None,
+                  device: Any = None, prefetch_blocks: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+    """The worker's batches of one epoch of ``shard`` as torch tensors on ``device`` (module doc).
+
+    ``shuffle_buffer`` 0 keeps the stream's order; otherwise rows are mixed through the window,
+    reproducibly from ``seed`` for a given block order.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed) if shuffle_buffer > 0 else None
+    blocks = (block_arrays(b) for b in shard.iter_batches(batch_size=None, batch_format="pyarrow",
+                                                          prefetch_batches=prefetch_blocks) if b.num_rows)
+    for batch in shuffled_batches(blocks, batch_size, shuffle_buffer, rng):
+        out = {}
+        for k, v in batch.items():
+            t = torch.from_numpy(np.array(v, copy=not v.flags.writeable or not v.flags.c_contiguous))
+            out[k] = t if device is None else t.to(device)
+        yield out
