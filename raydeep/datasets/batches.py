@@ -14,6 +14,7 @@ together with the rows kept back from the blocks before it; at least ``shuffle_b
 are kept back to mix with the next block, and the last ones go out when the shard ends. So a
 batch mixes rows from a whole block (up to ``data.block_mb``) and beyond, never fewer than
 ``shuffle_buffer`` rows, and the order is a function of ``seed`` and the blocks' arrival order.
+Blocks smaller than the window (wide rows) are gathered until they fill it before a round.
 Every row of the shard is yielded exactly once; batches are ``batch_size`` rows but the last.
 """
 
@@ -86,25 +87,50 @@ def _take(kept: Arrays | None, block: Arrays, index: np.ndarray) -> Arrays:
     return out
 
 
+def _concat(blocks: list[Arrays]) -> Arrays:
+    return blocks[0] if len(blocks) == 1 else {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
+def _round(kept: Arrays | None, block: Arrays, batch_size: int, shuffle_buffer: int,
+           rng: np.random.Generator | None) -> Iterator[Arrays]:
+    """Yield the full batches ``kept`` + ``block`` allow (keeping ``shuffle_buffer`` rows back when
+    shuffling); return what is kept for the next round."""
+    total = (_rows(kept) if kept else 0) + _rows(block)
+    if rng is not None:
+        order = rng.permutation(total)
+        out = max(0, (total - shuffle_buffer) // batch_size) * batch_size
+    else:
+        order = np.arange(total)
+        out = total // batch_size * batch_size
+    for i in range(0, out, batch_size):
+        yield _take(kept, block, order[i:i + batch_size])
+    return _take(kept, block, order[out:]) if out < total else None
+
+
 def shuffled_batches(blocks: Iterator[Arrays], batch_size: int, shuffle_buffer: int,
                      rng: np.random.Generator | None) -> Iterator[Arrays]:
     """Batches of ``batch_size`` rows (the last one shorter) from a stream of blocks; with ``rng``,
-    through the shuffle window of the module doc, else in stream order. Pure: no Ray, no torch."""
+    through the shuffle window of the module doc, else in stream order. Pure: no Ray, no torch.
+
+    When shuffling, blocks smaller than ``max(shuffle_buffer, batch_size)`` rows (wide rows:
+    images, long sequences) are gathered until they reach it before a round, so the kept-back
+    rows are copied about once per row that goes out, not once per block.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    shuffle_buffer = max(shuffle_buffer, 0)
     kept: Arrays | None = None  # rows held back: the shuffle window's carry-over, or a partial batch
+    waiting: list[Arrays] = []
+    waiting_rows = 0
     for block in blocks:
-        m, n = _rows(kept) if kept else 0, _rows(block)
-        total = m + n
-        if rng is not None:
-            order = rng.permutation(total)
-            out = max(0, (total - max(shuffle_buffer, 0)) // batch_size) * batch_size
-        else:
-            order = np.arange(total)
-            out = total // batch_size * batch_size
-        for i in range(0, out, batch_size):
-            yield _take(kept, block, order[i:i + batch_size])
-        kept = _take(kept, block, order[out:]) if out < total else None
+        waiting.append(block)
+        waiting_rows += _rows(block)
+        if rng is not None and waiting_rows < max(shuffle_buffer, batch_size):
+            continue
+        kept = yield from _round(kept, _concat(waiting), batch_size, shuffle_buffer, rng)
+        waiting, waiting_rows = [], 0
+    if waiting:
+        kept = yield from _round(kept, _concat(waiting), batch_size, shuffle_buffer, rng)
     if kept:
         for i in range(0, _rows(kept), batch_size):
             yield {k: v[i:i + batch_size] for k, v in kept.items()}

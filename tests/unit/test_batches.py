@@ -63,6 +63,21 @@ def test_shuffle_is_exactly_once_reproducible_and_mixes_beyond_a_block():
     assert max(order.index(i) for i in range(100)) > min(order.index(i) for i in range(100, 250))
 
 
+def test_blocks_smaller_than_the_window_are_gathered_before_a_round():
+    # One-row blocks (wide rows), window 4, batch 2: a round waits for 4 new rows. Rows 0-3: a
+    # round with nothing to give (4 - 4 < 2), all kept. Rows 4-7: 8 rows, (8 - 4) // 2 = 2
+    # batches, 4 kept. Rows 8-9 at the end: 6 rows, 1 batch, then the 4 kept in 2 batches.
+    rng = np.random.default_rng(5)
+    p1, p2, p3 = rng.permutation(4), rng.permutation(8), rng.permutation(6)
+    window2 = [int(i) for i in p1] + [4, 5, 6, 7]  # round 1 keeps all 4 rows in p1's order
+    kept2 = [window2[i] for i in p2[4:]]
+    window3 = kept2 + [8, 9]
+    expect = [[window2[i] for i in p2[0:2]], [window2[i] for i in p2[2:4]], [window3[i] for i in p3[0:2]],
+              [window3[i] for i in p3[2:4]], [window3[i] for i in p3[4:6]]]
+    got = ids(shuffled_batches(blocks(*[(i, i + 1) for i in range(10)]), 2, 4, np.random.default_rng(5)))
+    assert got == expect and sorted(sum(got, [])) == list(range(10))
+
+
 def test_window_larger_than_the_shard_shuffles_it_whole():
     a = ids(shuffled_batches(blocks((0, 5), (5, 10)), 4, 1024, np.random.default_rng(3)))
     assert [len(b) for b in a] == [4, 4, 2] and sorted(sum(a, [])) == list(range(10))
