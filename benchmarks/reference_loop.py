@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
         seed_everything(cfg.run.seed * 100_003 + epoch * 1_009)
         loss_sum = torch.zeros((), dtype=torch.float64)
         seen, t0 = 0, time.perf_counter()
-        # raydeep: ray.train.get_dataset_shard("train").iter_torch_batches(...): Ray Data streams
-        # this worker's 1/world of the rows (streaming_split) through a local shuffle buffer.
+        # raydeep: torch_batches(ray.train.get_dataset_shard("train"), ...): Ray Data streams this
+        # worker's 1/world of the rows (streaming_split) in blocks, cut into batches through a
+        # shuffle window on the worker (raydeep/datasets/batches.py).
         marks = [t0]
         for x, y in batches(x_all, y_all, b, np.random.default_rng(epoch)):
             # raydeep: set_lr(engine, ...) writes the same value into DeepSpeed's optimizer.
@@ -138,7 +139,7 @@ def read_split(split) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, rng: np.random.Generator):
-    """Shuffled batches of one epoch, the last one partial (as ``iter_torch_batches`` yields)."""
+    """Shuffled batches of one epoch, the last one partial (as raydeep's ``torch_batches`` yields)."""
     order = torch.from_numpy(rng.permutation(len(y)))
     for i in range(0, len(y), batch_size):
         idx = order[i:i + batch_size]
