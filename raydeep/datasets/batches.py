@@ -136,18 +136,37 @@ def shuffled_batches(blocks: Iterator[Arrays], batch_size: int, shuffle_buffer: 
             yield {k: v[i:i + batch_size] for k, v in kept.items()}
 
 
+def check_limits(arrays: Arrays, limits: dict[str, tuple[int, int, str]], where: str) -> Arrays:
+    """Raise a DataError naming ``where``, the column and the value when a column of ``limits``
+    (``name -> (low, high, what)``) holds a value outside ``[low, high)``; else return ``arrays``.
+    One min and max per block: a token id past the model's vocabulary fails here, in one line,
+    instead of as an IndexError deep inside the embedding."""
+    for name, (low, high, what) in limits.items():
+        values = arrays.get(name)
+        if values is None or values.size == 0:
+            continue
+        lo, hi = values.min(), values.max()
+        if lo < low or hi >= high:
+            bad = (lo if lo < low else hi).item()
+            raise DataError(f"{where}: column {name!r} holds {bad}, outside [{low}, {high}) ({what})")
+    return arrays
+
+
 def torch_batches(shard: DataIterator, *, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None,
-                  device: Any = None, prefetch_blocks: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+                  device: Any = None, prefetch_blocks: int = 1, limits: dict[str, tuple[int, int, str]] | None = None,
+                  where: str = "data") -> Iterator[dict[str, torch.Tensor]]:
     """The worker's batches of one epoch of ``shard`` as torch tensors on ``device`` (module doc).
 
     ``shuffle_buffer`` 0 keeps the stream's order; otherwise rows are mixed through the window,
-    reproducibly from ``seed`` for a given block order.
+    reproducibly from ``seed`` for a given block order. ``limits`` bounds columns' values, checked
+    once per block (``check_limits``; ``where`` names the split in its message).
     """
     import torch
 
     rng = np.random.default_rng(seed) if shuffle_buffer > 0 else None
-    blocks = (block_arrays(b) for b in shard.iter_batches(batch_size=None, batch_format="pyarrow",
-                                                          prefetch_batches=prefetch_blocks) if b.num_rows)
+    blocks = (check_limits(block_arrays(b), limits or {}, where)
+              for b in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks)
+              if b.num_rows)
     for batch in shuffled_batches(blocks, batch_size, shuffle_buffer, rng):
         out = {}
         for k, v in batch.items():

@@ -80,6 +80,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
+    limits = value_limits(engine.module, feature)
     dtype = input_dtype(engine)
     es = cfg.run.early_stopping
     metrics: dict[str, Any] = {}
@@ -99,6 +100,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
             shuffle_buffer=cfg.data.shuffle_buffer,
             seed=cfg.run.seed * 100_003 + epoch * 1_009 + rank,  # new order each epoch
             device=engine.device,
+            limits=limits,
+            where="data.train",
         )
         for step_in_epoch, batch in enumerate(batches):
             marks.setdefault("first_batch", time.time())
@@ -151,6 +154,15 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+def value_limits(model: torch.nn.Module, feature: FeatureSpec) -> dict[str, tuple[int, int, str]]:
+    """Token ids must index the model's embedding: ``[0, vocab_size)``, checked per block by the batcher."""
+    vocab = getattr(model, "vocab_size", None)
+    if feature.kind != "tokens" or vocab is None:
+        return {}
+    return {feature.column: (0, int(vocab), f"the model's vocabulary has {int(vocab)} ids: model.vocab_size, "
+                                            "default the manifest's vocab_size")}
+
+
 def inputs(batch: dict[str, torch.Tensor], feature: FeatureSpec, dtype: torch.dtype) -> torch.Tensor:
     x = batch[feature.column]
     return x.to(dtype) if x.is_floating_point() else x
@@ -166,7 +178,8 @@ def evaluate(engine, data, feature: FeatureSpec, cfg: Config, loss_fn, epoch: in
     cm = torch.zeros(k, k, dtype=torch.int64)
     sums = RegressionSums()
     loss_sum, n = 0.0, 0
-    for batch in torch_batches(data, batch_size=max(cfg.data.batch_size, 256), device=engine.device):
+    for batch in torch_batches(data, batch_size=max(cfg.data.batch_size, 256), device=engine.device,
+                               limits=value_limits(engine.module, feature), where="data.val"):
         y = batch["label"]
         out = engine(inputs(batch, feature, dtype)).float()
         loss_sum += float(loss_fn(out, y, epoch)) * len(y)

@@ -127,3 +127,32 @@ def test_streamed_split_trains_every_row_once(ray_connected, tmp_path, kind):
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["train/samples"] == rows - rows % 2
     assert summary["final"]["global_step"] > 0
+
+
+def test_token_ids_past_the_models_vocabulary_fail_in_one_line(ray_connected, tmp_path):
+    """A split whose manifest says vocab_size 20 but holds ids up to 63 (a tokenizer swapped after
+    prepare): the worker's batcher stops at the first block with the split, column and value,
+    not with an IndexError inside the embedding. Streamed and cached splits alike."""
+    import numpy as np
+    import pyarrow as pa
+
+    from raydeep.datasets import FeatureSpec, write_split
+    from raydeep.datasets.schema import tokens_array
+    from raydeep.errors import DataError
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        ids = rng.integers(1, 20, (64, 16))
+        if split == "train":
+            ids[40, 3] = 63
+        write_split(tmp_path / "data" / split, pa.table({"input_ids": tokens_array(ids, 16),
+                                                         "label": pa.array(np.arange(64) % 4, pa.int64())}),
+                    name="oov", split=split, task="text_classification",
+                    feature=FeatureSpec(column="input_ids", kind="tokens", seq_len=16, vocab_size=20),
+                    num_classes=4, label_names=list("abcd"), shards=2)
+    for materialize in (0, 256):
+        cfg = tiny_config(data={"train": str(tmp_path / "data" / "train"), "val": str(tmp_path / "data" / "val"),
+                                "materialize_max_mb": materialize},
+                          run={"epochs": 1, "seed": 0, "max_failures": 0})
+        with pytest.raises(DataError, match=r"data.train: column 'input_ids' holds 63, outside \[0, 20\)"):
+            train(validate(cfg, "test"), run_dir=tmp_path / f"run{materialize}", address=ray_connected.address)

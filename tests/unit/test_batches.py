@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raydeep.datasets.batches import block_arrays, column_array, shuffled_batches
+from raydeep.datasets.batches import block_arrays, check_limits, column_array, shuffled_batches
 from raydeep.datasets.reader import epoch_file_order, read_shard, rows_per_block
 from raydeep.datasets.schema import pixels_array, tokens_array
 from raydeep.errors import DataError
@@ -138,3 +138,13 @@ def test_read_shard_streams_blocks_of_the_asked_rows(tmp_path):
     got = list(read_shard(str(path), pafs.LocalFileSystem(), ["a", "b"], 3))
     assert [t.num_rows for t in got] == [3, 3, 3, 1] and got[0].column_names == ["a", "b"]
     assert pa.concat_tables(got).column("b").to_pylist() == list(range(0, 20, 2))
+
+
+def test_check_limits_names_split_column_and_value():
+    arrays = {"input_ids": np.array([[0, 5], [7, 9]]), "label": np.array([0, 1])}
+    assert check_limits(arrays, {"input_ids": (0, 10, "vocab")}, "data.train") is arrays
+    assert check_limits(arrays, {}, "data.train") is arrays
+    with pytest.raises(DataError, match=r"^data.val: column 'input_ids' holds 9, outside \[0, 8\) \(vocab\)$"):
+        check_limits(arrays, {"input_ids": (0, 8, "vocab")}, "data.val")
+    with pytest.raises(DataError, match="holds -1, outside"):
+        check_limits({"input_ids": np.array([[-1, 3]])}, {"input_ids": (0, 8, "vocab")}, "data.train")
