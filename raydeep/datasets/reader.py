@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
+
+from raydeep.datasets.sources import read_shard
 
 if TYPE_CHECKING:
     from ray.data.context import DataContext
@@ -45,13 +46,6 @@ def rows_per_block(rows: int, nbytes: float, block_bytes: int) -> int:
     if rows <= 0 or nbytes <= 0:
         return max(rows, 1)
     return max(1, min(rows, int(block_bytes * rows // nbytes)))
-
-
-def read_shard(path: str, filesystem: pafs.FileSystem, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
-    """One shard's ``columns``, ``batch_rows`` rows at a time (what a read task runs)."""
-    with filesystem.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
-            yield pa.Table.from_batches([batch])
 
 
 class ShardReader(Datasource):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
@@ -554,6 +554,14 @@ def fits_in_memory(split: ParquetSplit, columns: list[str], max_bytes: int) -> b
     return max_bytes > 0 and memory_bytes(split, columns) <= max_bytes
 
 
+def read_shard(path: str, filesystem: pafs.FileSystem, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
+    """One shard's ``columns``, ``batch_rows`` rows at a time: what a ``reader.ShardReader`` read
+    task runs, and what ``raydeep evaluate`` reads without Ray."""
+    with filesystem.open_input_file(path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch])
+
+
 def check_finite(split: ParquetSplit) -> None:
     """Raise a DataError naming file, row group and row at the first NaN or inf in an image split's
     pixels or a numeric split's features (one pyarrow pass over the column, a row group at a time).
@@ -586,26 +594,20 @@ def as_tensor_column(batch: pa.Table, column: str, width: int) -> pa.Table:
     """``column`` (list / fixed_size_list, every row ``width`` values) as Ray Data's fixed-shape
     tensor column ``[rows, width]``, which converts to numpy and torch without a per-row step.
     Anything else (binary pixels, a null, a row of another length) is returned unchanged."""
-    import pyarrow.compute as pc
     from ray.data.extensions import ArrowTensorArray
+
+    from raydeep.datasets.batches import column_array
 
     t = batch.schema.field(column).type
     if batch.num_rows == 0 or not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
         return batch
-    values = batch.column(column).combine_chunks()
-    if values.null_count:
+    try:
+        values = column_array(batch.column(column), column)  # the worker's own conversion
+    except DataError:  # a null, or rows of different lengths
         return batch
-    if not pa.types.is_fixed_size_list(t):
-        lengths = pc.min_max(pc.list_value_length(values))
-        if lengths["min"].as_py() != width or lengths["max"].as_py() != width:
-            return batch
-    elif t.list_size != width:
+    if values.shape != (batch.num_rows, width):
         return batch
-    flat = pc.list_flatten(values)  # honours offsets and slices
-    if flat.null_count:
-        return batch
-    tensor = ArrowTensorArray.from_numpy(flat.to_numpy(zero_copy_only=False).reshape(batch.num_rows, width))
-    return batch.set_column(batch.schema.get_field_index(column), column, tensor)
+    return batch.set_column(batch.schema.get_field_index(column), column, ArrowTensorArray.from_numpy(values))
 
 
 def cached_dataset(split: ParquetSplit, columns: list[str], shuffle_seed: int | None) -> ray.data.Dataset:

@@ -43,16 +43,15 @@ def load_model(ckpt: Path):
 
 
 def batches(split, column: str, batch_size: int):
-    """(features, labels) numpy batches straight from the parquet files (one machine, no Ray)."""
-    import pyarrow.parquet as pq
+    """(features, labels) numpy batches straight from the parquet files (one machine, no Ray),
+    read and converted as a training worker reads them (``read_shard``, ``block_arrays``)."""
+    from raydeep.datasets.batches import block_arrays
+    from raydeep.datasets.sources import read_shard
 
     for f in split.files:
-        with split.filesystem.open_input_file(f) as fh:
-            for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=[column, "label"]):
-                # Both list<int32> tokens (padded to one length) and fixed-size pixel lists
-                # flatten to one buffer of n * width values.
-                x = rb.column(column).flatten().to_numpy().reshape(len(rb), -1)
-                yield x, rb.column("label").to_numpy()
+        for table in read_shard(f, split.filesystem, [column, "label"], batch_size):
+            arrays = block_arrays(table)
+            yield arrays[column], arrays["label"]
 
 
 # ---------------------------------------------------------------------------------------------
