@@ -168,8 +168,6 @@ def torch_batches(shard: DataIterator, *, batch_size: int, shuffle_buffer: int =
               for b in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks)
               if b.num_rows)
     for batch in shuffled_batches(blocks, batch_size, shuffle_buffer, rng):
-        out = {}
-        for k, v in batch.items():
-            t = torch.from_numpy(np.array(v, copy=not v.flags.writeable or not v.flags.c_contiguous))
-            out[k] = t if device is None else t.to(device)
-        yield out
+        # Every batch array is a fresh gather (``_take``) or a row slice of one: writable and
+        # contiguous, never a view into Ray's read-only block.
+        yield {k: torch.from_numpy(v) if device is None else torch.from_numpy(v).to(device) for k, v in batch.items()}
