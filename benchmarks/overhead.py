@@ -3,8 +3,12 @@
     .venv/bin/python benchmarks/overhead.py [--pairs 3] [--rows 1280] [--epochs 4] [--alt-env K=V]
 
 A = ``benchmarks/reference_loop.py``: one process, all cores as torch threads.
+D = ``benchmarks/reference_loop.py --deepspeed 2``: the same loop in 2 gloo processes, each in
+raydeep's DeepSpeed engine, 1 thread each, no Ray: data-parallel DeepSpeed on its own.
 B = ``raydeep train``: the whole machine, 2 workers, ``cpus_per_worker: auto`` (an embedded
 local Ray started by the command, as a user runs it).
+B/A is the figure the target is set on; D/A is what DeepSpeed's data parallelism costs on this
+machine and B/D what Ray (Train, Data, its processes) adds on top.
 Both train ``benchmarks/text-small.yaml`` (2 layers, d=128, 128 tokens, batch 32 per
 process) on the same synthetic-text parquet for the same epochs. Throughput is samples/s over
 the steady-state epochs (every epoch after the first; raydeep's from ``metrics.jsonl``:
@@ -54,48 +58,61 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     common = [f"data.train={DATA.format(split='train', rows=args.rows)}",
-              f"data.val={DATA.format(split='val', rows=args.rows)}",
+              f"data.val={DATA.format(split='val', rows=max(args.rows // 5, 64))}",
               f"run.epochs={args.epochs}", *args.overrides]
     envs = {"raydeep": dict(e.split("=", 1) for e in args.env)}
     if args.alt_env:
         envs["raydeep_alt"] = {**envs["raydeep"], **dict(e.split("=", 1) for e in args.alt_env)}
-    arms = ["reference", *envs]
+    arms = ["reference", "deepspeed", *envs]
     work = Path(tempfile.mkdtemp(prefix="raydeep-overhead-"))
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     for i in range(args.pairs):
         order = arms[i % len(arms):] + arms[:i % len(arms)]  # rotate: each arm leads in turn
         for arm in order:
             load = os.getloadavg()[0]
-            r = run_reference(args.config, common) if arm == "reference" else \
-                run_raydeep(args.config, common, work / f"{arm}{i}", envs[arm])
+            if arm == "reference":
+                r = run_reference(args.config, common)
+            elif arm == "deepspeed":
+                r = run_reference(args.config, common, ["--deepspeed", "2"])
+            else:
+                r = run_raydeep(args.config, common, work / f"{arm}{i}", envs[arm])
             r.update(round=i, load_avg_1m_before=round(load, 2))
             runs[arm].append(r)
             print(f"round {i} {arm:11}: {r['samples_per_s']:7.1f} samples/s, step p50 {r['step_time_p50_ms']:.1f} ms "
-                  f"p99 {r['step_time_p99_ms']:.1f} ms, wall {r['wall_s']:.0f} s (load {load:.1f})", file=sys.stderr)
+                  f"p99 {r['step_time_p99_ms']:.1f} ms, wall {r['wall_s']:.0f} s (load {load:.1f})"
+                  + (f", data wait {r['data_wait_share']:.1%}" if "data_wait_share" in r else ""), file=sys.stderr)
 
     result = {"what": "overhead", "config": args.config, "overrides": common,
               "env": {arm: env for arm, env in envs.items()}, "cpu_count": os.cpu_count()}
     for arm in arms:
         result[f"{arm}_samples_per_s"] = round(statistics.median(r["samples_per_s"] for r in runs[arm]), 1)
-    for arm in envs:
+    for arm in ["deepspeed", *envs]:
         ratios = [b["samples_per_s"] / a["samples_per_s"] for a, b in zip(runs["reference"], runs[arm])]
         result[f"{arm}_ratio_per_round"] = [round(x, 3) for x in ratios]
         result[f"{arm}_ratio_median"] = round(statistics.median(ratios), 3)
         print(f"{arm}: median {result[f'{arm}_samples_per_s']} samples/s vs reference "
               f"{result['reference_samples_per_s']}; ratio per round {result[f'{arm}_ratio_per_round']}, "
               f"median {result[f'{arm}_ratio_median']}", file=sys.stderr)
+    for arm in envs:  # what Ray adds: raydeep against DeepSpeed alone, within each round
+        ratios = [b["samples_per_s"] / a["samples_per_s"] for a, b in zip(runs["deepspeed"], runs[arm])]
+        result[f"{arm}_vs_deepspeed_per_round"] = [round(x, 3) for x in ratios]
+        result[f"{arm}_vs_deepspeed_median"] = round(statistics.median(ratios), 3)
+        print(f"{arm} vs deepspeed without Ray: per round {result[f'{arm}_vs_deepspeed_per_round']}, "
+              f"median {result[f'{arm}_vs_deepspeed_median']}", file=sys.stderr)
     result["runs"] = runs
     print(json.dumps(result))
     return result
 
 
-def run_reference(config: str, overrides: list[str]) -> dict:
-    cmd = [sys.executable, str(HERE / "reference_loop.py"), config] + [a for o in overrides for a in ("--set", o)]
+def run_reference(config: str, overrides: list[str], extra: list[str] = ()) -> dict:
+    cmd = [sys.executable, str(HERE / "reference_loop.py"), config, *extra]
+    cmd += [a for o in overrides for a in ("--set", o)]
     t0 = time.time()
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     r = json.loads(out.strip().splitlines()[-1])
     return {"samples_per_s": r["samples_per_s"], "step_time_p50_ms": r["step_time_p50_ms"],
-            "step_time_p99_ms": r["step_time_p99_ms"], "threads": r["threads"], "wall_s": time.time() - t0,
+            "step_time_p99_ms": r["step_time_p99_ms"], "threads": r["threads"], "processes": r["processes"],
+            "wall_s": time.time() - t0,
             "per_epoch": [{k: e[k] for k in ("epoch", "samples_per_s", "step_time_p50_ms", "step_time_p99_ms")}
                           for e in r["per_epoch"]]}
 
@@ -116,8 +133,10 @@ def run_raydeep(config: str, overrides: list[str], run_dir: Path, env: dict[str,
         "step_time_p99_ms": max(e["step_time_p99_ms"] for e in steady),
         "wall_s": time.time() - t0, "wall_time_s_summary": summary["wall_time_s"],
         "to_first_step_s": summary.get("startup", {}).get("to_first_step_s"),
-        "per_epoch": [{k: e.get(k) for k in ("epoch", "samples_per_s", "epoch_time_s", "step_time_p50_ms",
-                                             "step_time_p99_ms")} for e in epochs],
+        # rank 0's time getting batches (Ray Data's stream, the batcher), of the steady epochs' time
+        "data_wait_share": sum(e.get("data_wait_s") or 0 for e in steady) / sum(e["epoch_time_s"] for e in steady),
+        "per_epoch": [{k: e.get(k) for k in ("epoch", "samples_per_s", "epoch_time_s", "data_wait_s", "first_batch_s",
+                                             "step_time_p50_ms", "step_time_p99_ms")} for e in epochs],
     }
 
 

@@ -15,9 +15,13 @@ def epoch_line(m: dict[str, Any], epochs: int) -> str:
     else:
         quality = (f"acc {m['val/accuracy']:.4f}  macro-F1 {m['val/macro_f1']:.4f}  "
                    f"bal-acc {m['val/balanced_accuracy']:.4f}  ")
+    # The share of the epoch rank 0 spent getting batches: near 0 when compute-bound; a large
+    # one says the data path (storage, Ray Data, data.read_ahead_mb, data.block_mb) is the limit.
+    data = f" (data {m['data_wait_s'] / m['epoch_time_s']:.0%})" if m.get("data_wait_s") is not None and m.get(
+        "epoch_time_s") else ""
     return (
         f"epoch {m['epoch'] + 1}/{epochs}  train loss {m['train/loss']:.4f}  val loss {m['val/loss']:.4f}  "
-        f"{quality}{m['samples_per_s']:,.0f} samples/s  lr {m['lr']:.2e}  step {m['global_step']}"
+        f"{quality}{m['samples_per_s']:,.0f} samples/s{data}  lr {m['lr']:.2e}  step {m['global_step']}"
     )
 
 

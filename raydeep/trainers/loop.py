@@ -94,6 +94,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
         loss_sum = torch.zeros((), dtype=torch.float64)  # accumulated on device: no host sync per step
         seen, t0 = 0, time.perf_counter()
         step_ends = [t0]  # for step-time percentiles; no device sync, no collective
+        waits = []  # per step, getting the batch (Ray's stream and the batcher): is the run input-bound?
         batches = torch_batches(  # whole blocks from Ray, cut and shuffled here (datasets/batches.py)
             train_shard,
             batch_size=cfg.data.batch_size,
@@ -104,6 +105,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
             where="data.train",
         )
         for step_in_epoch, batch in enumerate(batches):
+            waits.append(time.perf_counter() - step_ends[-1])
             marks.setdefault("first_batch", time.time())
             x, y = inputs(batch, feature, dtype), batch["label"]
             set_lr(engine, schedule(engine.global_steps))
@@ -129,6 +131,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
             "train/samples": int(seen_total),
             "samples_per_s": seen_total / train_time,
             "epoch_time_s": train_time,
+            "data_wait_s": sum(waits),  # rank 0's, of epoch_time_s; the first batch's wait included
+            "first_batch_s": waits[0] if waits else None,
             **step_time_percentiles(step_ends),  # rank 0's, as is samples_per_s's clock
             "lr": schedule(max(engine.global_steps - 1, 0)),
             **val,

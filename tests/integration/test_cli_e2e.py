@@ -34,6 +34,9 @@ def test_demo_config_end_to_end_then_evaluate(ray_head, tmp_path):
     for key in ("train/loss", "val/loss", "val/accuracy", "val/macro_f1", "val/balanced_accuracy",
                 "samples_per_s", "lr"):
         assert all(isinstance(m[key], float) for m in epochs), key
+    for m in epochs:  # rank 0's time getting batches, the first batch's included, within the epoch
+        assert 0 < m["first_batch_s"] <= m["data_wait_s"] < m["epoch_time_s"], m
+    assert "samples/s (data " in proc.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final"]["epoch"] == 1 and summary["best"]["checkpoint"]
 
