@@ -45,7 +45,8 @@ class DataConfig(Section):
         256, ge=0,
         description="a split whose training columns take at most this many MiB in memory (decoded and "
         "uncompressed, 2-5x its parquet files; counted from the parquet footers) is read once into Ray's "
-        "object store instead of re-read from storage every epoch; 0 = always stream",
+        "object store and dealt to the workers each epoch without Ray Data, instead of re-read from "
+        "storage every epoch; 0 = always stream",
     )
     read_ahead_mb: float | None = Field(
         512, gt=0,

@@ -622,15 +622,12 @@ def cached_dataset(split: ParquetSplit, columns: list[str], shuffle_seed: int | 
     """
     import random
 
-    import pyarrow.parquet as pq
     import ray.data
 
     files = list(split.files)
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(files)
-    table = pa.concat_tables(
-        [pq.read_table(f, columns=columns, filesystem=split.filesystem, partitioning=None) for f in files])
-    table = as_tensor_column(table, split.feature.column, split.feature.width)
+    table = as_tensor_column(read_table(split, columns, files), split.feature.column, split.feature.width)
     step = max(1, -(-table.num_rows // MIN_CACHED_BLOCKS))
     ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
     if shuffle_seed is not None:
@@ -638,6 +635,28 @@ def cached_dataset(split: ParquetSplit, columns: list[str], shuffle_seed: int | 
 
         ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     return ds
+
+
+def read_table(split: ParquetSplit, columns: list[str], files: list[str] | None = None) -> pa.Table:
+    """The split's ``columns`` from every file (``files``: in this order), in memory, with pyarrow."""
+    tables = [pq.read_table(f, columns=columns, filesystem=split.filesystem, partitioning=None)
+              for f in (split.files if files is None else files)]
+    return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
+
+
+def in_memory_split(split: ParquetSplit, *, max_bytes: int, seed: int | None = None):
+    """The split as a ``memory.InMemorySplit`` in Ray's object store when its training columns fit in
+    ``max_bytes`` (``fits_in_memory``), else None (it streams through ``to_ray_dataset``).
+
+    Read here with pyarrow (milliseconds for what fits), put once; the workers cut their rows
+    without Ray Data (datasets/memory.py). ``seed``: a training split, dealt anew every epoch.
+    """
+    from raydeep.datasets.memory import InMemorySplit
+
+    columns = [split.feature.column, LABEL_COLUMN]
+    if not fits_in_memory(split, columns, max_bytes):
+        return None
+    return InMemorySplit.put(read_table(split, columns), seed=seed)
 
 
 def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, with_ids: bool = False,

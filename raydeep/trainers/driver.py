@@ -20,7 +20,14 @@ from rich.console import Console
 
 from raydeep.config import Config, to_yaml
 from raydeep.datasets.schema import FeatureSpec
-from raydeep.datasets.sources import ParquetSplit, label_histogram, open_split, target_summary, to_ray_dataset
+from raydeep.datasets.sources import (
+    ParquetSplit,
+    in_memory_split,
+    label_histogram,
+    open_split,
+    target_summary,
+    to_ray_dataset,
+)
 from raydeep.datasets.storage import resolve_storage
 from raydeep.errors import ConfigError, DataError, RaydeepError
 from raydeep.fileio import atomic_write_text
@@ -217,7 +224,18 @@ def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesy
         "board": board,
         "verbose": verbose,
     }
+    # Splits that fit in memory go to the workers as object-store tables (datasets/memory.py), with
+    # no Ray Data in the run; the rest stream through Ray Data. Resampling is a Ray Data plan.
     cache_bytes = int(cfg.data.materialize_max_mb * 2**20)
+    held = {"train": None if plan.sampling_rates else in_memory_split(data.train, max_bytes=cache_bytes,
+                                                                      seed=cfg.run.seed),
+            "val": in_memory_split(data.val, max_bytes=cache_bytes)}
+    job["in_memory"] = {name: split for name, split in held.items() if split is not None}
+    datasets = {}
+    if held["train"] is None:
+        datasets["train"] = train_dataset(plan, cache_bytes)
+    if held["val"] is None:
+        datasets["val"] = to_ray_dataset(data.val, materialize_max_bytes=cache_bytes, block_bytes=block_bytes(cfg))
     es = cfg.run.early_stopping
     return TorchTrainer(
         train_loop_per_worker,
@@ -238,12 +256,9 @@ def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesy
                 checkpoint_score_order=es.mode),
             callbacks=callbacks,
         ),
-        datasets={
-            "train": train_dataset(plan, cache_bytes),
-            "val": to_ray_dataset(data.val, materialize_max_bytes=cache_bytes, block_bytes=block_bytes(cfg)),
-        },
+        datasets=datasets or None,
         # Only the training set is split; see trainers/loop.py for why validation is not.
-        dataset_config=DataConfig(datasets_to_split=["train"],
+        dataset_config=DataConfig(datasets_to_split=[n for n in ("train",) if n in datasets],
                                   execution_options=ingest_options(cfg.data.read_ahead_mb)),
     )
 

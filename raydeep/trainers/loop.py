@@ -78,8 +78,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
     if board is not None and resumed_from is not None:
         board.event.remote(f"resumed at epoch {state['epoch']}, global step {engine.global_steps}")
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_data = ray.train.get_dataset_shard("val")
+    train_shard = dataset_shard(job, "train", rank, world, first_epoch=state["epoch"])
+    val_data = dataset_shard(job, "val", rank, world)
     limits = value_limits(engine.module, feature)
     dtype = input_dtype(engine)
     es = cfg.run.early_stopping
@@ -156,6 +156,15 @@ def train_loop_per_worker(job: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def dataset_shard(job: dict[str, Any], name: str, rank: int, world: int, first_epoch: int = 0):
+    """This worker's ``name`` split: its rows of a split held in memory (``datasets/memory.py``; the
+    training split is dealt anew each epoch, validation is whole) or Ray Data's shard of a streamed one."""
+    held = job.get("in_memory", {}).get(name)
+    if held is None:
+        return ray.train.get_dataset_shard(name)
+    return held.shard(rank, world, split=name == "train", first_epoch=first_epoch)
 
 
 def value_limits(model: torch.nn.Module, feature: FeatureSpec) -> dict[str, tuple[int, int, str]]:

@@ -100,14 +100,15 @@ DIGITS = "datasets://digits-lt/{split}?imbalance_ratio=10&seed=0"
 SEED = "datasets://seed-regression/{split}?rows=200&val_rows=50&seed=0"
 
 
-@pytest.mark.parametrize("kind", ["tokens", "pixels", "numeric"])
-def test_streamed_split_trains_every_row_once(ray_connected, tmp_path, kind):
+@pytest.mark.parametrize("kind,materialize_mb", [("tokens", 0), ("pixels", 0), ("numeric", 0), ("tokens", 256)])
+def test_split_trains_every_row_once(ray_connected, tmp_path, kind, materialize_mb):
     """``data.materialize_max_mb: 0``: the training split streams from its parquet files (list
-    columns to the workers, which stack them) for each kind of feature column; one epoch sees
-    every row but the 2-worker remainder."""
+    columns to the workers, which stack them) for each kind of feature column; 256: it is held in
+    the object store and dealt to the workers without Ray Data (datasets/memory.py). Either way one
+    epoch sees every row but the 2-worker remainder."""
     from raydeep.datasets import open_split
 
-    stream = {"materialize_max_mb": 0}
+    stream = {"materialize_max_mb": materialize_mb}
     if kind == "tokens":
         cfg, train_uri = tiny_config(data=stream), SYNTH.format(split="train", rows=400)
     elif kind == "pixels":
