@@ -1,6 +1,7 @@
 """What raydeep costs on top of the model: the reference loop vs ``raydeep train``, A/B, in one run.
 
     .venv/bin/python benchmarks/overhead.py [--pairs 3] [--rows 1280] [--epochs 4] [--alt-env K=V]
+                                            [--checkout DIR] [--no-deepspeed]
 
 A = ``benchmarks/reference_loop.py``: one process, all cores as torch threads.
 D = ``benchmarks/reference_loop.py --deepspeed 2``: the same loop in 2 gloo processes, each in
@@ -14,7 +15,7 @@ process) on the same synthetic-text parquet for the same epochs. Throughput is s
 the steady-state epochs (every epoch after the first; raydeep's from ``metrics.jsonl``:
 all workers' samples / rank 0's training time, validation and reports excluded, as the
 reference excludes nothing it does not have). Each round runs every arm once and the rounds
-rotate which arm goes first (AB, BA, AB; with ``--alt-env``, ABC, BCA, CAB), so a drift in
+rotate which arm goes first (ADB, DBA, BAD; more with ``--alt-env``/``--checkout``), so a drift in
 machine load does not favour one side; ratios are taken within a round.
 
 Step times are the intervals between consecutive optimizer steps on one process (rank 0 for
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--alt-env", action="append", default=[], metavar="KEY=VALUE",
                    help="add a third arm, raydeep with this environment (e.g. RAY_worker_niceness=15: Ray's "
                         "default worker priority, which raydeep's driver overrides)")
+    p.add_argument("--checkout", metavar="DIR",
+                   help="add an arm: raydeep train from another checkout of raydeep (e.g. `git worktree add "
+                        "/tmp/old REV`), run in that directory with it first on PYTHONPATH, so its workers "
+                        "import its code: an A/B of two versions in one run")
+    p.add_argument("--no-deepspeed", action="store_true", help="leave out the DeepSpeed-without-Ray arm")
     args = p.parse_args(argv)
 
     common = [f"data.train={DATA.format(split='train', rows=args.rows)}",
@@ -63,7 +69,12 @@ def main(argv: list[str] | None = None) -> dict:
     envs = {"raydeep": dict(e.split("=", 1) for e in args.env)}
     if args.alt_env:
         envs["raydeep_alt"] = {**envs["raydeep"], **dict(e.split("=", 1) for e in args.alt_env)}
-    arms = ["reference", "deepspeed", *envs]
+    roots = {arm: ROOT for arm in envs}
+    if args.checkout:
+        other = Path(args.checkout).resolve()
+        envs["raydeep_checkout"] = {**envs["raydeep"], "PYTHONPATH": str(other)}
+        roots["raydeep_checkout"] = other
+    arms = ["reference", *([] if args.no_deepspeed else ["deepspeed"]), *envs]
     work = Path(tempfile.mkdtemp(prefix="raydeep-overhead-"))
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     for i in range(args.pairs):
@@ -75,25 +86,25 @@ def main(argv: list[str] | None = None) -> dict:
             elif arm == "deepspeed":
                 r = run_reference(args.config, common, ["--deepspeed", "2"])
             else:
-                r = run_raydeep(args.config, common, work / f"{arm}{i}", envs[arm])
+                r = run_raydeep(args.config, common, work / f"{arm}{i}", envs[arm], roots[arm])
             r.update(round=i, load_avg_1m_before=round(load, 2))
             runs[arm].append(r)
             print(f"round {i} {arm:11}: {r['samples_per_s']:7.1f} samples/s, step p50 {r['step_time_p50_ms']:.1f} ms "
                   f"p99 {r['step_time_p99_ms']:.1f} ms, wall {r['wall_s']:.0f} s (load {load:.1f})"
                   + (f", data wait {r['data_wait_share']:.1%}" if "data_wait_share" in r else ""), file=sys.stderr)
 
-    result = {"what": "overhead", "config": args.config, "overrides": common,
+    result = {"what": "overhead", "config": args.config, "overrides": common, "checkout": args.checkout,
               "env": {arm: env for arm, env in envs.items()}, "cpu_count": os.cpu_count()}
     for arm in arms:
         result[f"{arm}_samples_per_s"] = round(statistics.median(r["samples_per_s"] for r in runs[arm]), 1)
-    for arm in ["deepspeed", *envs]:
+    for arm in arms[1:]:
         ratios = [b["samples_per_s"] / a["samples_per_s"] for a, b in zip(runs["reference"], runs[arm])]
         result[f"{arm}_ratio_per_round"] = [round(x, 3) for x in ratios]
         result[f"{arm}_ratio_median"] = round(statistics.median(ratios), 3)
         print(f"{arm}: median {result[f'{arm}_samples_per_s']} samples/s vs reference "
               f"{result['reference_samples_per_s']}; ratio per round {result[f'{arm}_ratio_per_round']}, "
               f"median {result[f'{arm}_ratio_median']}", file=sys.stderr)
-    for arm in envs:  # what Ray adds: raydeep against DeepSpeed alone, within each round
+    for arm in envs if "deepspeed" in runs else []:  # what Ray adds: raydeep against DeepSpeed alone
         ratios = [b["samples_per_s"] / a["samples_per_s"] for a, b in zip(runs["deepspeed"], runs[arm])]
         result[f"{arm}_vs_deepspeed_per_round"] = [round(x, 3) for x in ratios]
         result[f"{arm}_vs_deepspeed_median"] = round(statistics.median(ratios), 3)
@@ -117,11 +128,13 @@ def run_reference(config: str, overrides: list[str], extra: list[str] = ()) -> d
                           for e in r["per_epoch"]]}
 
 
-def run_raydeep(config: str, overrides: list[str], run_dir: Path, env: dict[str, str]) -> dict:
-    cmd = [str(Path(sys.executable).parent / "raydeep"), "train", config, "--run-dir", str(run_dir)]
+def run_raydeep(config: str, overrides: list[str], run_dir: Path, env: dict[str, str], root: Path = ROOT) -> dict:
+    # python -m raydeep.cli, not the venv's console script: that one imports the installed checkout
+    # even when PYTHONPATH names another (--checkout).
+    cmd = [sys.executable, "-m", "raydeep.cli", "train", config, "--run-dir", str(run_dir)]
     cmd += [a for o in overrides for a in ("--set", o)]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env})
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, **env})
     if proc.returncode:
         raise SystemExit(f"raydeep train failed ({proc.returncode}):\n{proc.stderr[-3000:]}{proc.stdout[-3000:]}")
     epochs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
