@@ -34,9 +34,8 @@ BLOCK_BYTES = 8 << 20  # rows handed to the batcher at a time: bounds each epoch
 class InMemorySplit:
     """A table (or an object-store reference to one) that workers shard; small and picklable."""
 
-    def __init__(self, table: Any, num_rows: int, seed: int | None = None) -> None:
+    def __init__(self, table: Any, seed: int | None = None) -> None:
         self.table = table  # a pyarrow.Table, or a ray.ObjectRef to one
-        self.num_rows = int(num_rows)
         self.seed = seed
 
     @classmethod
@@ -44,7 +43,7 @@ class InMemorySplit:
         """Put ``table`` into Ray's object store once; the instance carries only the reference."""
         import ray
 
-        return cls(ray.put(table), table.num_rows, seed)
+        return cls(ray.put(table), seed)
 
     def shard(self, rank: int = 0, world: int = 1, *, split: bool = True, first_epoch: int = 0) -> InMemoryShard:
         table = self.table

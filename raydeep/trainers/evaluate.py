@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from raydeep.datasets.storage import StorageConfig, check_bucket, is_s3, s3_errors, s3_filesystem, strip_s3
 from raydeep.errors import DataError, RaydeepError
@@ -183,9 +182,9 @@ def evaluate_command(path: str, data: str, *, out: str | None = None, batch_size
     cm = torch.zeros(k, k, dtype=torch.int64)
     with torch.no_grad():
         for x, y in batches(split, feature.column, batch_size):
-            xt = torch.from_numpy(np.ascontiguousarray(x).copy())
+            xt = torch.tensor(x)  # a copy: the arrays map Arrow's read-only buffers
             xt = xt.float() if xt.is_floating_point() else xt.long()
-            cm += confusion_matrix(model(xt).argmax(-1), torch.from_numpy(y).long(), k)
+            cm += confusion_matrix(model(xt).argmax(-1), torch.tensor(y).long(), k)
     names = state.get("label_names") or [str(i) for i in range(k)]
     metrics = classification_metrics(cm.numpy(), names)
     console = Console()
@@ -213,7 +212,7 @@ def evaluate_regression(model, split, feature, state: dict, where, data: str, ou
     sums = RegressionSums()
     with torch.no_grad():
         for x, y in batches(split, feature.column, batch_size):
-            xt = torch.from_numpy(np.ascontiguousarray(x).copy())
+            xt = torch.tensor(x)  # a copy: the arrays map Arrow's read-only buffers
             sums.update(model(xt.float() if xt.is_floating_point() else xt.long()), y)
     metrics = sums.metrics()
     name = where.uri.rstrip("/").rsplit("/", 1)[-1]

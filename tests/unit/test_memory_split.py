@@ -17,7 +17,7 @@ def epoch_labels(shard) -> list[int]:
 
 
 def test_every_row_reaches_exactly_one_rank_per_epoch_and_ranks_are_equal():
-    split = InMemorySplit(table(11), 11, seed=3)
+    split = InMemorySplit(table(11), seed=3)
     shards = [split.shard(r, 3) for r in range(3)]
     for _ in range(4):  # epochs
         seen = [epoch_labels(s) for s in shards]
@@ -30,16 +30,16 @@ def test_every_row_reaches_exactly_one_rank_per_epoch_and_ranks_are_equal():
 
 
 def test_rows_move_between_epochs_and_ranks_and_a_resumed_shard_replays_its_epoch():
-    split = InMemorySplit(table(64), 64, seed=0)
+    split = InMemorySplit(table(64), seed=0)
     s = split.shard(1, 2)
     epochs = [epoch_labels(s) for _ in range(3)]
     assert epochs[0] != epochs[1] and set(epochs[0]) != set(epochs[1])  # new rows for rank 1, new order
     assert epoch_labels(split.shard(1, 2, first_epoch=2)) == epochs[2]
-    assert epoch_labels(InMemorySplit(table(64), 64, seed=1).shard(1, 2)) != epochs[0]  # the seed matters
+    assert epoch_labels(InMemorySplit(table(64), seed=1).shard(1, 2)) != epochs[0]  # the seed matters
 
 
 def test_an_unsplit_split_gives_every_worker_all_rows_in_file_order_each_epoch():
-    split = InMemorySplit(table(10), 10)
+    split = InMemorySplit(table(10))
     for r in range(2):
         s = split.shard(r, 2, split=False)
         assert epoch_labels(s) == list(range(10)) == epoch_labels(s)
@@ -48,7 +48,7 @@ def test_an_unsplit_split_gives_every_worker_all_rows_in_file_order_each_epoch()
 def test_blocks_are_bounded_in_bytes_and_keep_the_columns(monkeypatch):
     monkeypatch.setattr(memory, "BLOCK_BYTES", 100)
     t = table(50)
-    s = InMemorySplit(t, 50, seed=1).shard(0, 1)
+    s = InMemorySplit(t, seed=1).shard(0, 1)
     blocks = list(s.iter_batches(batch_size=None, batch_format="pyarrow"))
     assert len(blocks) > 1 and sum(b.num_rows for b in blocks) == 50
     assert all(b.schema == t.schema for b in blocks)
@@ -56,13 +56,13 @@ def test_blocks_are_bounded_in_bytes_and_keep_the_columns(monkeypatch):
 
 
 def test_only_whole_pyarrow_blocks_are_offered():
-    s = InMemorySplit(table(4), 4).shard()
+    s = InMemorySplit(table(4)).shard()
     with pytest.raises(ValueError, match="whole pyarrow blocks"):
         next(s.iter_batches(batch_size=2, batch_format="pyarrow"))
     with pytest.raises(ValueError, match="rank 2 outside a world of 2"):
-        InMemorySplit(table(4), 4).shard(2, 2)
+        InMemorySplit(table(4)).shard(2, 2)
 
 
 def test_an_empty_split_yields_nothing():
-    assert epoch_labels(InMemorySplit(table(0), 0, seed=0).shard(0, 2)) == []
-    assert epoch_labels(InMemorySplit(table(0), 0).shard(0, 2, split=False)) == []
+    assert epoch_labels(InMemorySplit(table(0), seed=0).shard(0, 2)) == []
+    assert epoch_labels(InMemorySplit(table(0)).shard(0, 2, split=False)) == []
