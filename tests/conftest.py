@@ -10,7 +10,9 @@ group), never other Ray instances on the machine.
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,9 +27,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# `ray start --head` turns on token auth (token in ~/.ray/auth_token); a driver sends it only
-# with RAY_AUTH_MODE=token in its environment before ray is imported. Subprocesses inherit it.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Token auth, as on a real cluster, with the suite's own token: `ray start --head` under
+# RAY_AUTH_MODE=token never creates one (it reads RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+# ~/.ray/auth_token and refuses to start without), and a driver sends it only with
+# RAY_AUTH_MODE=token in its environment before ray is imported. The heads, drivers and CLI
+# subprocesses the tests start all inherit these, so the suite never reads or writes the
+# user's ~/.ray and runs the same on a new machine with an empty HOME.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.pop("RAY_AUTH_TOKEN", None)  # a developer's own token must not win over the suite's
+_TOKEN_DIR = tempfile.mkdtemp(prefix="raydeep-test-auth-")
+atexit.register(shutil.rmtree, _TOKEN_DIR, True)
+TOKEN_PATH = Path(_TOKEN_DIR) / "auth_token"
+TOKEN_PATH.write_text(secrets.token_hex(32))
+TOKEN_PATH.chmod(0o600)
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(TOKEN_PATH)
 # Quiet Ray Data's per-execution INFO lines in this process and in CLI subprocesses.
 os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 BIN = Path(sys.executable).parent

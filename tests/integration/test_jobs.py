@@ -144,9 +144,16 @@ def test_an_http_server_that_is_not_ray(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def jobs_head(tmp_path_factory, raydeep_cache):
+def new_user_home(tmp_path_factory) -> Path:
+    """An empty HOME for the head and the CLI: no ~/.ray/auth_token, no caches, as on a new
+    machine (the token comes from RAY_AUTH_TOKEN_PATH, set by conftest)."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def jobs_head(tmp_path_factory, raydeep_cache, new_user_home):
     head = start_head(tmp_path_factory.mktemp("jobs-head"), num_cpus=4, extra=isolated_port_flags(),
-                      env={"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+                      env={"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HOME": str(new_user_home)})
     yield head
     stop_head(head)
 
@@ -168,13 +175,15 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished_job(jobs_head, workdir):
-    """One `raydeep submit --wait` of a tiny run that forwards a planted secret by name."""
+def finished_job(jobs_head, workdir, new_user_home):
+    """One `raydeep submit --wait` of a tiny run that forwards a planted secret by name, from a
+    shell whose HOME is empty (a new user's)."""
     secret = "planted-" + secrets.token_hex(16)
     cmd = [str(BIN / "raydeep"), "submit", "configs/tiny.yaml", "--address", jobs_head.dashboard_url,
            "--env", SECRET_NAME, "--wait"]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=workdir, env={**os.environ, SECRET_NAME: secret, "PYTHONUNBUFFERED": "1"}, text=True,
+    proc = subprocess.Popen(cmd, cwd=workdir, text=True,
+                            env={**os.environ, SECRET_NAME: secret, "PYTHONUNBUFFERED": "1", "HOME": str(new_user_home)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first = []
     for line in proc.stdout:
@@ -274,10 +283,11 @@ def test_forwarded_variables_reach_every_ray_worker_of_the_job(jobs_head, workdi
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_stop_a_long_run_and_list_both(finished_job, jobs_head, workdir):
+def test_stop_a_long_run_and_list_both(finished_job, jobs_head, workdir, new_user_home):
     url = jobs_head.dashboard_url
+    home = {"HOME": str(new_user_home)}  # a new user's shell: nothing in ~/.ray
     proc = run_cli("submit", str(workdir / "configs/long.yaml"), "--working-dir", str(workdir),
-                   "--address", url, timeout=120, check=True)
+                   "--address", url, env=home, timeout=120, check=True)
     sid = re.search(r"submitted (\S+):", proc.stdout).group(1)
     assert f"raydeep jobs logs {sid} --follow --address {url}" in proc.stdout
     client = finished_job["client"]
@@ -286,12 +296,14 @@ def test_stop_a_long_run_and_list_both(finished_job, jobs_head, workdir):
         time.sleep(0.5)
     assert str(client.get_job_status(sid)) == "RUNNING"
 
-    proc = run_cli("jobs", "stop", sid, "--address", url, timeout=120, check=True)
+    proc = run_cli("jobs", "stop", sid, "--address", url, env=home, timeout=120, check=True)
     assert proc.stdout.strip() == f"{sid}: STOPPED"
 
-    table = run_cli("jobs", "list", "--address", url, timeout=60, check=True).stdout
+    table = run_cli("jobs", "list", "--address", url, env=home, timeout=60, check=True).stdout
     rows = {line.split()[0]: line.split()[1] for line in table.splitlines()[1:]}
     assert rows[finished_job["sid"]] == "SUCCEEDED" and rows[sid] == "STOPPED"
+    # The token came from RAY_AUTH_TOKEN_PATH: nothing was read from or written to ~/.ray.
+    assert not (new_user_home / ".ray").exists()
 
 
 @pytest.mark.ray
