@@ -13,18 +13,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from raydeep.errors import ConfigError
 from raydeep.datasets.storage import StorageConfig
+from raydeep.errors import ConfigError
+from raydeep.sections import (
+    TASK_DEFAULTS,
+    TASK_METRICS,
+    Section,
+    is_known_metric,
+    loss_task_error,
+    metric_mode,
+    metric_task_error,
+)
 from raydeep.trainers.class_weights import ImbalanceConfig
 from raydeep.trainers.schedules import SCHEDULES, ConstantSchedule, ScheduleConfig
-from raydeep.trainers.sweep_space import METRICS as CLASSIFICATION_METRICS, PER_CLASS, REGRESSION_ONLY, improves_upward
-from raydeep.trainers.sweeps import TuneConfig
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from raydeep.trainers.sweep_space import TuneConfig
 
 
 class DataConfig(Section):
@@ -61,26 +65,6 @@ class DataConfig(Section):
         "a worker holds a few blocks at a time, so smaller blocks keep its memory flat as the data grows "
         "(32: 1M -> 10M rows 835 -> 832 MiB, Ray Data's 128: 1080 -> 1335 MiB); null = Ray Data's default",
     )
-
-
-# What the worker loop reports each epoch for a regression task (trainers/metrics.py makes them);
-# r2 grows with a better fit, the others shrink.
-REGRESSION_METRICS = ("val/loss", *REGRESSION_ONLY, "train/loss")
-
-
-def metric_mode(metric: str) -> str:
-    """The direction in which ``metric`` improves: ``min`` for losses and errors, else ``max``."""
-    return "max" if improves_upward(metric) else "min"
-
-
-def metric_task_error(key: str, metric: str, regression: bool) -> str | None:
-    """Why ``metric`` (at config ``key``) is one the run's task does not report; None when it does."""
-    if regression and metric not in REGRESSION_METRICS:
-        return f"{key} = {metric!r}: a model.task: regression run reports {', '.join(REGRESSION_METRICS)}"
-    if not regression and metric in REGRESSION_ONLY:
-        return (f"{key} = {metric!r} is a regression metric; set model.task: regression, "
-                "or pick a classification metric such as val/macro_f1")
-    return None
 
 
 class ModelConfig(Section):
@@ -190,10 +174,13 @@ class Config(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _regression_defaults(cls, raw: Any) -> Any:
-        """A regression config's unset loss and metrics default to regression ones, not classification's."""
+    def _task_defaults(cls, raw: Any) -> Any:
+        """Unset loss and metrics default to the task's own (sections.TASK_DEFAULTS); the sections'
+        own defaults are classification's."""
         model = raw.get("model") if isinstance(raw, dict) else None
-        if not (isinstance(model, dict) and model.get("task") == "regression"):
+        task = model.get("task") if isinstance(model, dict) else None
+        defaults = TASK_DEFAULTS.get(task) if isinstance(task, str) else None
+        if defaults is None or task == "classification":
             return raw
         raw = dict(raw)
 
@@ -208,57 +195,52 @@ class Config(Section):
 
         imbalance = section(raw, "imbalance")
         if imbalance is not None:
-            imbalance.setdefault("loss", "mse")
+            imbalance.setdefault("loss", defaults.loss)
         run = section(raw, "run")
         es = section(run, "early_stopping") if run is not None else None
         if es is not None:
-            es.setdefault("metric", "val/rmse")
-            if es["metric"] in REGRESSION_METRICS:
+            es.setdefault("metric", defaults.early_stopping_metric)
+            if es["metric"] in TASK_METRICS[task]:
                 es.setdefault("mode", metric_mode(es["metric"]))
         if isinstance(raw.get("tune"), dict):
             tune = section(raw, "tune")
-            tune.setdefault("metric", "val/loss")  # = val/mse: ranks trials as val/rmse does
-            if tune["metric"] in REGRESSION_METRICS:
+            tune.setdefault("metric", defaults.tune_metric)
+            if tune["metric"] in TASK_METRICS[task]:
                 tune.setdefault("mode", metric_mode(tune["metric"]))
         return raw
 
     @model_validator(mode="before")
     @classmethod
     def _tune_metric_fits_task(cls, raw: Any) -> Any:
-        """A tune.metric of the other task is refused before TuneConfig checks its mode: a classification
+        """A tune.metric of another task is refused before TuneConfig checks its mode: a classification
         run's ``val/rmse`` should hear that it is a regression metric, not "use mode: min"."""
         model = raw.get("model") if isinstance(raw, dict) else None
         tune = raw.get("tune") if isinstance(raw, dict) else None
         if not (isinstance(model, dict) and isinstance(tune, dict) and isinstance(tune.get("metric"), str)):
             return raw
         task, metric = model.get("task", "classification"), tune["metric"]
-        known = metric in CLASSIFICATION_METRICS or metric in REGRESSION_ONLY or metric.startswith(PER_CLASS)
-        if task in ("classification", "regression") and known:  # else the field validators say what is wrong
-            why = metric_task_error("tune.metric", metric, task == "regression")
+        if task in TASK_METRICS and is_known_metric(metric):  # else the field validators say what is wrong
+            why = metric_task_error("tune.metric", metric, task)
             if why:
                 raise ValueError(why)
         return raw
 
     @model_validator(mode="after")
     def _task_consistent(self) -> "Config":
-        regression = self.model.task == "regression"
-        loss = self.imbalance.loss
-        if regression and loss != "mse":
-            raise ValueError(f"imbalance.loss = {loss!r} is a classification loss; model.task: regression "
-                             "trains with imbalance.loss: mse")
-        if not regression and loss == "mse":
-            raise ValueError("imbalance.loss = 'mse' is the regression loss; set model.task: regression, "
-                             "or use cross_entropy, focal or hinge")
+        task, loss = self.model.task, self.imbalance.loss
+        why = loss_task_error(loss, task)
+        if why:
+            raise ValueError(why)
         metrics = [("run.early_stopping.metric", self.run.early_stopping.metric, self.run.early_stopping.mode)]
         if getattr(self.schedule, "metric", None) is not None:
             metrics.append(("schedule.metric", self.schedule.metric, self.schedule.mode))
         if self.tune is not None:
             metrics.append(("tune.metric", self.tune.metric, self.tune.mode))
         for key, metric, mode in metrics:
-            why = metric_task_error(key, metric, regression)
+            why = metric_task_error(key, metric, task)
             if why:
                 raise ValueError(why)
-            if regression and mode != metric_mode(metric):
+            if TASK_DEFAULTS[task].checks_modes and mode != metric_mode(metric):
                 raise ValueError(f"{key} = {metric!r} with mode: {mode} would favour the worst values; "
                                  f"use mode: {metric_mode(metric)}")
         return self

@@ -11,20 +11,16 @@ from __future__ import annotations
 import math
 from typing import Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from raydeep.errors import DataError
+from raydeep.sections import Section
 
 WEIGHTINGS = ("none", "inverse", "sqrt_inverse", "effective_number")
 SAMPLINGS = ("none", "oversample", "undersample", "sqrt")
 
 
-class _Section(BaseModel):
-    # Same as raydeep.config.Section; defined here because config.py imports this module.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ImbalanceConfig(_Section):
+class ImbalanceConfig(Section):
     """How the loss and the sampler compensate for a long-tailed label distribution.
 
     ``beta`` is read only by ``weighting: effective_number``, ``gamma`` only by ``loss: focal``;

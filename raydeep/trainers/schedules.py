@@ -43,17 +43,13 @@ import os
 import tempfile
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from raydeep.errors import ConfigError
+from raydeep.sections import Section
 
 
-class _Section(BaseModel):
-    # Same as raydeep.config.Section; defined here because config.py imports this module.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class _Warmup(_Section):
+class _Warmup(Section):
     warmup: int | float = Field(
         0, description="steps (an int >= 0) or a fraction of the run (a float in [0, 1))"
     )
@@ -178,7 +174,7 @@ class InverseSqrtSchedule(_Decaying):
     name: Literal["inverse_sqrt"] = "inverse_sqrt"
 
 
-class OneCycleSchedule(_Section):
+class OneCycleSchedule(Section):
     """Smith's 1cycle, three phases over ``x = s + 1 ∈ (0, total_steps]``, ``P = pct_start · total``:
 
     1. ``(0, P]``: from ``1/div_factor`` up to 1 (this is its warmup);
@@ -248,7 +244,7 @@ ScheduleConfig = Annotated[
 ]
 
 # name -> config class, e.g. for a did-you-mean on a foreign key.
-SCHEDULES: dict[str, type[_Section]] = {
+SCHEDULES: dict[str, type[Section]] = {
     cls.model_fields["name"].default: cls for cls in get_args(get_args(ScheduleConfig)[0])
 }
 SCHEDULE_NAMES: tuple[str, ...] = tuple(SCHEDULES)

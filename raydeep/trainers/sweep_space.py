@@ -27,9 +27,10 @@ import random
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
 
 from raydeep.errors import ConfigError, ResourceError
+from raydeep.sections import CLASSIFICATION_METRICS as METRICS, PER_CLASS, REGRESSION_ONLY, Section, improves_upward
 from raydeep.trainers.schedules import SCHEDULES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,26 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 # The Tune trial itself only builds, fits and follows a TorchTrainer; its workers reserve their
 # own placement group. Tune refuses {"CPU": 0}, so a token.
 TRIAL_CPU = 0.1
-# Metrics the worker loop reports every epoch that a sweep may rank by.
-METRICS = ("val/macro_f1", "val/accuracy", "val/balanced_accuracy", "val/macro_precision",
-           "val/macro_recall", "val/loss", "train/loss")
-PER_CLASS = ("val/recall/", "val/f1/")
-# What it reports for model.task: regression besides the losses (trainers/metrics.py:
-# flat_regression_metrics); raydeep.config refuses these in a classification run, and the
-# classification ones above in a regression run.
-REGRESSION_ONLY = ("val/mse", "val/rmse", "val/mae", "val/r2")
-
-
-def improves_upward(metric: str) -> bool:
-    """Whether ``metric`` grows with a better model: not for losses and errors (mse, rmse, mae)."""
-    return not (metric.endswith("loss") or metric in ("val/mse", "val/rmse", "val/mae"))
-
-
-class _Section(BaseModel):
-    # Same as raydeep.config.Section; defined here because config.py imports this module.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # The tune: section
 
@@ -67,7 +48,7 @@ DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 _CALL = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$")
 
 
-class Distribution(_Section):
+class Distribution(Section):
     """One searched parameter: exactly one of
 
     * ``choice: [a, b, ...]`` -- sampled (random, optuna) or, under ``search: grid``, enumerated;
@@ -192,7 +173,7 @@ SCHEDULER_PARAMS = {
 }
 
 
-class SchedulerConfig(_Section):
+class SchedulerConfig(Section):
     """How trials are stopped or evolved. ``scheduler: asha`` is short for ``{name: asha}``."""
 
     name: Literal["asha", "pbt", "none"] = "asha"
@@ -224,7 +205,7 @@ class SchedulerConfig(_Section):
         return self
 
 
-class SearchConfig(_Section):
+class SearchConfig(Section):
     """How trial parameters are chosen. ``search: random`` is short for ``{name: random}``."""
 
     name: Literal["random", "grid", "optuna"] = "random"
@@ -249,7 +230,7 @@ class SearchConfig(_Section):
         return 1 if self.name == "grid" else (self.num_samples or 8)
 
 
-class TuneConfig(_Section):
+class TuneConfig(Section):
     """The ``tune:`` section: what ``raydeep tune`` searches; ``raydeep train`` ignores it."""
 
     metric: str = Field("val/macro_f1", description="a validation metric the workers report every epoch")

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raydeep.config import REGRESSION_METRICS, validate
+from raydeep.config import validate
+from raydeep.sections import REGRESSION_METRICS
 from raydeep.datasets.schema import FeatureSpec
 from raydeep.datasets.seed_regression import seed_regression_xy
 from raydeep.datasets.sources import check_finite, open_split, target_summary
