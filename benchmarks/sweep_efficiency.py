@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from raydeep.cluster.connect import prepare_auth_env
     from raydeep.config import load_config
-    from raydeep.trainers.sweeps import run_sweep
 
-    prepare_auth_env(args.address)
+    prepare_auth_env(args.address)  # before Ray is first imported (the runner imports it)
+    from raydeep.sweeps.runner import run_sweep
     root = Path(args.out_dir or tempfile.mkdtemp(prefix="raydeep-sweep-efficiency-"))
     console = Console(stderr=True)
     result: dict = {"what": "sweep_efficiency", "date": date.today().isoformat(), "config": args.config,

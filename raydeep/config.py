@@ -28,7 +28,7 @@ from raydeep.sections import (
 )
 from raydeep.trainers.class_weights import ImbalanceConfig
 from raydeep.trainers.schedules import SCHEDULES, ConstantSchedule, ScheduleConfig
-from raydeep.trainers.sweep_space import TuneConfig
+from raydeep.sweeps.space import TuneConfig
 
 
 class DataConfig(Section):

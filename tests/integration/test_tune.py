@@ -15,7 +15,7 @@ import pytest
 
 from raydeep.config import load_config, validate
 from raydeep.trainers.driver import train
-from raydeep.trainers.sweeps import run_sweep
+from raydeep.sweeps.runner import run_sweep
 from tests.conftest import BIN, ROOT, run_cli
 from tests.helpers import SYNTH, tiny_config, write_config
 

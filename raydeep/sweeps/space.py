@@ -1,45 +1,32 @@
-"""The ``tune:`` config section and its search space: pure (no Ray, no torch, no data).
+"""The ``tune:`` config section and what its parameters do to a config: pure (no Ray, no torch,
+no data, no ``raydeep.config``, which imports ``TuneConfig`` from here).
 
-``raydeep.config`` imports ``TuneConfig`` from here (through ``raydeep.trainers.sweeps``), so
-this module imports neither torch nor ray nor ``raydeep.config`` at module level.
-
-What it decides, before anything starts:
-
-* whether the space is runnable: every key exists (did-you-mean otherwise) and may be searched;
-  every choice and both bounds (and a point between them) of every distribution give a config
-  the models accept; the scheduler and search can use every distribution (``check_space``);
+* the section's models: ``TuneConfig``, ``Distribution`` (one searched parameter),
+  ``SchedulerConfig``, ``SearchConfig``;
 * which parameters apply to a trial (``imbalance.beta`` only with ``effective_number``, a
   schedule's own fields only for that schedule, ...): a trial's config is the base config with
   the parameters that apply, and the others are ``None`` in its parameters, so two trials
-  never differ only in values that change nothing (``apply_params``, ``canonical``);
-* the trials of a random or grid search, listed up front, each distinct (``initial_trials``);
-* how many trials run at once without starving Ray Data (``max_concurrent``).
+  never differ only in values that change nothing (``apply_params``, ``canonical``).
+
+Checking the space against the config models lives in ``sweeps.plan``; a trial's validated
+config in ``sweeps.trial``.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import itertools
-import json
 import math
 import random
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
+import yaml
+from pydantic import Field, field_validator, model_serializer, model_validator
 
-from raydeep.errors import ConfigError, ResourceError
 from raydeep.sections import CLASSIFICATION_METRICS as METRICS, PER_CLASS, REGRESSION_ONLY, Section, improves_upward
 from raydeep.trainers.schedules import SCHEDULES
 
-if TYPE_CHECKING:  # pragma: no cover
-    from raydeep.config import Config
-    from raydeep.trainers.driver import RunPlan
-
-# The Tune trial itself only builds, fits and follows a TorchTrainer; its workers reserve their
-# own placement group. Tune refuses {"CPU": 0}, so a token.
-TRIAL_CPU = 0.1
 # ---------------------------------------------------------------------------------------------
 # The tune: section
 
@@ -161,8 +148,6 @@ def _scalar(text: str) -> Any:
             return kind(text)
         except ValueError:
             pass
-    import yaml
-
     return yaml.safe_load(text)
 
 
@@ -269,7 +254,7 @@ class TuneConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------------
-# Which parameters apply, and a trial's config from the base config plus its parameters
+# Which parameters apply, and the raw config of a trial
 
 
 # Parameters that decide whether others mean anything: applied first.
@@ -319,20 +304,13 @@ def _set(raw: dict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _field_default(key: str) -> Any:
-    from raydeep.config import Config
-
-    model: Any = Config
-    *parents, leaf = key.split(".")
-    for part in parents:
-        model = model.model_fields[part].annotation
-    return model.model_fields[leaf].default
-
-
 def _selector(raw: dict, key: str) -> Any:
-    if key == "schedule.name":
-        return _get(raw, key, "constant")
-    return _get(raw, key, _field_default(key))
+    """A selector's value in ``raw``, which spells out every selector (``plan.base_raw`` does):
+    their defaults live in the config models, which this module does not import."""
+    value = _get(raw, key)
+    if value is None:
+        raise KeyError(f"the base config does not spell out the selector {key}; build it with base_raw")
+    return value
 
 
 def why_not_applied(key: str, raw: dict) -> str | None:
@@ -390,257 +368,12 @@ def canonical(base: dict, params: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if k in ignored else v) for k, v in params.items()}
 
 
-def base_raw(cfg: "Config") -> dict:
-    """The base config as a raw dict, without the tune section, in the user's own shape
-    (fields left at their defaults stay out, so a substituted schedule gets its own defaults)."""
-    raw = cfg.model_dump(mode="json", exclude_unset=True, exclude={"tune"})
-    raw.setdefault("schedule", {})["name"] = cfg.schedule.name  # the union needs its tag, even for the default
-    return raw
-
-
-def _validate(raw: dict) -> tuple["Config | None", str | None]:
-    from raydeep.config import validate
-
-    try:
-        return validate(raw, "-"), None
-    except ConfigError as exc:
-        return None, str(exc).removeprefix("-: ")
-
-
-def trial_config(base: dict, space: dict[str, Distribution], params: dict[str, Any]
-                 ) -> tuple["Config", dict[str, str]]:
-    """The validated config of one trial, and the parameters it ignored (with reasons)."""
-    clamped = {k: (space[k].clamp(v) if k in space else v) for k, v in params.items()}
-    raw, ignored = apply_params(base, clamped)
-    cfg, err = _validate(raw)
-    if cfg is None:
-        shown = ", ".join(f"{k}={v!r}" for k, v in clamped.items() if k not in ignored)
-        raise ConfigError(f"trial with {shown}: {err}")
-    return cfg, ignored
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking the space before anything starts
-
-
-def _check_key(key: str, where: str) -> None:
-    """An unknown key (with a did-you-mean), a section, or a key the sweep fixes: one line."""
-    from raydeep.config import Config
-
-    for fixed, why in FIXED.items():
-        if key == fixed or key.startswith(fixed + "."):
-            raise ConfigError(f"{where}.{key}: cannot be searched: {why}")
-    parts = key.split(".")
-
-    def unknown(i: int, names: list[str]) -> ConfigError:
-        close = difflib.get_close_matches(parts[i], names, n=1)
-        hint = f"did you mean '{'.'.join(parts[:i] + [close[0]])}'?" if close else f"allowed: {', '.join(names)}"
-        return ConfigError(f"{where}.{key}: unknown key '{parts[i]}' in {'.'.join(parts[:i]) or 'the config'} "
-                           f"({hint})")
-
-    if parts[0] == "schedule":  # a discriminated union: a key of any schedule may be searched
-        names = ["name"] + sorted({f for cls in SCHEDULES.values() for f in cls.model_fields} - {"name"})
-        if len(parts) == 1:
-            raise ConfigError(f"{where}.{key}: is a section; search one of its keys, e.g. schedule.name")
-        if parts[1] not in names:
-            raise unknown(1, names)
-        if len(parts) > 2:
-            raise ConfigError(f"{where}.{key}: schedule.{parts[1]} is a value, not a section")
-        return
-    model: Any = Config
-    for i, part in enumerate(parts):
-        if model is None:
-            raise ConfigError(f"{where}.{key}: {'.'.join(parts[:i])} is a value, not a section")
-        names = [f for f in model.model_fields if not (model is Config and f in ("tune", "name"))]
-        if part not in names:
-            raise unknown(i, names)
-        ann = model.model_fields[part].annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    if model is not None:
-        raise ConfigError(f"{where}.{key}: is a section; search one of its keys, "
-                          f"e.g. {key}.{next(iter(model.model_fields))}")
-
-
 def representative(space: dict[str, Distribution]) -> dict[str, Any]:
+    """One point of the space: each distribution's first value or lower bound."""
     return {k: (d.values[0] if d.kind in ("choice", "grid") else
                 int(d.low) if d.kind == "randint" else d.low) for k, d in space.items()}
 
 
-def _contexts(space: dict[str, Distribution]):
-    """Assignments of the searched selectors, the representative one first."""
-    sels = [k for k in SELECTORS if k in space and space[k].kind in ("choice", "grid")]
-    yield {}
-    for combo in itertools.product(*(space[k].values for k in sels)):
-        yield dict(zip(sels, combo))
-
-
-def _test_values(d: Distribution) -> list[tuple[str, Any]]:
-    if d.kind in ("choice", "grid"):
-        return [(f"{d.kind} value", v) for v in d.values]
-    if d.kind == "randint":
-        return [("lower bound", int(d.low)), ("upper bound", int(d.high))]
-    mid = (d.low + d.high) / 2 if d.kind == "uniform" else math.sqrt(d.low * d.high)
-    return [("lower bound", d.low), ("upper bound", d.high), ("value between the bounds", mid)]
-
-
-def check_space(cfg: "Config", source: str) -> None:
-    """Refuse, in one line, a space the sweep cannot run: an unknown or fixed key, a value the
-    config models reject, a parameter that never applies, or a distribution the scheduler or
-    search cannot use. Pure: no Ray, no data."""
-    t = cfg.tune
-    if t is None:
-        raise ConfigError(f"{source}: no tune: section; add one (see configs/sweep-digits-lt.yaml), "
-                          f"or run it with raydeep train")
-    where = f"{source}: tune.space"
-    space = t.space
-    for key in space:
-        _check_key(key, where)
-
-    search, sched = t.search.name, t.scheduler.name
-    for key, d in space.items():
-        if search == "grid" and not d.finite:
-            raise ConfigError(f"{where}.{key}: search: grid cannot enumerate {d.describe()}; "
-                              f"use grid: [...] or choice: [...], or search: random")
-        if search == "optuna" and d.kind == "grid":
-            raise ConfigError(f"{where}.{key}: search: optuna draws its own points and cannot run a grid; "
-                              f"use choice: {list(d.values)}")
-    if sched == "pbt":
-        if search == "optuna":
-            raise ConfigError(f"{source}: tune.search: optuna cannot drive scheduler pbt, which evolves its own "
-                              f"population; use search: random or grid")
-        if not any(pbt_mutable(k) for k in space):
-            raise ConfigError(f"{where}: scheduler pbt perturbs optim.lr and schedule parameters, and the space "
-                              f"has none of them; add e.g. optim.lr: {{loguniform: [1.0e-4, 3.0e-3]}}")
-        names = space["schedule.name"].values if "schedule.name" in space and space["schedule.name"].kind in (
-            "choice", "grid") else []
-        if "plateau" in names and len(names) > 1:
-            raise ConfigError(f"{where}.schedule.name: pbt cannot switch a trial to or from plateau (its LR "
-                              f"reductions live in the checkpoint); drop plateau from the choice")
-
-    base = base_raw(cfg)
-    rep = representative(space)
-    for key, d in space.items():
-        for label, value in _test_values(d):
-            reasons = []
-            for ctx in _contexts(space):
-                params = {**rep, **ctx, key: value}
-                raw, ignored = apply_params(base, params)
-                if key in ignored:
-                    reasons.append(ignored[key])
-                    continue
-                _, err = _validate(raw)
-                if err:
-                    raise ConfigError(f"{where}.{key}: the {label} {value!r} makes an invalid config: {err}")
-                break
-            else:
-                raise ConfigError(f"{where}.{key}: never applies ({reasons[0]}), and neither the base config "
-                                  f"nor the space chooses that; drop it from the space")
-
-    epochs = cfg.run.epochs
-    if sched == "asha" and t.scheduler.grace_period >= epochs:
-        raise ConfigError(f"{source}: tune.scheduler.grace_period = {t.scheduler.grace_period}: every trial runs "
-                          f"at least that many of its run.epochs = {epochs}, so ASHA could never stop one early; "
-                          f"lower it or raise run.epochs")
-    if sched == "pbt":
-        if t.scheduler.perturbation_interval >= epochs:
-            raise ConfigError(f"{source}: tune.scheduler.perturbation_interval = {t.scheduler.perturbation_interval}"
-                              f" epochs: with run.epochs = {epochs} no trial would ever be perturbed")
-        if t.search.trials * _grid_size(space) < 2:
-            raise ConfigError(f"{source}: tune: scheduler pbt needs a population of at least 2 trials; "
-                              f"raise tune.search.num_samples")
-
-
 def pbt_mutable(key: str) -> bool:
+    """Whether PBT perturbs ``key``: the learning rate and the schedule's parameters."""
     return key == "optim.lr" or key.startswith("schedule.")
-
-
-def _grid_size(space: dict[str, Distribution]) -> int:
-    return math.prod(len(d.values) for d in space.values() if d.kind == "grid")
-
-
-# ---------------------------------------------------------------------------------------------
-# Trials: the explicit list for random and grid search
-
-
-def initial_trials(cfg: "Config") -> list[dict[str, Any]] | None:
-    """The parameters of every trial for random and grid search (None for optuna, which draws
-    them as it goes), each canonical and each distinct.
-
-    Under ``pbt`` the parameters PBT perturbs keep a number even where they do not apply (PBT
-    multiplies them); the trial ignores them then, and says so in its config file.
-    """
-    t = cfg.tune
-    space = t.space
-    if t.search.name == "optuna":
-        return None
-    base = base_raw(cfg)
-    pbt = t.scheduler.name == "pbt"
-    grid_keys = [k for k, d in space.items() if d.kind == "grid" or (t.search.name == "grid" and d.finite)]
-    grid_points = [dict(zip(grid_keys, combo)) for combo in
-                   itertools.product(*(space[k].enumerate() for k in grid_keys))] or [{}]
-    rng = random.Random(t.search.seed if t.search.seed is not None else cfg.run.seed)
-    draws = t.search.trials
-    seen: set[str] = set()
-    trials: list[dict[str, Any]] = []
-    for point in grid_points:
-        for _ in range(draws):
-            for _attempt in range(100):
-                params = {k: (point[k] if k in point else space[k].sample(rng)) for k in space}
-                canon = canonical(base, params)
-                sig = json.dumps(canon, sort_keys=True)
-                if sig not in seen:
-                    break
-            else:
-                continue  # this corner of the space has no new configs left
-            seen.add(sig)
-            trials.append({k: (params[k] if pbt and pbt_mutable(k) else canon[k]) for k in space})
-    return trials
-
-
-def check_trials(cfg: "Config", trials: list[dict[str, Any]], source: str) -> None:
-    """Every listed trial's config validates (pure)."""
-    base = base_raw(cfg)
-    for params in trials:
-        try:
-            trial_config(base, cfg.tune.space, params)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: tune.space: {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Resources
-
-
-def trial_resources(plan: "RunPlan") -> tuple[float, float]:
-    """CPUs and GPUs one trial holds: its workers plus the trial's own token CPU."""
-    gpus = plan.world * plan.cfg.scaling.gpus_per_worker if plan.use_gpu else 0.0
-    return plan.world * plan.cpus_per_worker + TRIAL_CPU, gpus
-
-
-def max_concurrent(setting: int | str, *, plan: "RunPlan", cluster_cpus: float, cluster_gpus: float,
-                   num_trials: int | None) -> int:
-    """How many trials run at once: all that fit beside ``DATA_CPUS`` for Ray Data (auto), or
-    the explicit number if it fits. Never more than fit, or trials would wait on each other's
-    CPUs and Ray Data's reads would get none (a hang, not an error)."""
-    from raydeep.cluster.resources import DATA_CPUS
-
-    cpus, gpus = trial_resources(plan)
-    free = cluster_cpus - DATA_CPUS
-    fit = math.floor(free / cpus + 1e-9)
-    if gpus:
-        fit = min(fit, math.floor(cluster_gpus / gpus + 1e-9))
-    shape = (f"each trial takes {plan.world} workers x {plan.cpus_per_worker:g} CPU + {TRIAL_CPU:g} for the "
-             f"trial itself = {cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else ""))
-    if fit < 1:
-        raise ResourceError(f"tune: {shape}, but the cluster has {cluster_cpus:g} CPUs and Ray Data needs "
-                            f"{DATA_CPUS:g}; lower scaling.cpus_per_worker or scaling.num_workers")
-    if setting == "auto":
-        return max(1, min(fit, num_trials or fit))
-    if setting > fit:
-        need = setting * cpus
-        raise ResourceError(
-            f"tune.max_concurrent_trials = {setting}: {shape}; {setting} trials need {need:g} of the cluster's "
-            f"{cluster_cpus:g} CPUs" + (f" and {setting * gpus:g} of its {cluster_gpus:g} GPUs" if gpus else "")
-            + f", leaving {cluster_cpus - need:g} for Ray Data, which needs {DATA_CPUS:g} (the sweep would hang); "
-            f"at most {fit} fit (or use auto)")
-    return int(setting)

@@ -18,8 +18,7 @@ every saved trial. Left alone, that means after a resume
 These subclasses rebuild that state in ``on_trial_add`` from the trial's saved ``result.json``
 (the history Tune itself keeps), and both measure time in epochs done (ASHA: ``epoch + 1``, which
 the worker loop reports and which a resumed Train run continues; PBT: each segment's
-``epochs_done``), not Tune iterations, which a restored trial restarts from its checkpoint. This module
-imports Ray; ``raydeep.trainers.sweeps`` imports it only when a sweep is built.
+``epochs_done``), not Tune iterations, which a restored trial restarts from its checkpoint.
 """
 
 from __future__ import annotations
