@@ -121,7 +121,7 @@ COMMANDS = {"train": cmd_train, "config": cmd_config, "evaluate": cmd_evaluate, 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from raydeep.config import load_config
-    from raydeep.trainers.sweeps import resume_sweep, run_sweep
+    from raydeep.sweeps.runner import resume_sweep, run_sweep
 
     if args.resume:
         if args.config or args.overrides:

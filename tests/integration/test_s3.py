@@ -269,8 +269,8 @@ def test_prepare_train_resume_on_s3(s3_server, tmp_path) -> None:  # noqa: F811
 
 
 def test_trial_storage_on_s3_copies_moves_and_lists_segment_folders(s3_server, monkeypatch) -> None:  # noqa: F811
-    # A PBT trial's file work between segments, on S3: what test_sweep_space checks locally.
-    from raydeep.trainers.sweeps import TrialStorage
+    # A PBT trial's file work between segments, on S3: what test_sweep_trial checks locally.
+    from raydeep.sweeps.trial import TrialStorage
 
     s3_server.apply(monkeypatch)
     fs = s3_server.filesystem()
@@ -294,7 +294,7 @@ def test_trial_storage_on_s3_copies_moves_and_lists_segment_folders(s3_server, m
 
 def test_a_sweep_on_a_missing_bucket_fails_before_ray_starts(s3_server, monkeypatch, tmp_path) -> None:  # noqa: F811
     from raydeep.config import validate
-    from raydeep.trainers.sweeps import run_sweep
+    from raydeep.sweeps.runner import run_sweep
 
     s3_server.apply(monkeypatch)
     raw = tiny_config(run={"epochs": 1, "seed": 0, "storage": "s3://no-such-bucket/sweeps"})
