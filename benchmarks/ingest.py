@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     split_dir = make_data(Path(args.dir), args.rows, args.seq_len, args.shards)
     gen_s = time.perf_counter() - t
 
-    from raydeep.datasets import open_split, to_ray_dataset
+    from raydeep.datasets import open_split
+    from raydeep.datasets.streaming import to_ray_dataset
 
     split = open_split(str(split_dir), key="bench")
     load = os.getloadavg()[0]

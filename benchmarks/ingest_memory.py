@@ -170,8 +170,9 @@ class StoreWatcher:
 def measure(split_dir: Path, materialize_mb: float, args) -> dict:
     import ray
 
-    from raydeep.datasets import open_split, to_ray_dataset
-    from raydeep.datasets.sources import fits_in_memory
+    from raydeep.datasets import open_split
+    from raydeep.datasets.scan import fits_in_memory
+    from raydeep.datasets.streaming import to_ray_dataset
     from raydeep.trainers.driver import ingest_options
 
     split = open_split(str(split_dir), key="bench")

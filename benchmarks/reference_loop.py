@@ -73,7 +73,7 @@ def train(config: str, overrides: list[str], epochs: int | None, threads: int, *
           rank: int = 0, world: int = 1, port: int = 0, results=None) -> dict:
     """One process's loop: plain PyTorch (``world == 1``) or one rank of DeepSpeed over gloo."""
     from raydeep.config import load_config
-    from raydeep.datasets.sources import label_histogram, open_split
+    from raydeep.datasets import label_histogram, open_split
     from raydeep.trainers.class_weights import class_weights
     from raydeep.trainers.engine import build_optimizer, create_engine, deepspeed_config, set_lr
     from raydeep.trainers.loop import seed_everything

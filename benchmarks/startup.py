@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = args.steps * batch * args.workers  # one epoch of exactly `steps` steps per worker
     run_dir = Path(tempfile.mkdtemp(prefix="raydeep-startup-")) / "run"
     # generate the data set first, so the timed run measures training, not the one-off generator
-    from raydeep.datasets.sources import open_split
+    from raydeep.datasets.splits import open_split
 
     open_split(DATA.format(split="train", rows=rows), key="data.train")
     op_before = shm_op_mtime()

@@ -200,7 +200,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(inspect_path(args.path, storage=storage, samples=args.samples))
         return 0
     from raydeep.cluster.connect import connect
-    from raydeep.datasets.prepare import PrepareOptions, prepare
+    from raydeep.datasets.prepare.pipeline import PrepareOptions, prepare
 
     opts = PrepareOptions(
         input=args.input, format=args.format, output=args.output, text_field=args.text_field,

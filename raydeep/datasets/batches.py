@@ -161,7 +161,7 @@ def torch_batches(shard: DataIterator, *, batch_size: int, shuffle_buffer: int =
     reproducibly from ``seed`` for a given block order. ``limits`` bounds columns' values, checked
     once per block (``check_limits``; ``where`` names the split in its message).
     """
-    import torch
+    import torch  # deferred: the driver imports this module's siblings without torch; only workers batch
 
     rng = np.random.default_rng(seed) if shuffle_buffer > 0 else None
     blocks = (check_limits(block_arrays(b), limits or {}, where)

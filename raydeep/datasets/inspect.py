@@ -15,13 +15,16 @@ import json
 import posixpath
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raydeep.datasets.manifest import MANIFEST_NAME, PREPARED_NAME
+from raydeep.datasets.prepare.tokenizer import decode, load_tokenizer, plain, sha256
+from raydeep.datasets.scan import check_finite, target_summary
 from raydeep.datasets.schema import LABEL_COLUMN
-from raydeep.datasets.sources import ParquetSplit, check_finite, open_split, target_summary
+from raydeep.datasets.splits import ParquetSplit, open_split
 from raydeep.datasets.storage import StorageConfig, is_s3, s3_errors, s3_filesystem, strip_s3
 from raydeep.errors import DataError
 
@@ -38,8 +41,6 @@ def _join(base: str, rel: str) -> str:
 def _fsspec_for(uri: str, storage: StorageConfig | None) -> tuple[Any, str]:
     if is_s3(uri):
         return s3_filesystem(storage), strip_s3(uri)
-    import fsspec
-
     return fsspec.filesystem("file"), uri
 
 
@@ -99,8 +100,6 @@ def _tokenizer(split: ParquetSplit, storage: StorageConfig | None) -> tuple[Any,
     info = (split.manifest or {}).get("tokenizer")
     if not isinstance(info, dict) or not info.get("file"):
         return None, ""
-    from raydeep.datasets.tokenizer import load_tokenizer, plain, sha256
-
     where = _join(posixpath.dirname(split.files[0]), info["file"])
     fs, path = _fsspec_for(where, storage)
     try:
@@ -142,8 +141,6 @@ def _samples(split: ParquetSplit, n: int, tok: Any, kind: str = "class") -> list
             shown_values = ", ".join(_number(v) for v in values[:8])
             body = f"{len(values)} value(s): [{shown_values}{', …' if len(values) > 8 else ''}]"
         elif tok is not None:
-            from raydeep.datasets.tokenizer import decode
-
             text = decode(tok, values, split.feature.pad_id).replace("\n", " ")
             body = json.dumps(text[:160] + ("…" if len(text) > 160 else ""), ensure_ascii=False)
         else:

@@ -2,19 +2,16 @@
 
 A split that fits in memory (``data.materialize_max_mb``) is read once on the driver with
 pyarrow and put into the object store as one table; every worker maps it (zero-copy on its
-node) and takes its own rows each epoch. Before, such a split became a Ray Dataset
-(``from_arrow``) that Ray Train split with ``streaming_split`` every epoch, and that kept Ray
-Data's machinery running beside training on every run: a SplitCoordinator actor, Ray Data's
-stats and autoscaling actors, an executor started per epoch for each split, and prefetch threads
-in each worker. On the 2-core benchmark machine that machinery cost a measurable share of the
-training rate (benchmarks/BENCHMARKS.md, "Where the rest goes"). Large splits still stream
-through Ray Data (``sources.to_ray_dataset``).
+node) and takes its own rows each epoch. Ray Data's machinery (a split coordinator, stats and
+autoscaling actors, an executor per epoch, prefetch threads) cost small runs a measurable share
+of their training rate (benchmarks/BENCHMARKS.md, "Where the rest goes"). Large splits stream
+(``streaming.to_ray_dataset``).
 
-Each epoch of a training split, rows are dealt from one permutation drawn from
-``(seed, epoch)``: rank r of w takes every w-th row of it, ``num_rows // w`` rows (the rest are
-dropped to keep ranks equal, as ``streaming_split(equal=True)`` does). So every row reaches
-exactly one worker per epoch, rows move between workers from epoch to epoch, and the order is a
-function of ``(seed, epoch, rank)`` alone: a run resumed at epoch k sees epoch k's rows. An
+Each epoch of a training split is drawn from ``(seed, epoch)``: with class ``rates``, the
+resampled rows first (``resample.resampled_rows``), then one permutation of them, of which rank r
+of w takes every w-th row, ``rows // w`` rows (the rest are dropped to keep ranks equal, as
+``streaming_split(equal=True)`` does). So every drawn row reaches exactly one worker, rows move
+between workers from epoch to epoch, and a run resumed at epoch k sees epoch k's rows. An
 unsplit split (validation) gives every worker all rows in file order.
 
 ``InMemoryShard.iter_batches`` has the signature ``batches.torch_batches`` calls on a Ray
@@ -23,57 +20,79 @@ unsplit split (validation) gives every worker all rows in file order.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raydeep.datasets.resample import resampled_rows
+from raydeep.datasets.scan import fits_in_memory
+from raydeep.datasets.schema import LABEL_COLUMN
+from raydeep.datasets.splits import ParquetSplit
 
 BLOCK_BYTES = 8 << 20  # rows handed to the batcher at a time: bounds each epoch's copy of a shard
 
 
 class InMemorySplit:
-    """A table (or an object-store reference to one) that workers shard; small and picklable."""
+    """A table (or an object-store reference to one) that workers shard; small and picklable.
 
-    def __init__(self, table: Any, seed: int | None = None) -> None:
+    ``seed``: a training split, drawn anew every epoch; ``rates``: per-class resampling rates
+    (needs the seed)."""
+
+    def __init__(self, table: Any, seed: int | None = None, rates: Sequence[float] | None = None) -> None:
+        if rates is not None and seed is None:
+            raise ValueError("resampling draws from the seed: pass seed with rates")
         self.table = table  # a pyarrow.Table, or a ray.ObjectRef to one
         self.seed = seed
+        self.rates = None if rates is None else [float(r) for r in rates]
 
     @classmethod
-    def put(cls, table: pa.Table, seed: int | None = None) -> InMemorySplit:
+    def put(cls, table: pa.Table, seed: int | None = None, rates: Sequence[float] | None = None) -> InMemorySplit:
         """Put ``table`` into Ray's object store once; the instance carries only the reference."""
-        import ray
+        import ray  # deferred: this module is imported on the driver before Ray starts, and in tests without it
 
-        return cls(ray.put(table), seed)
+        return cls(ray.put(table), seed, rates)
 
     def shard(self, rank: int = 0, world: int = 1, *, split: bool = True, first_epoch: int = 0) -> InMemoryShard:
         table = self.table
         if not isinstance(table, pa.Table):
-            import ray
+            import ray  # deferred: see put
 
             table = ray.get(table)
-        return InMemoryShard(table, rank, world, seed=self.seed, split=split, first_epoch=first_epoch)
+        return InMemoryShard(table, rank, world, seed=self.seed, rates=self.rates, split=split,
+                             first_epoch=first_epoch)
 
 
 class InMemoryShard:
     """One worker's view of an ``InMemorySplit``: each ``iter_batches`` call is the next epoch."""
 
     def __init__(self, table: pa.Table, rank: int, world: int, *, seed: int | None, split: bool,
-                 first_epoch: int = 0) -> None:
+                 rates: Sequence[float] | None = None, first_epoch: int = 0) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside a world of {world}")
         self.table, self.rank, self.world, self.seed, self.split = table, rank, world, seed, split
+        self.rates = rates
         self.epoch = first_epoch
         n = table.num_rows
         self.block_rows = max(1, int(BLOCK_BYTES * n // max(table.nbytes, 1))) if n else 1
 
     def rows(self, epoch: int) -> np.ndarray | None:
         """Row indices this shard yields in ``epoch``, in order; None: all rows, in file order."""
-        n = self.table.num_rows
         if not self.split:
             return None
-        kept = n // self.world * self.world
-        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.seed is not None else np.arange(n)
-        return order[:kept][self.rank::self.world]
+        n = self.table.num_rows
+        if self.seed is None:
+            drawn = np.arange(n)
+        else:
+            rng = np.random.default_rng([self.seed, epoch])
+            drawn = np.arange(n) if self.rates is None else resampled_rows(self._labels(), self.rates, rng)
+            drawn = drawn[rng.permutation(len(drawn))]
+        kept = len(drawn) // self.world * self.world
+        return drawn[:kept][self.rank::self.world]
+
+    def _labels(self) -> np.ndarray:
+        return self.table.column(LABEL_COLUMN).to_numpy()
 
     def iter_batches(self, *, batch_size: int | None = None, batch_format: str = "pyarrow",
                      prefetch_batches: int = 0) -> Iterator[pa.Table]:
@@ -93,3 +112,21 @@ class InMemoryShard:
             return
         for i in range(0, len(rows), step):
             yield self.table.take(rows[i:i + step])
+
+
+def read_table(split: ParquetSplit, columns: list[str]) -> pa.Table:
+    """The split's ``columns`` from every file, in memory, with pyarrow."""
+    tables = [pq.read_table(f, columns=columns, filesystem=split.filesystem, partitioning=None) for f in split.files]
+    return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
+
+
+def in_memory_split(split: ParquetSplit, *, max_bytes: int, seed: int | None = None,
+                    rates: Sequence[float] | None = None) -> InMemorySplit | None:
+    """The split as an ``InMemorySplit`` in Ray's object store when its training columns fit in
+    ``max_bytes`` (``scan.fits_in_memory``), else None (it streams). Read here with pyarrow:
+    milliseconds for what fits. ``seed``, ``rates``: see ``InMemorySplit``.
+    """
+    columns = [split.feature.column, LABEL_COLUMN]
+    if not fits_in_memory(split, columns, max_bytes):
+        return None
+    return InMemorySplit.put(read_table(split, columns), seed=seed, rates=rates)

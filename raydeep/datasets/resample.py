@@ -1,38 +1,47 @@
-"""Class resampling of the training split, inside Ray Data (streaming, seeded).
+"""Class resampling of a training split: which rows one draw keeps, and how many copies of each.
 
-The rates (expected copies per row of each class) come from the training histogram on the
-driver; here each row of class ``c`` is emitted ``floor(r_c)`` times plus once more with
-probability ``r_c - floor(r_c)``, so the expected class counts are exactly ``r_c * n_c`` and
-no block is ever gathered. Resampling happens before the split across workers, so every
-worker still sees a disjoint shard. Validation is never resampled.
+The rates (expected copies per row of each class, ``trainers.class_weights.sampling_rates``) come
+from the training histogram on the driver. Both paths draw with ``resampled_rows``: the in-memory
+path over the whole split once per epoch (``memory.py``), the streamed path per block inside its
+read tasks (``streaming.py``). Each keys its generator on ``(seed, epoch, ...)``, so every epoch
+draws anew and a run is reproducible from its seed. Validation is never resampled.
 """
 
 from __future__ import annotations
 
-import zlib
-from typing import TYPE_CHECKING, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 
-if TYPE_CHECKING:
-    import ray.data
+from raydeep.datasets.schema import LABEL_COLUMN
 
 
-def resample_batch(batch: dict[str, np.ndarray], rates: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """One batch's rows, repeated or dropped per their class's rate.
+def resampled_rows(labels: np.ndarray, rates: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """Row indices of one draw, in random order: every row of class ``c`` ``floor(r_c)`` times,
+    plus one more copy of a random subset of the class's rows whose size is ``frac(r_c) * n_c``
+    rounded up or down at random.
 
-    The generator is keyed by the seed and the batch's own labels, so the same block gives
-    the same sample wherever and whenever Ray runs it (a run is reproducible from its seed).
+    Each row gets its extra copy with probability ``frac(r_c)`` (what ``sampling_rates`` promises)
+    and the class count is ``r_c * n_c`` in expectation and within one of it in every draw, where
+    an independent coin per row would spread it by ``sqrt(n_c)``.
     """
-    labels = np.asarray(batch["label"])
-    rng = np.random.default_rng([seed, zlib.crc32(labels.tobytes()), len(labels)])
-    r = rates[labels]
-    copies = np.floor(r).astype(np.int64) + (rng.random(len(labels)) < (r - np.floor(r)))
-    index = np.repeat(np.arange(len(labels)), copies)
-    rng.shuffle(index)  # copies of one row should not sit next to each other
-    return {k: np.asarray(v)[index] for k, v in batch.items()}
-
-
-def resample(ds: "ray.data.Dataset", rates: Sequence[float], seed: int) -> "ray.data.Dataset":
+    labels = np.asarray(labels)
     r = np.asarray(rates, dtype=np.float64)
-    return ds.map_batches(resample_batch, fn_kwargs={"rates": r, "seed": seed}, batch_format="numpy")
+    whole = np.floor(r)
+    parts = [np.repeat(np.arange(len(labels)), whole[labels].astype(np.int64))]
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        extra = (r[c] - whole[c]) * len(rows)
+        k = int(extra) + int(rng.random() < extra - int(extra))
+        parts.append(rng.choice(rows, size=min(k, len(rows)), replace=False))
+    index = np.concatenate(parts)
+    rng.shuffle(index)  # copies of one row should not sit next to each other
+    return index
+
+
+def resampled_blocks(blocks: Iterable[pa.Table], rates: Sequence[float], key: Sequence[int]) -> Iterator[pa.Table]:
+    """Each block's draw, the ``b``-th block's from ``(*key, b)``: a streamed shard's rows per epoch."""
+    for b, block in enumerate(blocks):
+        rng = np.random.default_rng([*map(int, key), b])
+        yield block.take(resampled_rows(block.column(LABEL_COLUMN).to_numpy(), rates, rng))

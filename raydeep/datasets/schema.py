@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 
 LABEL_COLUMN = "label"
@@ -94,8 +95,6 @@ class FeatureSpec:
 
 def tokens_array(ids: Any, seq_len: int) -> pa.Array:
     """A ``list<int32>`` column from an ``[N, seq_len]`` integer array (already padded)."""
-    import numpy as np
-
     flat = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
     offsets = np.arange(0, flat.size + 1, seq_len, dtype=np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
@@ -103,8 +102,6 @@ def tokens_array(ids: Any, seq_len: int) -> pa.Array:
 
 def pixels_array(pixels: Any, width: int) -> pa.Array:
     """A ``fixed_size_list<float32>[width]`` column from an ``[N, width]`` array."""
-    import numpy as np
-
     flat = np.ascontiguousarray(pixels, dtype=np.float32).reshape(-1)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
 

@@ -22,12 +22,12 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from raydeep.errors import DataError
 
 if TYPE_CHECKING:
-    import pyarrow.fs as pafs
     import s3fs
 
 S3_SCHEME = "s3://"
@@ -113,7 +113,7 @@ def s3_filesystem(storage: StorageConfig | None = None) -> s3fs.S3FileSystem:
     up under earlier credentials. ``use_listings_cache=False``: a prepare followed by a read
     in one process must see the new objects.
     """
-    import s3fs
+    import s3fs  # deferred: s3fs and botocore are heavy imports, and only S3 paths need them
 
     storage = storage or StorageConfig()
     kwargs: dict[str, Any] = {
@@ -138,8 +138,6 @@ def s3_filesystem(storage: StorageConfig | None = None) -> s3fs.S3FileSystem:
 
 def arrow_filesystem(fs: Any) -> pafs.FileSystem:
     """A pyarrow filesystem over an fsspec one (what Ray Data and Ray Train take)."""
-    import pyarrow.fs as pafs
-
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
@@ -194,7 +192,7 @@ def looked_at(storage: StorageConfig | None = None) -> str:
 
 def _credential_method(storage: StorageConfig | None) -> str | None:
     try:
-        import botocore.session
+        import botocore.session  # deferred: see s3_filesystem
 
         session = botocore.session.Session(profile=storage.profile if storage and storage.profile else None)
         creds = session.get_credentials()
@@ -219,7 +217,7 @@ def _client_error(exc: BaseException) -> tuple[str | None, str]:
 
 def s3_error(exc: BaseException, uri: str, *, key: str, storage: StorageConfig | None = None) -> DataError | None:
     """The one-line ``DataError`` for an S3 failure, or None when ``exc`` is not one we know."""
-    import botocore.exceptions as bx
+    import botocore.exceptions as bx  # deferred: see s3_filesystem
 
     where = f"{key}: {uri}" if key else uri
     url = endpoint_url(storage) or "the AWS default endpoint"

@@ -14,10 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raydeep.datasets import FeatureSpec, label_histogram, open_split, to_ray_dataset, write_split
-from raydeep.datasets.prepare import PrepareOptions, prepare
+from raydeep.datasets import FeatureSpec, label_histogram, open_split, write_split
+from raydeep.datasets.memory import InMemorySplit, read_table
+from raydeep.datasets.prepare.pipeline import PrepareOptions, prepare
+from raydeep.datasets.prepare.tokenizer import decode, load_tokenizer, plain, train_tokenizer
 from raydeep.datasets.schema import tokens_array
-from raydeep.datasets.tokenizer import decode, load_tokenizer, plain
+from raydeep.datasets.streaming import to_ray_dataset
+from raydeep.trainers.class_weights import expected_sampled_counts, sampling_rates
 from raydeep.errors import DataError
 from tests.conftest import run_cli
 
@@ -112,8 +115,6 @@ def test_csv_wordpiece_with_test_split(ray_connected, tmp_path: Path) -> None:
 
 
 def test_text_dirs_with_a_loaded_tokenizer(ray_connected, tmp_path: Path) -> None:
-    from raydeep.datasets.tokenizer import train_tokenizer
-
     tok = train_tokenizer("bpe", iter(t for t, _ in corpus(100)), vocab_size=280)
     (tmp_path / "tok.json").write_text(tok.to_str())
     for i, (t, lab) in enumerate(corpus(120, seed=2)):
@@ -129,7 +130,7 @@ def test_text_dirs_with_a_loaded_tokenizer(ray_connected, tmp_path: Path) -> Non
 
 
 def test_interrupted_prepare_leaves_nothing(ray_connected, tmp_path: Path, monkeypatch) -> None:
-    import raydeep.datasets.prepare as mod
+    import raydeep.datasets.prepare.pipeline as mod
 
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in corpus(60)))
 
@@ -163,30 +164,34 @@ def test_cli_corrupt_record_is_one_line(ray_head, tmp_path: Path) -> None:
 N_ROWS = 1001  # odd: equalizing 2 shards must drop exactly one row per epoch
 
 
-@pytest.fixture(scope="module")
-def id_split(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("ids") / "train"
-    n = N_ROWS
-    table = pa.table({"input_ids": tokens_array(np.ones((n, 4)), 4), "label": pa.array(np.arange(n) % 3, pa.int64()),
-                      "id": pa.array(np.arange(n, dtype=np.int64))})
+def write_ids(d: Path, labels: np.ndarray) -> str:
+    """A token split whose row i holds token ids ``[i, i, i, i]``: the id travels in the feature."""
+    n = len(labels)
+    table = pa.table({"input_ids": tokens_array(np.repeat(np.arange(n)[:, None], 4, axis=1), 4),
+                      "label": pa.array(labels, pa.int64())})
     write_split(d, table, name="ids", split="train", task="text_classification",
                 feature=FeatureSpec(column="input_ids", kind="tokens", seq_len=4), num_classes=3,
                 label_names=["a", "b", "c"], shards=8)
     return str(d)
 
 
-def epochs_seen(split_dir: str, seed: int, *, epochs: int = 2, preserve_order: bool = False, first_epoch: int = 0,
-                materialize: int = 0, block_bytes: int | None = None) -> list[list[list[int]]]:
+@pytest.fixture(scope="module")
+def id_split(tmp_path_factory) -> str:
+    return write_ids(tmp_path_factory.mktemp("ids") / "train", np.arange(N_ROWS) % 3)
+
+
+def epochs_seen(split_dir: str, seed: int, *, epochs: int = 2, preserve_order: bool = False,
+                block_bytes: int | None = None, rates: list[float] | None = None) -> list[list[list[int]]]:
     """``[worker][epoch] -> ids in order``, split as Ray Train splits (``streaming_split(2, equal=True)``)."""
     import ray
 
     @ray.remote(num_cpus=0.25)
     def consume(it, n_epochs):
-        return [[i for b in it.iter_batches(batch_size=64, batch_format="numpy") for i in b["id"].tolist()]
+        return [[int(r[0]) for b in it.iter_batches(batch_size=64, batch_format="numpy") for r in b["input_ids"]]
                 for _ in range(n_epochs)]
 
-    ds = to_ray_dataset(open_split(split_dir, key="data.train"), shuffle_seed=seed, with_ids=True,
-                        materialize_max_bytes=materialize, first_epoch=first_epoch, block_bytes=block_bytes)
+    ds = to_ray_dataset(open_split(split_dir, key="data.train"), shuffle_seed=seed, rates=rates,
+                        block_bytes=block_bytes)
     ds = ds.copy(ds, _deep_copy=True)  # as DataConfig does, with options of its own
     ds.context.execution_options.preserve_order = preserve_order
     return ray.get([consume.remote(it, epochs) for it in ds.streaming_split(2, equal=True)])
@@ -207,16 +212,12 @@ def test_exactly_once_new_order_each_epoch_and_reproducible(ray_connected, id_sp
     a = epochs_seen(id_split, seed=7, preserve_order=True)
     assert_exactly_once(a)
     assert a[0][0] != a[0][1] and a[1][0] != a[1][1]  # each worker's order changes between epochs
-    # A fresh dataset with the same seed repeats the same orders, per worker; started at epoch 1
-    # (as a resumed run starts), it gives epoch 1's orders, not epoch 0's.
-    assert epochs_seen(id_split, seed=7, preserve_order=True, first_epoch=1, epochs=1) == [[a[0][1]], [a[1][1]]]
+    # A fresh dataset with the same seed repeats the same orders, per worker.
+    assert epochs_seen(id_split, seed=7, preserve_order=True, epochs=1) == [[a[0][0]], [a[1][0]]]
 
 
-def test_exactly_once_without_preserve_order_and_when_materialized(ray_connected, id_split) -> None:
+def test_exactly_once_without_preserve_order(ray_connected, id_split) -> None:
     assert_exactly_once(epochs_seen(id_split, seed=7, epochs=1))  # the union holds whatever the timing
-    cached = epochs_seen(id_split, seed=7, materialize=1 << 30, preserve_order=True)
-    assert_exactly_once(cached)
-    assert cached[0][0] != cached[0][1]  # cached blocks are re-ordered every epoch too
 
 
 def test_data_block_mb_cuts_each_shard_into_blocks_and_keeps_exactly_once(ray_connected, id_split) -> None:
@@ -225,19 +226,19 @@ def test_data_block_mb_cuts_each_shard_into_blocks_and_keeps_exactly_once(ray_co
     import ray.data
 
     split = open_split(id_split, key="data.train")
-    ds = to_ray_dataset(split, shuffle_seed=7, with_ids=True, block_bytes=1024)
+    ds = to_ray_dataset(split, shuffle_seed=7, block_bytes=1024)
     assert ds.context.target_max_block_size == 1024
     assert ray.data.DataContext.get_current().target_max_block_size != 1024
     small = ds.materialize().num_blocks()
-    assert small > 2 * len(split.files) and small > to_ray_dataset(split, with_ids=True).materialize().num_blocks()
+    assert small > 2 * len(split.files) and small > to_ray_dataset(split).materialize().num_blocks()
     assert_exactly_once(epochs_seen(id_split, seed=7, block_bytes=1024))
 
 
 def test_worker_batches_are_whole_tensors_through_the_shuffle_window(ray_connected, id_split) -> None:
     # What the training loop iterates (datasets.batches.torch_batches): the feature column reaches
-    # the worker as one [B, L] int32 tensor, streamed (a list column from raydeep's shard reader)
-    # or cached (a fixed-shape tensor column), every row once across both workers, in a new
-    # order each epoch and the same order again for the same seeds.
+    # the worker as one [B, L] int32 tensor, streamed (a Ray Data shard) or held in memory (an
+    # InMemoryShard), every row once across both workers, in a new order each epoch and the same
+    # order again for the same seeds.
     import ray
 
     from raydeep.datasets.batches import torch_batches
@@ -248,35 +249,58 @@ def test_worker_batches_are_whole_tensors_through_the_shuffle_window(ray_connect
         for epoch in range(2):
             out = []
             for b in torch_batches(it, batch_size=64, shuffle_buffer=128, seed=epoch * 10 + rank):
-                assert tuple(b["input_ids"].shape) == (len(b["id"]), 4) and str(b["input_ids"].dtype) == "torch.int32"
-                assert str(b["label"].dtype) == "torch.int64" and len(b["id"]) <= 64
-                assert int(b["input_ids"].sum()) == 4 * len(b["id"])
-                assert (b["label"] == b["id"] % 3).all()  # columns stay row-aligned through the shuffle
-                out += b["id"].tolist()
+                ids = b["input_ids"][:, 0]
+                assert tuple(b["input_ids"].shape) == (len(ids), 4) and str(b["input_ids"].dtype) == "torch.int32"
+                assert str(b["label"].dtype) == "torch.int64" and len(ids) <= 64
+                assert (b["input_ids"] == ids[:, None]).all()
+                assert (b["label"] == ids % 3).all()  # columns stay row-aligned through the shuffle
+                out += ids.tolist()
             epochs.append(out)
         return epochs
 
-    def seen(materialize):
-        ds = to_ray_dataset(open_split(id_split, key="data.train"), shuffle_seed=3, with_ids=True,
-                            materialize_max_bytes=materialize)
-        ds = ds.copy(ds, _deep_copy=True)
-        ds.context.execution_options.preserve_order = True
-        return ray.get([consume.remote(it, r) for r, it in enumerate(ds.streaming_split(2, equal=True))])
+    split = open_split(id_split, key="data.train")
 
-    for materialize in (0, 1 << 30):
-        a = seen(materialize)
+    def seen(held):
+        if held:
+            shards = [InMemorySplit(read_table(split, ["input_ids", "label"]), seed=3).shard(r, 2) for r in range(2)]
+        else:
+            ds = to_ray_dataset(split, shuffle_seed=3)
+            ds = ds.copy(ds, _deep_copy=True)
+            ds.context.execution_options.preserve_order = True
+            shards = ds.streaming_split(2, equal=True)
+        return ray.get([consume.remote(it, r) for r, it in enumerate(shards)])
+
+    for held in (False, True):
+        a = seen(held)
         assert_exactly_once(a)
         assert a[0][0] != a[0][1] and a[1][0] != a[1][1]  # each worker's order changes between epochs
-        assert a == seen(materialize)  # the same seeds, the same batches
+        assert a == seen(held)  # the same seeds, the same batches
 
 
 def test_streamed_split_is_read_by_raydeeps_shard_reader(ray_connected, id_split) -> None:
-    # Not ray.data.read_parquet, whose every execution starts FooterReader actors (datasets/reader.py).
+    # Not ray.data.read_parquet, whose every execution starts FooterReader actors (datasets/streaming.py).
     split = open_split(id_split, key="data.train")
-    ds = to_ray_dataset(split, shuffle_seed=1, with_ids=True)
-    assert set(ds.schema().names) == {"input_ids", "label", "id"}  # only the columns asked for
+    ds = to_ray_dataset(split, shuffle_seed=1)
+    assert set(ds.schema().names) == {"input_ids", "label"}  # only the columns training reads
     read = ds.materialize()
     assert "ReadParquetShards" in read.stats() and read.count() == N_ROWS
+
+
+def test_streamed_resampling_draws_new_rows_every_epoch_with_the_expected_class_counts(ray_connected,
+                                                                                         tmp_path) -> None:
+    # The bug this guards: the draw was keyed on the seed and the block's labels, with no epoch,
+    # so every epoch kept (or duplicated) exactly the same rows.
+    tail = [600, 300, 100]
+    labels = np.repeat(np.arange(3), tail)
+    rates = sampling_rates(tail, "undersample")  # 1/6, 1/3, 1: class 0 keeps ~100 of its 600 rows
+    expected = np.asarray(expected_sampled_counts(tail, "undersample"))
+    seen = epochs_seen(write_ids(tmp_path / "tail", labels), seed=7, rates=rates)
+    epochs = [sorted(seen[0][e] + seen[1][e]) for e in range(2)]
+    for ids in epochs:
+        assert len(ids) == len(set(ids))  # undersampling never repeats a row
+        counts = np.bincount(labels[ids], minlength=3)
+        assert np.all(np.abs(counts - expected) <= 8 + 1), counts  # within one row per block (8 shards), +1 dropped
+    assert epochs[0] != epochs[1], "epoch 1 drew exactly epoch 0's rows"
 
 
 def test_open_split_refuses_an_unfinished_prepare(tmp_path: Path) -> None:

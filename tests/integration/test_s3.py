@@ -20,7 +20,7 @@ import pytest
 from raydeep.datasets import label_histogram, open_split, write_synthetic_text
 from raydeep.datasets.inspect import inspect_path
 from raydeep.datasets.manifest import PREPARED_NAME
-from raydeep.datasets.prepare import Location, _commit
+from raydeep.datasets.prepare.pipeline import Location, _commit
 from raydeep.datasets.storage import StorageConfig, resolve_storage
 from raydeep.errors import DataError
 from tests.conftest import BIN, ROOT, free_port, run_cli, start_head, stop_head

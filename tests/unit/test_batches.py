@@ -8,8 +8,7 @@ import pyarrow as pa
 import pytest
 
 from raydeep.datasets.batches import block_arrays, check_limits, column_array, shuffled_batches
-from raydeep.datasets.reader import epoch_file_order, rows_per_block
-from raydeep.datasets.sources import read_shard
+from raydeep.datasets.reader import epoch_file_order, read_shard, rows_per_block
 from raydeep.datasets.schema import pixels_array, tokens_array
 from raydeep.errors import DataError
 

@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from raydeep.datasets import FeatureSpec, label_histogram, open_split, write_manifest, write_split
+from raydeep.datasets import scan
 from raydeep.datasets.manifest import publish_dir
+from raydeep.datasets.scan import fits_in_memory, memory_bytes
 from raydeep.datasets.schema import pixels_array, tokens_array
 from raydeep.errors import DataError
 
@@ -343,8 +345,6 @@ def compressible_split(d: Path) -> Path:
 
 
 def test_memory_bytes_counts_decoded_values_of_the_columns_read(tmp_path: Path) -> None:
-    from raydeep.datasets.sources import memory_bytes
-
     split = open_split(str(compressible_split(tmp_path / "d")), key="data.train")
     assert sum(os.path.getsize(f) for f in split.files) < 50_000  # on storage
     assert memory_bytes(split, ["input_ids", "label"]) == IN_MEMORY == 1_040_000
@@ -357,9 +357,7 @@ def test_memory_bytes_counts_decoded_values_of_the_columns_read(tmp_path: Path) 
 
 
 def test_a_split_small_on_storage_but_large_in_memory_streams(tmp_path: Path) -> None:
-    # fits_in_memory is to_ray_dataset's whole decision: True = cache it, False = stream.
-    from raydeep.datasets.sources import fits_in_memory
-
+    # fits_in_memory is the whole decision: True = held in memory, False = stream.
     split = open_split(str(compressible_split(tmp_path / "d")), key="data.train")
     for limit, path in [(IN_MEMORY - 1, "stream"), (IN_MEMORY, "cache"), (2 * IN_MEMORY, "cache"), (0, "stream")]:
         taken = "cache" if fits_in_memory(split, ["input_ids", "label"], limit) else "stream"
@@ -367,13 +365,11 @@ def test_a_split_small_on_storage_but_large_in_memory_streams(tmp_path: Path) ->
 
 
 def test_the_decision_reuses_the_footers_open_split_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from raydeep.datasets import sources
-
     split = open_split(str(compressible_split(tmp_path / "d")), key="data.train")
 
     def no_footers(*args: object, **kwargs: object) -> None:
         raise AssertionError("read a footer")
 
-    monkeypatch.setattr(sources, "_read_footer", no_footers)
-    assert not sources.fits_in_memory(split, ["input_ids", "label"], IN_MEMORY - 1)
-    assert sources.fits_in_memory(split, ["input_ids", "label"], IN_MEMORY)
+    monkeypatch.setattr(scan, "read_footer", no_footers)
+    assert not scan.fits_in_memory(split, ["input_ids", "label"], IN_MEMORY - 1)
+    assert scan.fits_in_memory(split, ["input_ids", "label"], IN_MEMORY)

@@ -14,8 +14,8 @@ from raydeep.datasets import FeatureSpec, open_split, write_split
 from raydeep.datasets.inspect import inspect_path, label_counts, label_kind
 from raydeep.datasets.manifest import INCOMPLETE_NAME, PREPARED_NAME, read_manifest, write_manifest
 from raydeep.datasets.schema import pixels_array, tokens_array
-from raydeep.datasets.sources import check_finite
-from raydeep.datasets.tokenizer import encode, sha256, train_tokenizer
+from raydeep.datasets.prepare.tokenizer import encode, sha256, train_tokenizer
+from raydeep.datasets.scan import check_finite
 from raydeep.errors import DataError
 from tests.conftest import run_cli
 

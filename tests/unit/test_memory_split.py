@@ -66,3 +66,31 @@ def test_only_whole_pyarrow_blocks_are_offered():
 def test_an_empty_split_yields_nothing():
     assert epoch_labels(InMemorySplit(table(0), seed=0).shard(0, 2)) == []
     assert epoch_labels(InMemorySplit(table(0)).shard(0, 2, split=False)) == []
+
+
+def test_resampling_draws_new_rows_every_epoch_with_the_expected_class_counts():
+    from raydeep.trainers.class_weights import expected_sampled_counts, sampling_rates
+
+    counts = [60, 30, 10]
+    labels = np.repeat(np.arange(3), counts)
+    t = pa.table({"input_ids": [[i, i] for i in range(100)], "label": labels})
+    rates = sampling_rates(counts, "undersample")  # 1/6, 1/3, 1: class 0 keeps 10 of its 60 rows
+    expected = expected_sampled_counts(counts, "undersample")
+    split = InMemorySplit(t, seed=5, rates=rates)
+    shards = [split.shard(r, 2) for r in range(2)]
+
+    def drawn(shards) -> list[dict]:  # one epoch's rows over both ranks
+        return [row for s in shards for b in s.iter_batches(batch_size=None, batch_format="pyarrow")
+                for row in b.to_pylist()]
+
+    epochs = []
+    for _ in range(3):
+        seen = drawn(shards)
+        assert np.bincount([r["label"] for r in seen], minlength=3).tolist() == expected == [10, 10, 10]
+        assert all(labels[r["input_ids"][0]] == r["label"] for r in seen)  # rows stay whole
+        epochs.append(sorted(r["input_ids"][0] for r in seen))
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]  # a new draw each epoch
+    resumed = drawn([split.shard(r, 2, first_epoch=1) for r in range(2)])
+    assert sorted(r["input_ids"][0] for r in resumed) == epochs[1]  # a resumed run replays epoch 1's draw
+    with pytest.raises(ValueError, match="pass seed with rates"):
+        InMemorySplit(t, rates=rates)

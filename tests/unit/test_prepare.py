@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raydeep.datasets.prepare import (
+from raydeep.datasets.prepare.pipeline import (
     PrepareOptions,
     Location,
     _commit,
@@ -30,8 +30,8 @@ from raydeep.datasets.prepare import (
     locate,
     prepare,
 )
-from raydeep.datasets.raw_records import Bad, FieldNames, normalize_label, read_records
-from raydeep.datasets.tokenizer import encode, load_tokenizer, pad_id_of, train_tokenizer
+from raydeep.datasets.prepare.raw_records import Bad, FieldNames, normalize_label, read_records
+from raydeep.datasets.prepare.tokenizer import encode, load_tokenizer, pad_id_of, train_tokenizer
 from raydeep.errors import DataError
 from tests.conftest import run_cli
 

@@ -16,8 +16,9 @@ import torch
 from raydeep.config import validate
 from raydeep.sections import REGRESSION_METRICS
 from raydeep.datasets.schema import FeatureSpec
-from raydeep.datasets.seed_regression import seed_regression_xy
-from raydeep.datasets.sources import check_finite, open_split, target_summary
+from raydeep.datasets.bundled.seed_regression import seed_regression_xy
+from raydeep.datasets.scan import check_finite, target_summary
+from raydeep.datasets.splits import open_split
 from raydeep.errors import ConfigError, DataError
 from raydeep.trainers.engine import build_optimizer, set_lr
 from raydeep.trainers.losses import build_loss

@@ -17,7 +17,7 @@ from raydeep.datasets import (
     open_split,
     write_synthetic_text,
 )
-from raydeep.datasets.synthetic import class_counts
+from raydeep.datasets.bundled.synthetic import class_counts
 from raydeep.errors import DataError
 
 PARAMS = dict(rows=2000, num_classes=4, seq_len=32, vocab_size=256, imbalance_ratio=10.0, seed=0)

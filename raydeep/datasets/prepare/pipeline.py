@@ -24,6 +24,7 @@ interrupted prepare leaves nothing that reads as a complete data set.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import posixpath
@@ -33,10 +34,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from raydeep.datasets.manifest import FORMAT, INCOMPLETE_NAME, MANIFEST_NAME, PREPARED_NAME, shard_name
-from raydeep.datasets.raw_records import FORMATS, Bad, FieldNames, read_records
+from raydeep.datasets.prepare.raw_records import FORMATS, Bad, FieldNames, read_records
+from raydeep.datasets.prepare.tokenizer import KINDS, encode, load_tokenizer, pad_id_of, plain, sha256, train_tokenizer
 from raydeep.datasets.schema import FeatureSpec, tokens_array
 from raydeep.datasets.storage import (
     StorageConfig,
@@ -48,7 +54,6 @@ from raydeep.datasets.storage import (
     s3_filesystem,
     strip_s3,
 )
-from raydeep.datasets.tokenizer import KINDS
 from raydeep.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -133,8 +138,6 @@ class Location:
 
     @property
     def arrow(self) -> Any:
-        import pyarrow.fs as pafs
-
         return arrow_filesystem(self.fs) if self.s3 else pafs.LocalFileSystem()
 
 
@@ -147,8 +150,6 @@ def locate(uri: str, storage: StorageConfig | None, *, key: str) -> Location:
     if "://" in uri and not uri.startswith("file://"):
         raise DataError(f"{key} {uri}: {uri.split('://', 1)[0]}:// is not supported; use a local path or "
                         "s3://BUCKET/PREFIX")
-    import fsspec
-
     raw = uri[len("file://"):] if uri.startswith("file://") else uri
     return Location(uri, fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(raw)), False)
 
@@ -320,7 +321,6 @@ _TOKENIZERS: dict[str, Any] = {}
 
 
 def _tokenizer_from(text: str) -> Any:
-    from raydeep.datasets.tokenizer import load_tokenizer, plain, sha256
 
     key = sha256(text.encode())
     if key not in _TOKENIZERS:
@@ -331,9 +331,7 @@ def _tokenizer_from(text: str) -> Any:
 
 def _encode(batch: dict, *, fs: Any, fmt: str, fields: FieldNames, known: set[str] | None, tokenizer_json: str,
             max_len: int, pad_id: int) -> Iterator[Any]:
-    import pyarrow as pa
 
-    from raydeep.datasets.tokenizer import encode
 
     tok = _tokenizer_from(tokenizer_json)
 
@@ -394,11 +392,10 @@ def prepare(o: PrepareOptions, *, log: Callable[[str], None] = print, verbose: b
 
     if start_ray is not None:
         start_ray()
-    import ray.data
+    import ray.data  # deferred: heavy; options, inputs and output are checked above without it
 
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     if not verbose:  # Ray Data says once, at WARNING, that the bars are off: not news to the user
-        import logging
 
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     units = _units(inputs, o.format, o.files_per_task)
@@ -425,11 +422,9 @@ def prepare(o: PrepareOptions, *, log: Callable[[str], None] = print, verbose: b
             for b in texts.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 yield from (str(t) for t in b["text"])
 
-        from raydeep.datasets.tokenizer import train_tokenizer
 
         tok = train_tokenizer(o.train_tokenizer, stream(), vocab_size=o.vocab_size, length=n_train)
         tok_bytes, source = tok.to_str().encode(), f"trained {o.train_tokenizer} on the training split"
-    from raydeep.datasets.tokenizer import pad_id_of, plain, sha256
 
     where = o.tokenizer or "the trained tokenizer"
     pad_id = pad_id_of(tok, where=where)
@@ -535,7 +530,6 @@ def _plan(o: PrepareOptions, scanned: list[dict], log: Callable[[str], None]) ->
 
 
 def _load_tokenizer_file(o: PrepareOptions) -> tuple[bytes, Any, str]:
-    from raydeep.datasets.tokenizer import load_tokenizer
 
     loc = locate(o.tokenizer, o.storage, key="--tokenizer")
     with s3_errors(o.tokenizer, key="--tokenizer", storage=o.storage):
@@ -565,7 +559,6 @@ def _check_output(out: Location, *, overwrite: bool) -> None:
 def _split_manifest(out: Location, parts: str, split: str, summary: dict, feature: FeatureSpec,
                     tokenizer_info: dict, plan: dict) -> tuple[list[tuple[str, str]], dict]:
     """(``[(written part, final shard name)]``, the split's manifest) from the written parts' columns."""
-    import pyarrow.parquet as pq
 
     part_dir = posixpath.join(parts, f"split={split}")
     written = sorted(p for p in out.fs.ls(part_dir, detail=False) if p.endswith(".parquet"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from raydeep.datasets.digits import long_tail_counts
+from raydeep.datasets.bundled.digits import long_tail_counts
 from raydeep.datasets.manifest import publish_dir, write_split
 from raydeep.datasets.schema import FeatureSpec, tokens_array
 

@@ -23,6 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from raydeep.errors import DataError
 
 FORMATS = ("jsonl", "csv", "parquet", "text-dirs")
@@ -168,9 +171,6 @@ def _csv(fs: Any, path: str, fields: FieldNames) -> Iterator[tuple[str, int | st
 
 
 def _parquet(fs: Any, path: str, fields: FieldNames) -> Iterator[tuple[str, int | str] | Bad]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     with fs.open(path, "rb") as f:
         try:
             pf = pq.ParquetFile(f)

@@ -25,6 +25,7 @@ KINDS = ("bpe", "wordpiece")
 
 def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int, length: int | None = None) -> Any:
     """A new tokenizer trained on ``texts`` (the training split only: see prepare)."""
+    # deferred: tokenizers is heavy and only prepare and inspect of a token split need it
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     if kind == "bpe":
@@ -50,7 +51,7 @@ def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int, length:
 
 def load_tokenizer(text: str, *, where: str) -> Any:
     """A tokenizer from the contents of a ``tokenizer.json``; DataError naming ``where`` if not one."""
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # deferred: see train_tokenizer
 
     try:
         return Tokenizer.from_str(text)

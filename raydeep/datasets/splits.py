@@ -1,0 +1,368 @@
+"""Opening a split: a URI to its shard files, their parquet footers, and the feature they hold.
+
+``open_split`` runs on the driver before Ray starts and reads only footers, so a missing, empty,
+corrupt or mis-shaped data set fails in milliseconds with one line naming the config key and the
+file, rather than minutes later inside a Ray read task. No Ray here.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raydeep.datasets.bundled import BUNDLED_SCHEME, resolve_bundled
+from raydeep.datasets.manifest import INCOMPLETE_NAME, MANIFEST_NAME, PREPARED_NAME, read_manifest
+from raydeep.datasets.schema import (
+    FEATURE_COLUMNS,
+    ID_COLUMN,
+    LABEL_COLUMN,
+    FeatureSpec,
+    is_int_list,
+    is_numeric_list,
+)
+from raydeep.datasets.storage import (
+    S3_SCHEME,
+    StorageConfig,
+    arrow_filesystem,
+    check_bucket,
+    is_s3,
+    s3_errors,
+    s3_filesystem,
+    strip_s3,
+)
+from raydeep.errors import DataError
+
+# What a split's label column holds: class ids, regression targets, or either (the caller decides:
+# ``raydeep data inspect`` reads the manifest and the column's type).
+LABEL_KINDS = ("class", "value", "any")
+
+
+@dataclass
+class ParquetSplit:
+    """One opened split: its shard files and what they hold, known before any data is read."""
+
+    uri: str  # what the user wrote
+    key: str  # the config key, e.g. "data.train", for error messages
+    files: list[str]  # absolute shard paths, sorted; s3://bucket/key for S3
+    filesystem: pafs.FileSystem  # LocalFileSystem, or s3fs wrapped for pyarrow
+    manifest: dict | None  # the manifest, when it describes exactly these files
+    feature: FeatureSpec
+    num_rows: int
+    num_classes: int | None  # from the manifest when present
+    label_names: list[str] | None
+    schema: pa.Schema | None = field(default=None, repr=False)  # the shards' common arrow schema
+    footers: list[pq.FileMetaData] | None = field(default=None, repr=False)  # per file, as open_split read them
+
+    @property
+    def has_ids(self) -> bool:
+        return self.schema is not None and ID_COLUMN in self.schema.names
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving a URI to files
+
+
+def _is_shard(name: str) -> bool:
+    # Hidden and underscore names are writers' side files (_SUCCESS, .crc, macOS ._ forks);
+    # pyarrow and Ray skip them too. Ray's reader also keeps only *.parquet, so we agree with it.
+    return name.lower().endswith(".parquet") and not name.startswith((".", "_"))
+
+
+@dataclass
+class _Listing:
+    files: list[str]  # sorted shard paths (s3://bucket/key for S3)
+    manifest_path: str | None  # an existing manifest beside them, if any
+    whole_dir: bool  # the files are all the shards of one directory
+    incomplete: str | None = None  # the marker an unfinished prepare left, if any
+
+
+def _list_files(uri: str, *, key: str) -> _Listing:
+    """Local URI -> its shards, the manifest beside them, and whether they are a whole directory."""
+    raw = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = os.path.abspath(os.path.expanduser(raw))
+
+    def manifest_in(d: str | None) -> str | None:
+        return os.path.join(d, MANIFEST_NAME) if d and os.path.isfile(os.path.join(d, MANIFEST_NAME)) else None
+
+    if any(c in raw for c in "*?["):
+        matches = sorted(glob.glob(path))
+        if not matches:
+            raise DataError(f"{key}: {path}: no path matches this glob")
+        files = [m for m in matches if os.path.isfile(m) and _is_shard(os.path.basename(m))]
+        if not files:
+            raise DataError(f"{key}: {path}: no parquet files match this glob (expected *.parquet)")
+        parents = {os.path.dirname(f) for f in files}
+        return _Listing(files, manifest_in(parents.pop() if len(parents) == 1 else None), False)
+    if os.path.isdir(path):
+        names = os.listdir(path)
+        files = sorted(os.path.join(path, n) for n in names
+                       if _is_shard(n) and os.path.isfile(os.path.join(path, n)))
+        incomplete = os.path.join(path, INCOMPLETE_NAME) if INCOMPLETE_NAME in names else None
+        if not files and not incomplete:
+            if PREPARED_NAME in names:
+                raise DataError(f"{key}: {path}: this is a prepared data set's root; name one split, e.g. "
+                                f"{os.path.join(path, 'train')}")
+            raise DataError(f"{key}: {path}: no parquet files in this directory "
+                            "(expected *.parquet; subdirectories are not searched)")
+        return _Listing(files, manifest_in(path), True, incomplete)
+    if os.path.isfile(path):
+        if not path.lower().endswith(".parquet"):
+            raise DataError(f"{key}: {path}: expected a .parquet file, a directory of them, a glob "
+                            f"or {BUNDLED_SCHEME}NAME/SPLIT")
+        return _Listing([path], manifest_in(os.path.dirname(path)), False)
+    raise DataError(f"{key}: {path}: path does not exist")
+
+
+def _list_s3(uri: str, s3: Any, *, key: str) -> _Listing:
+    """``s3://bucket/prefix`` (a prefix of shards, one object, or a glob) -> its shards.
+
+    S3 errors (no bucket, credentials, endpoint) propagate as s3fs raised them; the caller
+    turns them into one line with ``storage.s3_errors``.
+    """
+    path = strip_s3(uri)
+    if "/" not in path:
+        raise DataError(f"{key}: {uri}: expected s3://BUCKET/PREFIX (a prefix of parquet shards), not a bare bucket")
+
+    def full(p: str) -> str:
+        return S3_SCHEME + p
+
+    if any(c in path for c in "*?["):
+        matches = sorted(s3.glob(path))
+        if not matches:
+            check_bucket(s3, uri)  # a missing bucket says so, rather than "no match"
+            raise DataError(f"{key}: {uri}: no S3 object matches this glob")
+        files = [full(m) for m in matches if _is_shard(m.rsplit("/", 1)[-1])]
+        if not files:
+            raise DataError(f"{key}: {uri}: no parquet objects match this glob (expected *.parquet)")
+        parents = {f.rsplit("/", 1)[0] for f in files}
+        manifest = None
+        if len(parents) == 1:
+            candidate = parents.pop() + "/" + MANIFEST_NAME
+            manifest = candidate if s3.exists(strip_s3(candidate)) else None
+        return _Listing(files, manifest, False)
+    try:
+        entries = s3.ls(path, detail=True)
+    except FileNotFoundError:
+        check_bucket(s3, uri)
+        raise DataError(f"{key}: {uri}: nothing at this S3 path (no object and no prefix)") from None
+    if len(entries) == 1 and entries[0]["name"].rstrip("/") == path and entries[0]["type"] == "file":
+        if not path.lower().endswith(".parquet"):
+            raise DataError(f"{key}: {uri}: expected a .parquet object or a prefix of them")
+        parent = path.rsplit("/", 1)[0]
+        manifest = full(parent + "/" + MANIFEST_NAME)
+        return _Listing([full(path)], manifest if s3.exists(strip_s3(manifest)) else None, False)
+    names = {e["name"].rsplit("/", 1)[-1]: e for e in entries if e["type"] == "file"}
+    files = sorted(full(e["name"]) for n, e in names.items() if _is_shard(n))
+    incomplete = full(f"{path}/{INCOMPLETE_NAME}") if INCOMPLETE_NAME in names else None
+    if not files and not incomplete:
+        if PREPARED_NAME in names:
+            raise DataError(f"{key}: {uri}: this is a prepared data set's root; name one split, e.g. "
+                            f"{uri.rstrip('/')}/train")
+        raise DataError(f"{key}: {uri}: no parquet objects under this prefix "
+                        "(expected *.parquet; deeper prefixes are not searched)")
+    manifest = full(f"{path}/{MANIFEST_NAME}") if MANIFEST_NAME in names else None
+    return _Listing(files, manifest, True, incomplete)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading footers and inferring the feature
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def read_footer(path: str, fs: pafs.FileSystem, *, key: str) -> pq.FileMetaData:
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.read_metadata(f)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{key}: {path}: not a readable parquet file ({one_line(exc)})") from None
+
+
+def _schema_difference(a: pa.Schema, b: pa.Schema) -> str | None:
+    """Why shard schema ``b`` cannot be read together with ``a``; None when it can.
+
+    Nullability differences are tolerated (writers disagree on it; Ray reads both), so this
+    goes through ``unify_schemas`` rather than ``Schema.equals``.
+    """
+    if set(a.names) != set(b.names):
+        return f"columns {b.names} != {a.names}"
+    try:
+        pa.unify_schemas([a, b])
+    except pa.ArrowException:
+        for name in a.names:
+            if not a.field(name).type.equals(b.field(name).type):
+                return f"column {name!r} is {b.field(name).type} != {a.field(name).type}"
+        return "schemas cannot be merged"
+    return None
+
+
+def _first_row_length(files: list[str], footers: list[pq.FileMetaData], column: str, fs: pafs.FileSystem,
+                      *, key: str) -> int:
+    """The list length of the first row (reads one small batch of one column of one file)."""
+    path = next(p for p, md in zip(files, footers) if md.num_rows > 0)
+    try:
+        with fs.open_input_file(path) as f:
+            batch = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=[column]))
+    except (pa.ArrowException, OSError, StopIteration) as exc:
+        raise DataError(f"{key}: {path}: cannot read the first row of {column!r} ({one_line(exc)})") from None
+    value = batch.column(0)[0].as_py()
+    if not value:
+        raise DataError(f"{key}: {path}: the first row of {column!r} is empty or null; "
+                        "expected a list padded to a fixed length")
+    return len(value)
+
+
+def _feature_from_manifest(manifest: dict, where: str, schema: pa.Schema, *, key: str) -> FeatureSpec:
+    try:
+        feature = FeatureSpec.from_dict(manifest["feature"])
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{key}: {where}: bad 'feature' in manifest: {exc}") from None
+    if feature.column not in schema.names:
+        raise DataError(f"{key}: {where}: the manifest's feature column {feature.column!r} is not in the shards "
+                        f"(columns: {', '.join(schema.names)})")
+    t = schema.field(feature.column).type
+    ok = is_int_list(t) if feature.kind == "tokens" else is_numeric_list(t)
+    if not ok:
+        expected = "a list of integers" if feature.kind == "tokens" else "a list of numbers"
+        raise DataError(f"{key}: {where}: column {feature.column!r} is {t}, expected {expected}")
+    if pa.types.is_fixed_size_list(t) and t.list_size != feature.width:
+        raise DataError(f"{key}: {where}: column {feature.column!r} holds {t.list_size} values per row but the "
+                        f"manifest's feature says {feature.width}")
+    return feature
+
+
+def _infer_feature(files: list[str], footers: list[pq.FileMetaData], schema: pa.Schema, fs: pafs.FileSystem,
+                   *, key: str) -> FeatureSpec:
+    where = files[0]
+    present = [c for c in FEATURE_COLUMNS if c in schema.names]
+    if not present:
+        raise DataError(f"{key}: {where}: no feature column; expected one of {', '.join(map(repr, FEATURE_COLUMNS))} "
+                        f"(columns: {', '.join(schema.names)})")
+    if len(present) > 1:
+        raise DataError(f"{key}: {where}: both {present[0]!r} and {present[1]!r} present; add a {MANIFEST_NAME} "
+                        "whose feature.column names the one to train on")
+    column = present[0]
+    kind = FEATURE_COLUMNS[column]
+    t = schema.field(column).type
+    if kind == "tokens" and not is_int_list(t):
+        raise DataError(f"{key}: {where}: column {column!r} is {t}, expected list<int32> token ids")
+    if kind == "image" and not is_numeric_list(t):
+        raise DataError(f"{key}: {where}: column {column!r} is {t}, expected fixed_size_list<float32>[C*H*W]")
+    if kind == "numeric" and not is_numeric_list(t):
+        raise DataError(f"{key}: {where}: column {column!r} is {t}, expected fixed_size_list<float32>[N] "
+                        "(or list<float32> of one length)")
+    width = t.list_size if pa.types.is_fixed_size_list(t) else _first_row_length(files, footers, column, fs, key=key)
+    if kind == "tokens":
+        return FeatureSpec(column=column, kind="tokens", seq_len=width)
+    if kind == "numeric":
+        return FeatureSpec(column=column, kind="numeric", num_features=width)
+    side = math.isqrt(width)
+    if side * side != width:
+        raise DataError(f"{key}: {where}: column {column!r} has {width} values per row, not a square image; add a "
+                        f"{MANIFEST_NAME} with feature.shape [C, H, W]")
+    return FeatureSpec(column=column, kind="image", image_shape=(1, side, side))
+
+
+def _check_manifest_matches(manifest: dict, where: str, files: list[str], footers: list[pq.FileMetaData],
+                            *, key: str) -> None:
+    """A manifest must describe exactly the shards on disk: a stale one would mislead row counts
+    and the exactly-once checks that rely on them."""
+    listed = {s.get("file"): s.get("rows") for s in manifest.get("shards", []) if isinstance(s, dict)}
+    found = {os.path.basename(p): md.num_rows for p, md in zip(files, footers)}
+    if listed.keys() != found.keys():
+        extra = sorted(found.keys() - listed.keys())
+        missing = sorted(listed.keys() - found.keys())
+        what = f"unlisted shards {extra}" if extra else f"missing shards {missing}"
+        raise DataError(f"{key}: {where}: manifest does not match the directory ({what}); regenerate or delete it")
+    for name, rows in found.items():
+        if listed[name] != rows:
+            raise DataError(f"{key}: {where}: manifest says {name} has {listed[name]} rows, the file has {rows}; "
+                            "regenerate or delete it")
+
+
+def open_split(uri: str, *, key: str, cache_dir: str | None = None,
+               storage: StorageConfig | None = None, label_kind: str = "class") -> ParquetSplit:
+    """Resolve ``uri`` to its shards and check them from their footers alone (see module doc).
+
+    ``uri``: a local directory, file or glob, ``datasets://NAME/SPLIT``, or the same forms
+    under ``s3://bucket/prefix`` (``storage`` says how to reach S3). ``label_kind``: ``"class"``
+    (an integer ``label`` column, the default), ``"value"`` (a regression target: any numeric type)
+    or ``"any"`` (the label column's type is not checked here; the caller checks it).
+    """
+    if label_kind not in LABEL_KINDS:
+        raise ValueError(f"label_kind must be one of {', '.join(LABEL_KINDS)}, got {label_kind!r}")
+    if not isinstance(uri, str) or not uri:
+        raise DataError(f"{key}: expected a path, glob, s3://BUCKET/PREFIX or {BUNDLED_SCHEME}NAME/SPLIT, got {uri!r}")
+    if is_s3(uri):
+        s3 = s3_filesystem(storage)
+        with s3_errors(uri, key=key, storage=storage):
+            listing = _list_s3(uri, s3, key=key)
+            return _open_listing(uri, listing, arrow_filesystem(s3), key=key, label_kind=label_kind)
+    local = uri
+    if uri.startswith(BUNDLED_SCHEME):
+        local = resolve_bundled(uri, key=key, cache_dir=cache_dir)
+    elif "://" in uri and not uri.startswith("file://"):
+        scheme = uri.split("://", 1)[0]
+        raise DataError(f"{key}: {uri}: {scheme}:// is not supported; use a local path, a glob, "
+                        f"s3://BUCKET/PREFIX or {BUNDLED_SCHEME}NAME/SPLIT")
+    return _open_listing(uri, _list_files(local, key=key), pafs.LocalFileSystem(), key=key, label_kind=label_kind)
+
+
+def _open_listing(uri: str, listing: _Listing, fs: pafs.FileSystem, *, key: str,
+                  label_kind: str = "class") -> ParquetSplit:
+    if listing.incomplete:
+        raise DataError(f"{key}: {listing.incomplete}: a `raydeep data prepare` did not finish writing this "
+                        "split; run it again (or delete the directory)")
+    files = listing.files
+    footers = [read_footer(p, fs, key=key) for p in files]
+    schemas = [md.schema.to_arrow_schema().remove_metadata() for md in footers]
+    for path, s in zip(files[1:], schemas[1:]):
+        why = _schema_difference(schemas[0], s)
+        if why:
+            raise DataError(f"{key}: {path}: schema differs from {files[0]}: {why}")
+    schema = pa.unify_schemas(schemas) if len(schemas) > 1 else schemas[0]
+    num_rows = sum(md.num_rows for md in footers)
+    where = files[0] if len(files) == 1 else os.path.dirname(files[0])
+    if num_rows == 0:
+        raise DataError(f"{key}: {where}: zero rows in {len(files)} parquet file(s)")
+    if LABEL_COLUMN not in schema.names:
+        raise DataError(f"{key}: {files[0]}: no {LABEL_COLUMN!r} column (columns: {', '.join(schema.names)})")
+    label_type = schema.field(LABEL_COLUMN).type
+    if label_kind == "value" and not (pa.types.is_floating(label_type) or pa.types.is_integer(label_type)):
+        raise DataError(f"{key}: {files[0]}: column {LABEL_COLUMN!r} is {label_type}; a regression target must be "
+                        "a number (float32/float64, or an integer type)")
+    if label_kind == "class" and not pa.types.is_integer(label_type):
+        hint = "; a numeric target needs model.task: regression" if pa.types.is_floating(label_type) else ""
+        raise DataError(f"{key}: {files[0]}: column {LABEL_COLUMN!r} is {label_type}, expected an integer type "
+                        f"(int64){hint}")
+
+    manifest = None
+    num_classes: int | None = None
+    label_names: list[str] | None = None
+    manifest_path = listing.manifest_path
+    if manifest_path:
+        manifest = read_manifest(manifest_path, key=key, filesystem=fs)
+        feature = _feature_from_manifest(manifest, manifest_path, schema, key=key)
+        num_classes, label_names = manifest.get("num_classes"), manifest.get("label_names")
+        listed = {s.get("file") for s in manifest["shards"] if isinstance(s, dict)}
+        if listing.whole_dir:
+            _check_manifest_matches(manifest, manifest_path, files, footers, key=key)
+        elif listed != {os.path.basename(p) for p in files}:
+            # A file or glob picked a subset: the manifest's schema facts still hold, its counts don't.
+            manifest = None
+    else:
+        feature = _infer_feature(files, footers, schema, fs, key=key)
+    return ParquetSplit(uri=uri, key=key, files=files, filesystem=fs, manifest=manifest, feature=feature,
+                        num_rows=num_rows, num_classes=num_classes, label_names=label_names, schema=schema,
+                        footers=footers)

@@ -1,0 +1,110 @@
+"""The Ray Data plan for a streamed split: raydeep's own datasource over the shards ``open_split``
+listed, with a new file order, and with class resampling, per epoch.
+
+Not ``ray.data.read_parquet``: every execution of it (one per epoch in a Train run) lists the
+files and reads their footers again in freshly started actors, seconds before each epoch's first
+batch on a small machine, while ``open_split`` has already read every footer on the driver
+(benchmarks/BENCHMARKS.md, "Why raydeep reads its own shards"). ``ShardReader`` makes one read
+task per shard from what the footers say. Imports Ray: import this module only where Ray runs.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray.data
+from ray.data import Datasource, ReadTask
+from ray.data.block import BlockMetadata
+from ray.data.context import DataContext
+
+from raydeep.datasets.reader import epoch_file_order, read_shard, rows_per_block
+from raydeep.datasets.resample import resampled_blocks
+from raydeep.datasets.scan import footers_of, memory_bytes_per_file
+from raydeep.datasets.schema import LABEL_COLUMN
+from raydeep.datasets.splits import ParquetSplit
+
+
+class ShardReader(Datasource):
+    """A split's shard files as a Ray Data source: one read task per file.
+
+    ``rows`` and ``nbytes`` per file come from the footers (``nbytes``: the selected columns
+    decoded, as ``memory_bytes`` counts them); Ray's scheduler and memory budget read them
+    through each task's metadata and ``estimate_inmemory_data_size``. The epoch is the dataset's
+    execution count (``DataContext._execution_idx``, the counter Ray's own ``FileShuffleConfig``
+    reads): with a seed, the file order and, with ``rates``, each block's class resampling
+    (``resample.resampled_blocks``) are drawn from ``(seed, epoch, ...)``, the same on every machine.
+    """
+
+    def __init__(self, files: list[str], filesystem: pafs.FileSystem, columns: list[str], rows: list[int],
+                 nbytes: list[float], *, schema: pa.Schema | None = None, shuffle_seed: int | None = None,
+                 rates: Sequence[float] | None = None, block_bytes: int):
+        super().__init__()
+        if not (len(files) == len(rows) == len(nbytes)):
+            raise ValueError("files, rows and nbytes must be the same length")
+        if rates is not None and shuffle_seed is None:
+            raise ValueError("resampling draws from the seed: pass shuffle_seed with rates")
+        self._files, self._fs, self._columns = list(files), filesystem, list(columns)
+        self._rows, self._nbytes = [int(r) for r in rows], [float(b) for b in nbytes]
+        self._schema, self._seed, self._block_bytes = schema, shuffle_seed, int(block_bytes)
+        self._rates = None if rates is None else [float(r) for r in rates]
+
+    def get_name(self) -> str:
+        return "ParquetShards"  # the operator shows as ReadParquetShards in Ray Data's logs
+
+    def estimate_inmemory_data_size(self) -> int:
+        return int(sum(self._nbytes))
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: DataContext | None = None) -> list[ReadTask]:
+        # One task per shard whatever ``parallelism`` asks: a shard is the unit the file order
+        # shuffles, and blocks within it are already cut to the block size.
+        epoch = data_context._execution_idx if data_context is not None else 0
+        # Oversampling grows a block by up to the largest rate: read fewer rows to keep it in bounds.
+        growth = max([1.0, *(self._rates or [])])
+        tasks = []
+        for i in epoch_file_order(len(self._files), self._seed, epoch):
+            path, rows, nbytes = self._files[i], self._rows[i], self._nbytes[i]
+            if rows == 0:
+                continue
+            batch_rows = rows_per_block(rows, nbytes * growth, self._block_bytes)
+
+            # Defaults bind this task's values; a closure over self would ship every file's to each task.
+            def read(path: str = path, fs: pafs.FileSystem = self._fs, columns: list[str] = self._columns,
+                     batch_rows: int = batch_rows, rates: list[float] | None = self._rates,
+                     key: tuple[int | None, ...] = (self._seed, epoch, i)) -> Iterator[pa.Table]:
+                blocks = read_shard(path, fs, columns, batch_rows)
+                return blocks if rates is None else resampled_blocks(blocks, rates, key)
+
+            # A resampled shard's row count is known only once drawn.
+            meta = BlockMetadata(num_rows=rows if self._rates is None else None, size_bytes=int(nbytes),
+                                 input_files=[path], exec_stats=None)
+            tasks.append(ReadTask(read, meta, schema=self._schema, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, rates: Sequence[float] | None = None,
+                   block_bytes: int | None = None) -> ray.data.Dataset:
+    """A lazy Ray Dataset over the split's shards with only the columns training needs.
+
+    ``shuffle_seed``: a new file order every epoch (row-level mixing is the workers' shuffle
+    window, ``batches.torch_batches``). ``rates``: per-class resampling, drawn anew every epoch
+    (needs the seed). Blocks hold at most ``block_bytes`` (``data.block_mb``; None: Ray Data's
+    128 MiB). Epochs count this dataset's executions, so a resumed run starts again from epoch 0's
+    order and draw. Why this shape, measured: benchmarks/BENCHMARKS.md, "to_ray_dataset".
+    """
+    columns = [split.feature.column, LABEL_COLUMN]
+    schema = split.schema
+    if schema is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    ds = ray.data.read_datasource(
+        ShardReader(split.files, split.filesystem, columns, [md.num_rows for md in footers_of(split)],
+                    memory_bytes_per_file(split, columns), schema=schema, shuffle_seed=shuffle_seed, rates=rates,
+                    block_bytes=block_bytes or ray.data.DataContext.get_current().target_max_block_size),
+        override_num_blocks=max(1, len(split.files)),
+    )
+    if block_bytes:
+        ds = ds.copy(ds, _deep_copy=True)  # its own context: the global one stays as it was
+        ds.context.target_max_block_size = int(block_bytes)  # Ray's block shaping after the read
+    return ds
