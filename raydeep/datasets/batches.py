@@ -2,9 +2,8 @@
 
 ``torch_batches`` replaces ``DataIterator.iter_torch_batches`` in the training loop. Ray's
 version cuts every batch out of its blocks in Ray Data's batcher and stacks a list column's
-rows one by one; at batch 256 x 128 tokens that cost ~0.8 ms of Ray overhead per batch, and
-its local shuffle buffer another third on top, which held a worker to 220-340k rows/s against
-pyarrow's 0.8-1M (benchmarks/BENCHMARKS.md, "Ingest"). Here Ray hands over whole blocks
+rows one by one, which held a worker to a third of pyarrow's rate (benchmarks/BENCHMARKS.md,
+"Closing the gap"). Here Ray hands over whole blocks
 (``iter_batches(batch_size=None, batch_format="pyarrow")``), each block's columns become numpy
 arrays in one step (a list column: one flatten and reshape, no copy), and batches are gathered
 from them with one fancy index each.

@@ -20,17 +20,19 @@ from raydeep.datasets.splits import ParquetSplit, one_line, read_footer
 from raydeep.errors import DataError
 
 
+def _label_column(split: ParquetSplit, path: str) -> pa.ChunkedArray:
+    try:
+        with split.filesystem.open_input_file(path) as f:
+            return pq.ParquetFile(f).read(columns=[LABEL_COLUMN]).column(LABEL_COLUMN)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{split.key}: {path}: cannot read the {LABEL_COLUMN!r} column ({one_line(exc)})") from None
+
+
 def label_histogram(split: ParquetSplit, num_classes: int) -> list[int]:
     """Per-class row counts from a pyarrow scan of the ``label`` column only, file by file."""
     counts = np.zeros(num_classes, dtype=np.int64)
     for path in split.files:
-        try:
-            with split.filesystem.open_input_file(path) as f:
-                labels = pq.ParquetFile(f).read(columns=[LABEL_COLUMN]).column(LABEL_COLUMN)
-        except (pa.ArrowException, OSError) as exc:
-            raise DataError(
-                f"{split.key}: {path}: cannot read the {LABEL_COLUMN!r} column ({one_line(exc)})"
-            ) from None
+        labels = _label_column(split, path)
         if labels.null_count:
             raise DataError(f"{split.key}: {path}: {labels.null_count} null label(s); every row needs a label "
                             f"in [0, {num_classes})")
@@ -52,11 +54,7 @@ def target_summary(split: ParquetSplit) -> dict[str, float]:
     lo, hi = math.inf, -math.inf
     shift = None  # sums of (y - shift): no cancellation when the targets' mean dwarfs their spread
     for path in split.files:
-        try:
-            with split.filesystem.open_input_file(path) as f:
-                column = pq.ParquetFile(f).read(columns=[LABEL_COLUMN]).column(LABEL_COLUMN)
-        except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{split.key}: {path}: cannot read the {LABEL_COLUMN!r} column ({one_line(exc)})") from None
+        column = _label_column(split, path)
         if column.null_count:
             raise DataError(f"{split.key}: {path}: {column.null_count} null target(s) in {LABEL_COLUMN!r}; "
                             "every row needs a number")
@@ -83,15 +81,10 @@ _VALUE_BYTES = {"BOOLEAN": 1 / 8, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 
 
 def memory_bytes(split: ParquetSplit, columns: list[str]) -> int:
     """Bytes the split's ``columns`` take in memory (decoded, uncompressed), from its parquet
-    footers alone: those ``open_split`` already read (no I/O), else one read per file through
-    the split's filesystem, so S3 too.
-
-    Per column chunk: its value count (list entries included) times its type's width; a
-    variable-length binary or string chunk counts its uncompressed size. Validity bitmaps and
-    list offsets are left out. The footers' ``total_byte_size`` is *not* this: it is measured
-    after parquet's dictionary and run-length encoding (only before compression), and for token
-    ids (a small vocabulary, runs of padding) it is about the compressed size: 2.3 MB against
-    10.8 MB in Arrow for 20k rows x 128 tokens of synthetic-text.
+    footers alone (``footers_of``: no I/O after ``open_split``, S3 included): per column chunk,
+    its value count times its type's width, or its uncompressed size for variable-length binary.
+    Not the footers' ``total_byte_size``, which is after dictionary and run-length encoding: for
+    padded token ids about the compressed size (2.3 MB against 10.8 MB in Arrow, 20k x 128).
     """
     return math.ceil(sum(memory_bytes_per_file(split, columns)))
 

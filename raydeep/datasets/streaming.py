@@ -4,7 +4,7 @@ listed, with a new file order, and with class resampling, per epoch.
 Not ``ray.data.read_parquet``: every execution of it (one per epoch in a Train run) lists the
 files and reads their footers again in freshly started actors, seconds before each epoch's first
 batch on a small machine, while ``open_split`` has already read every footer on the driver
-(benchmarks/BENCHMARKS.md, "Why raydeep reads its own shards"). ``ShardReader`` makes one read
+(benchmarks/BENCHMARKS.md, "The streamed path's shape"). ``ShardReader`` makes one read
 task per shard from what the footers say. Imports Ray: import this module only where Ray runs.
 """
 
@@ -92,7 +92,7 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, rate
     window, ``batches.torch_batches``). ``rates``: per-class resampling, drawn anew every epoch
     (needs the seed). Blocks hold at most ``block_bytes`` (``data.block_mb``; None: Ray Data's
     128 MiB). Epochs count this dataset's executions, so a resumed run starts again from epoch 0's
-    order and draw. Why this shape, measured: benchmarks/BENCHMARKS.md, "to_ray_dataset".
+    order and draw. Why this shape, measured: benchmarks/BENCHMARKS.md, "The streamed path's shape".
     """
     columns = [split.feature.column, LABEL_COLUMN]
     schema = split.schema
@@ -104,6 +104,7 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, rate
                     block_bytes=block_bytes or ray.data.DataContext.get_current().target_max_block_size),
         override_num_blocks=max(1, len(split.files)),
     )
+    # The feature stays a list column: the worker's batcher makes one array per block (BENCHMARKS.md).
     if block_bytes:
         ds = ds.copy(ds, _deep_copy=True)  # its own context: the global one stays as it was
         ds.context.target_max_block_size = int(block_bytes)  # Ray's block shaping after the read
