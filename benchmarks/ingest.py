@@ -154,7 +154,7 @@ def before_dataset(split, shuffle_seed: int, block_bytes: int | None):
 def run_arm(ds, remote, args, batcher: str = "raydeep") -> dict:
     import ray
 
-    from raydeep.trainers.driver import ingest_options
+    from raydeep.trainers.launch import ingest_options
 
     ds = ds.copy(ds, _deep_copy=True)  # its own context, as Ray Train's DataConfig gives it
     options = ingest_options(args.read_ahead_mb or None)  # what raydeep hands DataConfig

@@ -173,7 +173,7 @@ def measure(split_dir: Path, materialize_mb: float, args) -> dict:
     from raydeep.datasets import open_split
     from raydeep.datasets.scan import fits_in_memory
     from raydeep.datasets.streaming import to_ray_dataset
-    from raydeep.trainers.driver import ingest_options
+    from raydeep.trainers.launch import ingest_options
 
     split = open_split(str(split_dir), key="bench")
     actor = ray.remote(num_cpus=args.worker_cpus)(Consumer).remote(args.sample_s)

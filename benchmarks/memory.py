@@ -99,7 +99,7 @@ def measure_worker(job: dict[str, Any]) -> list[dict] | None:
 
     from raydeep.config import validate
     from raydeep.datasets.schema import FeatureSpec
-    from raydeep.trainers.driver import bounded_buckets
+    from raydeep.trainers.plan import bounded_buckets
     from raydeep.trainers.engine import create_engine, deepspeed_config
     from raydeep.trainers.models import build_model, count_parameters
 

@@ -100,7 +100,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_schedules(args: argparse.Namespace) -> int:
     from raydeep.config import load_config
-    from raydeep.trainers.driver import plot_schedule_command
+    from raydeep.trainers.schedule_plot import plot_schedule_command
 
     out = plot_schedule_command(load_config(args.config, args.overrides), args.out, args.compare)
     print(f"wrote {out}")

@@ -9,12 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
-def epoch_line(m: dict[str, Any], epochs: int) -> str:
-    if "val/rmse" in m:  # model.task: regression
-        quality = f"rmse {m['val/rmse']:.4g}  mae {m['val/mae']:.4g}  r2 {m['val/r2']:.4f}  "
-    else:
-        quality = (f"acc {m['val/accuracy']:.4f}  macro-F1 {m['val/macro_f1']:.4f}  "
-                   f"bal-acc {m['val/balanced_accuracy']:.4f}  ")
+def epoch_line(m: dict[str, Any], epochs: int, quality: str) -> str:
+    """One epoch on the console; ``quality`` is the task's part (``Task.quality``)."""
     # The share of the epoch rank 0 spent getting batches: near 0 when compute-bound; a large
     # one says the data path (storage, Ray Data, data.read_ahead_mb, data.block_mb) is the limit.
     data = f" (data {m['data_wait_s'] / m['epoch_time_s']:.0%})" if m.get("data_wait_s") is not None and m.get(

@@ -18,20 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
 
+from raydeep.config import Config, load_config
+from raydeep.datasets.batches import block_arrays
+from raydeep.datasets.schema import FeatureSpec
+from raydeep.datasets.reader import read_shard
+from raydeep.datasets.splits import open_split
 from raydeep.datasets.storage import StorageConfig, check_bucket, is_s3, s3_errors, s3_filesystem, strip_s3
 from raydeep.errors import DataError, RaydeepError
 from raydeep.fileio import atomic_write_text
 from raydeep.trainers.checkpoints import STATE_FILE, find_checkpoint, load_state_dict
+from raydeep.trainers.models import build_model
+from raydeep.trainers.tasks import task_of
 
 KEY = "evaluate"  # names the argument in one-line errors
 
 
 def load_model(ckpt: Path):
-    from raydeep.config import Config
-    from raydeep.datasets.schema import FeatureSpec
-    from raydeep.trainers.models import build_model
-
     state = json.loads((ckpt / STATE_FILE).read_text())
     cfg = Config.model_validate(state["config"])
     feature = FeatureSpec.from_dict(state["feature"])
@@ -44,9 +49,6 @@ def load_model(ckpt: Path):
 def batches(split, column: str, batch_size: int):
     """(features, labels) numpy batches straight from the parquet files (one machine, no Ray),
     read and converted as a training worker reads them (``read_shard``, ``block_arrays``)."""
-    from raydeep.datasets.batches import block_arrays
-    from raydeep.datasets.sources import read_shard
-
     for f in split.files:
         for table in read_shard(f, split.filesystem, [column, "label"], batch_size):
             arrays = block_arrays(table)
@@ -74,8 +76,6 @@ def _remote_checkpoint_of_run(run_dir: Path) -> tuple[str, StorageConfig] | None
     config = run_dir / "config.yaml"
     if (run_dir / STATE_FILE).is_file() or not summary.is_file() or not config.is_file():
         return None
-    from raydeep.config import load_config
-
     cfg = load_config(config)
     if not is_s3(cfg.run.storage):
         return None
@@ -157,69 +157,31 @@ def write_result(out: str, text: str, storage: StorageConfig | None) -> None:
 
 def evaluate_command(path: str, data: str, *, out: str | None = None, batch_size: int = 256,
                      storage: StorageConfig | None = None) -> dict[str, Any]:
-    """Evaluate the checkpoint ``path`` (local or ``s3://``) on the split ``data``.
+    """Evaluate the checkpoint ``path`` (local or ``s3://``) on the split ``data`` with the metrics of
+    its task.
 
     ``storage``: S3 settings from the command line; None takes the run's ``storage:`` section,
     else the standard AWS variables, for both the checkpoint and ``--data``."""
-    import torch
-    from rich.console import Console
-
-    from raydeep.datasets.sources import label_histogram, open_split
-    from raydeep.trainers.console import confusion_table, metrics_table
-    from raydeep.trainers.metrics import classification_metrics, confusion_matrix
-
     with located_checkpoint(path, storage) as where:
         model, cfg, feature, state = load_model(where.local)
     storage = storage or where.storage or cfg.storage
-    regression = cfg.model.task == "regression"
-    split = open_split(data, key="--data", storage=storage, label_kind="value" if regression else "class")
+    task = task_of(cfg)
+    split = open_split(data, key="--data", storage=storage, label_kind=task.label_kind)
     if split.feature.column != feature.column:
         raise RaydeepError(f"--data {data}: has column {split.feature.column!r}; the model reads {feature.column!r}")
-    if regression:
-        return evaluate_regression(model, split, feature, state, where, data, out, batch_size, storage)
-    k = cfg.model.num_classes
-    label_histogram(split, k)  # range check before any compute
-    cm = torch.zeros(k, k, dtype=torch.int64)
+    task.check_split(cfg, split)  # bad labels fail before any compute
+    acc = task.accumulator(cfg)
     with torch.no_grad():
         for x, y in batches(split, feature.column, batch_size):
             xt = torch.tensor(x)  # a copy: the arrays map Arrow's read-only buffers
-            xt = xt.float() if xt.is_floating_point() else xt.long()
-            cm += confusion_matrix(model(xt).argmax(-1), torch.tensor(y).long(), k)
-    names = state.get("label_names") or [str(i) for i in range(k)]
-    metrics = classification_metrics(cm.numpy(), names)
+            acc.update(model(xt.float() if xt.is_floating_point() else xt.long()), torch.tensor(y))
+    names = state.get("label_names") or ([str(i) for i in range(cfg.model.output_dim)] if cfg.model.num_classes else None)
+    report = acc.report(names)
     console = Console()
     name = where.uri.rstrip("/").rsplit("/", 1)[-1]
-    console.print(metrics_table(metrics, names, f"{data} — checkpoint {name} (epoch {state['epoch'] + 1})"))
-    console.print(confusion_table(cm.tolist(), names))
-    result = {"checkpoint": where.uri, "data": data, "rows": int(cm.sum()), **metrics, "confusion": cm.tolist()}
-    out_path = out or where.out
-    write_result(out_path, json.dumps(result, indent=2) + "\n", storage)
-    console.print(f"wrote {out_path}")
-    return result
-
-
-def evaluate_regression(model, split, feature, state: dict, where, data: str, out: str | None, batch_size: int,
-                        storage) -> dict[str, Any]:
-    """``raydeep evaluate`` of a ``model.task: regression`` checkpoint: mse, rmse, mae and r2."""
-    import torch
-    from rich.console import Console
-
-    from raydeep.datasets.sources import target_summary
-    from raydeep.trainers.console import regression_table
-    from raydeep.trainers.metrics import RegressionSums
-
-    target_summary(split)  # a null or NaN target fails before any compute
-    sums = RegressionSums()
-    with torch.no_grad():
-        for x, y in batches(split, feature.column, batch_size):
-            xt = torch.tensor(x)  # a copy: the arrays map Arrow's read-only buffers
-            sums.update(model(xt.float() if xt.is_floating_point() else xt.long()), y)
-    metrics = sums.metrics()
-    name = where.uri.rstrip("/").rsplit("/", 1)[-1]
-    console = Console()
-    console.print(regression_table({f"val/{k}": v for k, v in metrics.items()}, None, None,
-                                   f"{data} — checkpoint {name} (epoch {state['epoch'] + 1})"))
-    result = {"checkpoint": where.uri, "data": data, "rows": sums.n, **metrics}
+    for table in task.evaluation_tables(report, names, f"{data} — checkpoint {name} (epoch {state['epoch'] + 1})"):
+        console.print(table)
+    result = {"checkpoint": where.uri, "data": data, **report}
     out_path = out or where.out
     write_result(out_path, json.dumps(result, indent=2) + "\n", storage)
     console.print(f"wrote {out_path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from raydeep.fileio import atomic_write_bytes
@@ -24,24 +25,27 @@ def _save(fig, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_learning_curves(epochs: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Loss, validation metrics and LR against epochs, one panel each (regression: rmse and mae)."""
+@dataclass(frozen=True)
+class MetricPanel:
+    """The middle panel of learning_curves.png: a task's validation metrics."""
+
+    keys: tuple[str, ...]
+    title: str
+    ylim: tuple[float, float | None]  # (bottom, top); top None: free
+
+
+def plot_learning_curves(epochs: list[dict[str, Any]], panel: MetricPanel, path: str | os.PathLike) -> None:
+    """Loss, the task's validation metrics and LR against epochs, one panel each."""
     plt = _figure()
     x = [m["epoch"] + 1 for m in epochs]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     axes[0].plot(x, [m["train/loss"] for m in epochs], "o-", label="train")
     axes[0].plot(x, [m["val/loss"] for m in epochs], "o-", label="validation")
     axes[0].set_title("loss")
-    regression = any("val/rmse" in m for m in epochs)
-    keys = ("val/rmse", "val/mae") if regression else ("val/accuracy", "val/macro_f1", "val/balanced_accuracy")
-    for key in keys:
+    for key in panel.keys:
         axes[1].plot(x, [m.get(key) for m in epochs], "o-", label=key.split("/", 1)[1])
-    if regression:
-        axes[1].set_title("validation error (target units)")
-        axes[1].set_ylim(bottom=0)
-    else:
-        axes[1].set_title("validation")
-        axes[1].set_ylim(0, 1.02)
+    axes[1].set_title(panel.title)
+    axes[1].set_ylim(*panel.ylim)
     axes[2].plot(x, [m["lr"] for m in epochs], "o-")
     axes[2].set_title("learning rate (end of epoch)")
     for ax in axes:

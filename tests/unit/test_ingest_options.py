@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from raydeep.config import DataConfig
-from raydeep.trainers.driver import ingest_options
+from raydeep.trainers.launch import ingest_options
 
 
 def test_read_ahead_caps_only_the_object_store():
@@ -34,7 +34,7 @@ def test_config_default_and_bounds():
 def test_block_mb_default_bounds_and_bytes():
     from types import SimpleNamespace
 
-    from raydeep.trainers.driver import block_bytes
+    from raydeep.trainers.launch import block_bytes
 
     assert DataConfig(train="a", val="b").block_mb == 32
     assert block_bytes(SimpleNamespace(data=DataConfig(train="a", val="b"))) == 32 * 2**20

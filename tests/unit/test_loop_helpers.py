@@ -1,24 +1,45 @@
-"""The worker loop's pure helpers: early stopping and the per-worker step count."""
+"""The worker loop's pure helpers: early stopping, the epoch seed and the per-worker step count."""
 
-from raydeep.trainers.loop import steps_per_epoch, update_early_stopping
+from raydeep.config import EarlyStoppingConfig
+from raydeep.trainers.loop import EarlyStopping, epoch_seed
+from raydeep.trainers.plan import Steps, steps_per_epoch
+from tests.helpers import tiny_config
 
 
 def test_early_stopping_counts_epochs_without_improvement():
-    state = {"best": None, "best_epoch": None, "bad_epochs": 0}
+    es = EarlyStopping(EarlyStoppingConfig(metric="val/macro_f1", mode="max", patience=2))
     seq = [0.5, 0.6, 0.6, 0.55, 0.7, 0.69, 0.68]
-    stops = [update_early_stopping(state, {"val/macro_f1": v}, "val/macro_f1", "max", 2, e)
-             for e, v in enumerate(seq)]
+    stops = [es.update({"val/macro_f1": v}, e) for e, v in enumerate(seq)]
     # 0.6 at epoch 2 does not improve on 0.6 (strictly better is required); epoch 3 is the
     # second bad epoch in a row -> stop. Later values are evaluated as if training went on.
     assert stops[:4] == [False, False, False, True]
-    assert state["best"] == 0.7 and state["best_epoch"] == 4
+    assert es.best == 0.7 and es.best_epoch == 4
 
 
-def test_early_stopping_min_mode_and_off():
-    state = {"best": None, "best_epoch": None, "bad_epochs": 0}
+def test_early_stopping_min_mode_and_off_and_its_report():
+    es = EarlyStopping(EarlyStoppingConfig(metric="val/loss", mode="min", patience=None))
     for e, v in enumerate([1.0, 0.8, 0.9, 0.95, 0.7]):
-        assert not update_early_stopping(state, {"val/loss": v}, "val/loss", "min", None, e)
-    assert state["best"] == 0.7 and state["bad_epochs"] == 0
+        m = {"val/loss": v}
+        assert not es.update(m, e)
+        assert m["best/val/loss"] == min([1.0, 0.8, 0.9, 0.95, 0.7][:e + 1])
+    assert es.best == 0.7 and es.bad_epochs == 0
+
+
+def test_early_stopping_state_round_trips_through_a_checkpoint():
+    es = EarlyStopping(EarlyStoppingConfig(metric="val/loss", mode="min", patience=3))
+    for e, v in enumerate([1.0, 0.8, 0.9]):
+        es.update({"val/loss": v}, e)
+    state = es.state_dict(next_epoch=3)
+    assert state == {"epoch": 3, "best": 0.8, "best_epoch": 1, "bad_epochs": 1}  # the checkpoint's keys
+    again = EarlyStopping(EarlyStoppingConfig(metric="val/loss", mode="min", patience=3))
+    assert again.load_state_dict(state) == 3
+    assert (again.best, again.best_epoch, again.bad_epochs) == (0.8, 1, 1)
+
+
+def test_epoch_seed_differs_per_epoch_and_rank():
+    seeds = {epoch_seed(7, e, r) for e in range(50) for r in range(8)}
+    assert len(seeds) == 400
+    assert epoch_seed(0, 0, 0) == 0 and epoch_seed(1, 2, 3) == 100_003 + 2 * 1_009 + 3
 
 
 def test_steps_per_epoch_equal_split():
@@ -27,3 +48,11 @@ def test_steps_per_epoch_equal_split():
     # 101 rows over 2 workers: the odd row is dropped to equalize -> 50 each -> 4 batches of 16
     assert steps_per_epoch(101, 2, 16) == 4
     assert steps_per_epoch(1, 2, 16) == 0
+
+
+def test_steps_of_a_run_count_optimizer_steps_after_accumulation():
+    from raydeep.config import validate
+
+    cfg = validate(tiny_config(data={"batch_size": 16}, optim={"grad_accum": 4}, run={"epochs": 3}), "t.yaml")
+    s = Steps.of(cfg, 278, 2)
+    assert (s.per_epoch, s.optimizer_per_epoch, s.total) == (9, 2, 6)  # 27 micro-batches // 4

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from raydeep.config import ModelConfig
 from raydeep.datasets.schema import FeatureSpec
-from raydeep.trainers.models import MODELS, build_model, count_parameters, register
+from raydeep.trainers.models import MODELS, build_model, count_parameters
+from raydeep.trainers.models.registry import register
 from raydeep.trainers.models.cnn import ConvClassifier
 from raydeep.trainers.models.transformer import TransformerClassifier
 

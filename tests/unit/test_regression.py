@@ -305,7 +305,7 @@ def test_a_misspelt_regression_tune_metric_gets_a_suggestion():
 
 
 def test_plan_refuses_a_model_that_cannot_read_the_data(tmp_path, monkeypatch):
-    from raydeep.trainers.driver import plan_data
+    from raydeep.trainers.plan import plan_data
 
     monkeypatch.setenv("RAYDEEP_CACHE", str(tmp_path))
     cfg = validate(regression_config(model={"kind": "transformer", "heads": 2, "d_model": 16}), "seed.yaml")

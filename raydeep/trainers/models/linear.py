@@ -12,7 +12,7 @@ from torch import nn
 
 from raydeep.config import ModelConfig
 from raydeep.datasets.schema import FeatureSpec
-from raydeep.trainers.models import register
+from raydeep.trainers.models.registry import register
 
 
 class LinearModel(nn.Module):
@@ -24,7 +24,7 @@ class LinearModel(nn.Module):
                 "use model.kind: transformer for token data"
             )
         self.num_features = feature.width
-        self.regression = cfg.task == "regression"
+        self.one_output = cfg.output_dim == 1
         self.linear = nn.Linear(self.num_features, cfg.output_dim)
         # Zeros: the loss is convex in θ, so no symmetry needs breaking, and a run starts from
         # the same θ = 0 whatever the seed (the worked example's usual starting point).
@@ -46,7 +46,7 @@ class LinearModel(nn.Module):
         if x.shape[1] != self.num_features:
             raise ValueError(f"expected {self.num_features} features per row, got {x.shape[1]}")
         out = self.linear(x.to(self.linear.weight.dtype))
-        return out.squeeze(-1) if self.regression else out  # regression: [B], like the targets
+        return out.squeeze(-1) if self.one_output else out  # one value per row: [B], like the targets
 
 
 @register("linear")

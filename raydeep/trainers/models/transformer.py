@@ -10,7 +10,8 @@ from torch import nn
 
 from raydeep.config import ModelConfig
 from raydeep.datasets.schema import FeatureSpec
-from raydeep.trainers.models import as_images, image_shape_of, register
+from raydeep.trainers.models.inputs import as_images, image_shape_of
+from raydeep.trainers.models.registry import register
 
 
 class Block(nn.Module):

@@ -1,0 +1,89 @@
+"""Building the ``TorchTrainer`` of one run: what ``raydeep train`` fits and every Tune trial runs.
+
+Splits that fit in memory go to the workers as object-store tables (``datasets/memory.py``),
+with no Ray Data in the run; the rest stream through Ray Data (``datasets/streaming.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.data import DataContext, ExecutionOptions
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+from ray.train import DataConfig as RayDataConfig
+from ray.train import ScalingConfig as RayScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raydeep.config import Config
+from raydeep.datasets.memory import in_memory_split
+from raydeep.datasets.streaming import to_ray_dataset
+from raydeep.trainers.loop import train_loop_per_worker
+from raydeep.trainers.plan import RunPlan, worker_job
+
+
+def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesystem=None, board=None,
+                  callbacks: list | None = None, verbose: bool = False) -> TorchTrainer:
+    """The TorchTrainer for one run: what ``raydeep train`` fits, and the body of every Tune trial."""
+    cfg, data = plan.cfg, plan.data
+    cache_bytes = int(cfg.data.materialize_max_mb * 2**20)
+    held = {"train": in_memory_split(data.train, max_bytes=cache_bytes, seed=cfg.run.seed, rates=plan.sampling_rates),
+            "val": in_memory_split(data.val, max_bytes=cache_bytes)}
+    job = worker_job(plan, board=board, verbose=verbose,
+                     in_memory={name: split for name, split in held.items() if split is not None})
+    datasets = {}
+    if held["train"] is None:
+        datasets["train"] = train_dataset(plan)
+    if held["val"] is None:
+        datasets["val"] = to_ray_dataset(data.val, block_bytes=block_bytes(cfg))
+    es = cfg.run.early_stopping
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job},
+        scaling_config=RayScalingConfig(
+            num_workers=plan.world, use_gpu=plan.use_gpu,
+            resources_per_worker={"CPU": plan.cpus_per_worker,
+                                  **({"GPU": cfg.scaling.gpus_per_worker} if plan.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.run.num_to_keep, checkpoint_score_attribute="best/" + es.metric,
+                checkpoint_score_order=es.mode),
+            callbacks=callbacks,
+        ),
+        datasets=datasets or None,
+        # Only the training set is split; see trainers/loop.py for why validation is not.
+        dataset_config=RayDataConfig(datasets_to_split=[n for n in ("train",) if n in datasets],
+                                     execution_options=ingest_options(cfg.data.read_ahead_mb)),
+    )
+
+
+def ingest_options(read_ahead_mb: float | None) -> ExecutionOptions | None:
+    """Ray Data's options for a run's ingest: Train's defaults plus ``data.read_ahead_mb``, which
+    bounds what Ray Data reads ahead into the object store (benchmarks/BENCHMARKS.md, "Worker
+    memory as the data grows"). ``None``: Train's default.
+    """
+    if read_ahead_mb is None:
+        return None  # DataConfig's own default_ingest_options()
+    # What DataConfig.default_ingest_options() carries over from the driver's context, less the
+    # deprecated exclude_resources (zero unless set; reading it prints a deprecation warning).
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(
+        resource_limits=current.resource_limits.copy(object_store_memory=int(read_ahead_mb * 2**20)),
+        preserve_order=current.preserve_order,
+        verbose_progress=current.verbose_progress,
+    )
+
+
+def block_bytes(cfg: Config) -> int | None:
+    """``data.block_mb`` in bytes (None: Ray Data's default block size)."""
+    return int(cfg.data.block_mb * 2**20) if cfg.data.block_mb else None
+
+
+def train_dataset(plan: RunPlan) -> Any:
+    return to_ray_dataset(plan.data.train, shuffle_seed=plan.cfg.run.seed, rates=plan.sampling_rates,
+                          block_bytes=block_bytes(plan.cfg))
