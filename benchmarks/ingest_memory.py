@@ -179,7 +179,9 @@ def measure(split_dir: Path, materialize_mb: float, args) -> dict:
     actor = ray.remote(num_cpus=args.worker_cpus)(Consumer).remote(args.sample_s)
     with StoreWatcher() as store:
         t = time.perf_counter()
-        ds = to_ray_dataset(split, shuffle_seed=args.seed, materialize_max_bytes=int(materialize_mb * MiB),
+        # Always the streamed path: a split under materialize_mb now skips Ray Data altogether
+        # (datasets/memory.py), so "materialized" below says which path raydeep would take.
+        ds = to_ray_dataset(split, shuffle_seed=args.seed,
                             block_bytes=int(args.block_mb * MiB) if args.block_mb else None)
         prepare_s = time.perf_counter() - t
         ds = ds.copy(ds, _deep_copy=True)  # its own context, as Ray Train's DataConfig gives it
