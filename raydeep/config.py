@@ -240,7 +240,7 @@ class Config(Section):
             why = metric_task_error(key, metric, task)
             if why:
                 raise ValueError(why)
-            if TASK_DEFAULTS[task].checks_modes and mode != metric_mode(metric):
+            if mode != metric_mode(metric):  # a best checkpoint or early stop that keeps the worst epoch
                 raise ValueError(f"{key} = {metric!r} with mode: {mode} would favour the worst values; "
                                  f"use mode: {metric_mode(metric)}")
         return self

@@ -40,17 +40,15 @@ class TaskDefaults:
     losses: tuple[str, ...]  # the imbalance.loss values the task accepts
     early_stopping_metric: str  # also what the best checkpoint is chosen by
     tune_metric: str
-    checks_modes: bool  # refuse an early-stopping/schedule mode that favours the worst values
     example_metric: str  # named in "pick a ... metric such as ..."
 
 
 TASK_DEFAULTS: dict[str, TaskDefaults] = {
     # the sections' own defaults (ImbalanceConfig, EarlyStoppingConfig, TuneConfig) are classification's
     "classification": TaskDefaults("cross_entropy", ("cross_entropy", "focal", "hinge"), "val/macro_f1",
-                                   "val/macro_f1", checks_modes=False, example_metric="val/macro_f1"),
+                                   "val/macro_f1", example_metric="val/macro_f1"),
     # tune.metric val/loss (= val/mse) ranks trials as val/rmse does
-    "regression": TaskDefaults("mse", ("mse",), "val/rmse", "val/loss", checks_modes=True,
-                               example_metric="val/rmse"),
+    "regression": TaskDefaults("mse", ("mse",), "val/rmse", "val/loss", example_metric="val/rmse"),
 }
 
 

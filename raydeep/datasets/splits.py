@@ -107,11 +107,8 @@ def _list_files(uri: str, *, key: str) -> _Listing:
                        if _is_shard(n) and os.path.isfile(os.path.join(path, n)))
         incomplete = os.path.join(path, INCOMPLETE_NAME) if INCOMPLETE_NAME in names else None
         if not files and not incomplete:
-            if PREPARED_NAME in names:
-                raise DataError(f"{key}: {path}: this is a prepared data set's root; name one split, e.g. "
-                                f"{os.path.join(path, 'train')}")
-            raise DataError(f"{key}: {path}: no parquet files in this directory "
-                            "(expected *.parquet; subdirectories are not searched)")
+            raise _no_shards(key, path, names, os.path.join(path, "train"),
+                             "no parquet files in this directory (expected *.parquet; subdirectories are not searched)")
         return _Listing(files, manifest_in(path), True, incomplete)
     if os.path.isfile(path):
         if not path.lower().endswith(".parquet"):
@@ -119,6 +116,13 @@ def _list_files(uri: str, *, key: str) -> _Listing:
                             f"or {BUNDLED_SCHEME}NAME/SPLIT")
         return _Listing([path], manifest_in(os.path.dirname(path)), False)
     raise DataError(f"{key}: {path}: path does not exist")
+
+
+def _no_shards(key: str, where: str, names, train_split: str, nothing: str) -> DataError:
+    """A folder (or prefix) with no shards: a prepared set's root says which split to name."""
+    if PREPARED_NAME in names:
+        return DataError(f"{key}: {where}: this is a prepared data set's root; name one split, e.g. {train_split}")
+    return DataError(f"{key}: {where}: {nothing}")
 
 
 def _list_s3(uri: str, s3: Any, *, key: str) -> _Listing:
@@ -163,11 +167,8 @@ def _list_s3(uri: str, s3: Any, *, key: str) -> _Listing:
     files = sorted(full(e["name"]) for n, e in names.items() if _is_shard(n))
     incomplete = full(f"{path}/{INCOMPLETE_NAME}") if INCOMPLETE_NAME in names else None
     if not files and not incomplete:
-        if PREPARED_NAME in names:
-            raise DataError(f"{key}: {uri}: this is a prepared data set's root; name one split, e.g. "
-                            f"{uri.rstrip('/')}/train")
-        raise DataError(f"{key}: {uri}: no parquet objects under this prefix "
-                        "(expected *.parquet; deeper prefixes are not searched)")
+        raise _no_shards(key, uri, names, f"{uri.rstrip('/')}/train",
+                         "no parquet objects under this prefix (expected *.parquet; deeper prefixes are not searched)")
     manifest = full(f"{path}/{MANIFEST_NAME}") if MANIFEST_NAME in names else None
     return _Listing(files, manifest, True, incomplete)
 

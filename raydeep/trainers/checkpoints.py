@@ -1,4 +1,5 @@
-"""Checkpoint layout, shared by the worker that writes it and ``raydeep evaluate`` that reads it.
+"""Checkpoint layout, shared by the worker that writes it (``reporting.py``) and ``raydeep evaluate``
+that reads it. No Ray here: reading a checkpoint needs none.
 
 A checkpoint directory holds every rank's DeepSpeed files under ``engine/`` plus
 ``raydeep.json`` (config, feature spec, label names, epoch). Weights are consolidated from the
@@ -10,18 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import ray.train
+from typing import Any
 
 from raydeep.errors import RaydeepError
-
-if TYPE_CHECKING:
-    from raydeep.trainers.plan import WorkerJob
-    from raydeep.trainers.schedules import Schedule
 
 ENGINE_TAG = "engine"  # DeepSpeed tag: one fixed name; Ray versions the checkpoint directories
 STATE_FILE = "raydeep.json"
@@ -54,48 +47,3 @@ def load_state_dict(ckpt: Path, zero_stage: int) -> dict[str, Any]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=ENGINE_TAG)
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# The worker's side: save and restore
-
-
-def save_and_report(engine, schedule: "Schedule", state: dict[str, Any], metrics: dict[str, Any],
-                    job: "WorkerJob") -> None:
-    """Every rank saves its ZeRO shard and reports the directory; Ray merges them into one.
-
-    ``state`` (epoch, early-stopping bests) and the schedule's state ride in DeepSpeed's client
-    state, so one ``load_checkpoint`` restores weights, optimizer, counters and them together.
-    """
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    tmp = Path(tempfile.mkdtemp(prefix=f"raydeep-ckpt-r{rank}-"))
-    try:
-        engine.save_checkpoint(str(tmp), tag=ENGINE_TAG,
-                               client_state={"raydeep": {**state, "schedule": schedule.state_dict()}})
-        if rank == 0:
-            (tmp / STATE_FILE).write_text(json.dumps({
-                "config": job.config.model_dump(mode="json"), "feature": job.feature.to_dict(),
-                "label_names": job.label_names, "epoch": metrics["epoch"], "global_step": metrics["global_step"],
-                "zero_stage": job.zero_stage, "world_size": ctx.get_world_size(),
-                "metrics": {k: v for k, v in metrics.items() if k != "val/confusion"},
-            }, indent=1))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def restore(engine, schedule: "Schedule") -> dict[str, Any] | None:
-    """The saved loop state from Ray's latest checkpoint (weights, optimizer and schedule restored
-    into ``engine`` and ``schedule``), or None for a fresh run. The RNG needs no saving: each
-    epoch reseeds from (seed, epoch, rank)."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        _, client = engine.load_checkpoint(d, tag=ENGINE_TAG)
-    saved = dict(client["raydeep"])
-    schedule.load_state_dict(saved.pop("schedule"))
-    return saved

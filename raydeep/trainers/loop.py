@@ -31,11 +31,11 @@ from ray.train.v2._internal.execution import context as train_context
 from raydeep.config import Config, EarlyStoppingConfig
 from raydeep.datasets.batches import torch_batches
 from raydeep.datasets.schema import FeatureSpec
-from raydeep.trainers.checkpoints import restore, save_and_report
 from raydeep.trainers.engine import create_engine, input_dtype, l1_penalty, set_lr
 from raydeep.trainers.models import build_model
 from raydeep.trainers.plan import WorkerJob
 from raydeep.trainers.progress import StepTicker
+from raydeep.trainers.reporting import report_epoch, restore
 from raydeep.trainers.schedules import Schedule
 from raydeep.trainers.tasks import Task, task_of
 
@@ -91,14 +91,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                    **validation_pass(engine, val_data, task, cfg, loss_fn, epoch, feature, dtype)}
         schedule.observe(epoch, metrics.get(getattr(cfg.schedule, "metric", "val/loss")))  # plateau reads it
         stop = stopper.update(metrics, epoch)
-        if board is not None:
-            board.epoch_end.remote(metrics)
-            if epoch == first_epoch:
-                board.record_startup.remote(marks)
-        if stop or epoch + 1 == cfg.run.epochs or (epoch + 1) % cfg.run.checkpoint_every == 0:
-            save_and_report(engine, schedule, stopper.state_dict(epoch + 1), metrics, job)
-        else:
-            ray.train.report(metrics)
+        due = stop or epoch + 1 == cfg.run.epochs or (epoch + 1) % cfg.run.checkpoint_every == 0
+        report_epoch(metrics, board=board, startup=marks if epoch == first_epoch else None, engine=engine,
+                     schedule=schedule, state=stopper.state_dict(epoch + 1) if due else None, job=job)
         if stop:
             break
     return {**metrics, "resumed_from_step": resumed_from, "stopped_early": stop}

@@ -40,6 +40,9 @@ def config_file(tmp_path):
         ("schedule.name=cosinus", ["schedule.name", "cosine"]),
         ("optim.name=lamb", ["optim.name = 'lamb'", "'adamw'"]),
         ("imbalance.loss=mse", ["imbalance.loss = 'mse' is the regression loss", "model.task: regression"]),
+        # a classification run ranking by a loss in mode max would keep its worst epoch as "best"
+        ("run.early_stopping={metric: val/loss, mode: max}",
+         ["run.early_stopping.metric = 'val/loss' with mode: max would favour the worst values", "use mode: min"]),
     ],
 )
 def test_config_errors_name_file_key_value(config_file, tmp_path, override, needles):

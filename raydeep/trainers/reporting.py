@@ -1,0 +1,77 @@
+"""What leaves a worker at an epoch's end, and what a resumed worker reads back (runs on workers).
+
+``report_epoch`` is the one way an epoch's metrics leave the loop: rank 0's progress board (the
+driver's live console and metrics.jsonl) and ``ray.train.report`` (Ray's checkpoint ranking, and
+a Tune trial's result), with every rank's checkpoint shard when one is due. The loop's return
+value is the last epoch's metrics again, for ``TorchTrainer.fit().return_value``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ray.train
+
+from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE
+
+if TYPE_CHECKING:
+    from raydeep.trainers.plan import WorkerJob
+    from raydeep.trainers.schedules import Schedule
+
+
+def report_epoch(metrics: dict[str, Any], *, board, startup: dict[str, float] | None, engine,
+                 schedule: "Schedule", state: dict[str, Any] | None, job: "WorkerJob") -> None:
+    """Publish one epoch: to ``board`` (rank 0's, None elsewhere and in Tune trials, with the
+    start-up timeline after the first epoch) and to Ray, saving a checkpoint when ``state`` (the
+    loop's own state: epoch, early-stopping bests) is given."""
+    if board is not None:
+        board.epoch_end.remote(metrics)
+        if startup is not None:
+            board.record_startup.remote(startup)
+    if state is None:
+        ray.train.report(metrics)
+    else:
+        save_and_report(engine, schedule, state, metrics, job)
+
+
+def save_and_report(engine, schedule: "Schedule", state: dict[str, Any], metrics: dict[str, Any],
+                    job: "WorkerJob") -> None:
+    """Every rank saves its ZeRO shard and reports the directory; Ray merges them into one.
+
+    ``state`` and the schedule's state ride in DeepSpeed's client state, so one
+    ``load_checkpoint`` restores weights, optimizer, counters and them together.
+    """
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    tmp = Path(tempfile.mkdtemp(prefix=f"raydeep-ckpt-r{rank}-"))
+    try:
+        engine.save_checkpoint(str(tmp), tag=ENGINE_TAG,
+                               client_state={"raydeep": {**state, "schedule": schedule.state_dict()}})
+        if rank == 0:
+            (tmp / STATE_FILE).write_text(json.dumps({
+                "config": job.config.model_dump(mode="json"), "feature": job.feature.to_dict(),
+                "label_names": job.label_names, "epoch": metrics["epoch"], "global_step": metrics["global_step"],
+                "zero_stage": job.zero_stage, "world_size": ctx.get_world_size(),
+                "metrics": {k: v for k, v in metrics.items() if k != "val/confusion"},
+            }, indent=1))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def restore(engine, schedule: "Schedule") -> dict[str, Any] | None:
+    """The saved loop state from Ray's latest checkpoint (weights, optimizer and schedule restored
+    into ``engine`` and ``schedule``), or None for a fresh run. The RNG needs no saving: each
+    epoch reseeds from (seed, epoch, rank)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        _, client = engine.load_checkpoint(d, tag=ENGINE_TAG)
+    saved = dict(client["raydeep"])
+    schedule.load_state_dict(saved.pop("schedule"))
+    return saved
