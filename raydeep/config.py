@@ -69,12 +69,17 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     """``task: regression`` predicts one number per row (a float ``label``) with ``imbalance.loss: mse``;
-    ``classification`` (the default) predicts ``num_classes`` logits."""
+    ``classification`` (the default) predicts ``num_classes`` logits; ``causal_lm`` predicts each
+    next token of ``input_ids`` (no label column; ``kind: hf`` only).
 
-    kind: Literal["transformer", "cnn", "linear"] = "transformer"
-    task: Literal["classification", "regression"] = "classification"
+    ``kind: hf`` is a Hugging Face model: ``path`` is a local directory (config.json, weights,
+    tokenizer files) or a hub id that ``transformers`` resolves from its own cache.
+    """
+
+    kind: Literal["transformer", "cnn", "linear", "lstm", "hf"] = "transformer"
+    task: Literal["classification", "regression", "causal_lm"] = "classification"
     num_classes: int | None = Field(None, ge=2, description="classification only (required there)")
-    d_model: int = Field(128, ge=8)
+    d_model: int = Field(128, ge=8, description="transformer: width; lstm: hidden size per direction")
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
@@ -83,6 +88,10 @@ class ModelConfig(Section):
     max_len: int = Field(512, ge=1, description="size of the learned position table")
     vocab_size: int | None = Field(None, ge=2, description="token models; default: the data manifest's")
     patch_size: int = Field(2, ge=1, description="image models: square patch side in pixels")
+    bidirectional: bool = Field(True, description="lstm only")
+    path: str | None = Field(None, description="hf only: a local model directory or a hub id")
+    pretrained: bool = Field(True, description="hf only: load the weights; false = random init from its config.json")
+    gradient_checkpointing: bool = Field(False, description="hf only: recompute activations in backward")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
@@ -90,15 +99,26 @@ class ModelConfig(Section):
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if self.task == "classification" and self.num_classes is None:
             raise ValueError("num_classes is required for task: classification (the number of label classes)")
-        if self.task == "regression" and self.num_classes is not None:
-            raise ValueError(f"num_classes = {self.num_classes}: a task: regression model has one output; "
-                             "remove num_classes")
+        if self.task != "classification" and self.num_classes is not None:
+            what = "a task: regression model has one output" if self.task == "regression" else \
+                "a task: causal_lm model predicts tokens"
+            raise ValueError(f"num_classes = {self.num_classes}: {what}; remove num_classes")
+        if self.kind == "hf" and not self.path:
+            raise ValueError("model.kind: hf needs model.path (a local model directory or a hub id)")
+        if self.kind != "hf" and self.path is not None:
+            raise ValueError(f"model.path is read only by model.kind: hf (this model is kind: {self.kind})")
+        if self.task == "causal_lm" and self.kind != "hf":
+            raise ValueError(f"task: causal_lm needs model.kind: hf (a decoder such as GPT-2 or Llama), "
+                             f"not kind: {self.kind}")
         return self
 
     @property
     def output_dim(self) -> int:
-        """Outputs per row: ``num_classes`` logits, or one predicted value for regression."""
-        return 1 if self.task == "regression" else int(self.num_classes)  # type: ignore[arg-type]
+        """Outputs per row: ``num_classes`` logits, or one predicted value for regression (causal_lm:
+        the vocabulary, per position; its loss does not read this)."""
+        if self.task == "classification":
+            return int(self.num_classes)  # type: ignore[arg-type]
+        return 1 if self.task == "regression" else int(self.vocab_size or 0)
 
 
 class OptimConfig(Section):
@@ -231,6 +251,11 @@ class Config(Section):
         why = loss_task_error(loss, task)
         if why:
             raise ValueError(why)
+        if task == "causal_lm":
+            for key in ("weighting", "sampling"):
+                if getattr(self.imbalance, key) != "none":
+                    raise ValueError(f"imbalance.{key} = {getattr(self.imbalance, key)!r}: a task: causal_lm run has "
+                                     "no label classes to weight or resample; remove it")
         metrics = [("run.early_stopping.metric", self.run.early_stopping.metric, self.run.early_stopping.mode)]
         if getattr(self.schedule, "metric", None) is not None:
             metrics.append(("schedule.metric", self.schedule.metric, self.schedule.mode))

@@ -26,9 +26,12 @@ PER_CLASS = ("val/recall/", "val/f1/")  # + a label name
 PER_CLASS_TASKS = ("classification",)  # the tasks that report per-class metrics
 REGRESSION_ONLY = ("val/mse", "val/rmse", "val/mae", "val/r2")
 REGRESSION_METRICS = ("val/loss", *REGRESSION_ONLY, "train/loss")
+CAUSAL_LM_ONLY = ("val/perplexity",)
+CAUSAL_LM_METRICS = ("val/loss", *CAUSAL_LM_ONLY, "train/loss")  # loss: mean next-token NLL per real token
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": CLASSIFICATION_METRICS,
     "regression": REGRESSION_METRICS,
+    "causal_lm": CAUSAL_LM_METRICS,
 }
 
 
@@ -49,12 +52,14 @@ TASK_DEFAULTS: dict[str, TaskDefaults] = {
                                    "val/macro_f1", example_metric="val/macro_f1"),
     # tune.metric val/loss (= val/mse) ranks trials as val/rmse does
     "regression": TaskDefaults("mse", ("mse",), "val/rmse", "val/loss", example_metric="val/rmse"),
+    "causal_lm": TaskDefaults("cross_entropy", ("cross_entropy",), "val/loss", "val/loss",
+                              example_metric="val/perplexity"),
 }
 
 
 def improves_upward(metric: str) -> bool:
-    """Whether ``metric`` grows with a better model: not for losses and errors (mse, rmse, mae)."""
-    return not (metric.endswith("loss") or metric in ("val/mse", "val/rmse", "val/mae"))
+    """Whether ``metric`` grows with a better model: not for losses, errors (mse, rmse, mae) and perplexity."""
+    return not (metric.endswith("loss") or metric in ("val/mse", "val/rmse", "val/mae", "val/perplexity"))
 
 
 def metric_mode(metric: str) -> str:

@@ -24,7 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_serializer, model_validator
 
-from raydeep.sections import CLASSIFICATION_METRICS as METRICS, PER_CLASS, REGRESSION_ONLY, Section, improves_upward
+from raydeep.sections import CLASSIFICATION_METRICS as METRICS
+from raydeep.sections import CAUSAL_LM_ONLY, PER_CLASS, REGRESSION_ONLY, Section, improves_upward
 from raydeep.trainers.schedules import SCHEDULES
 
 # ---------------------------------------------------------------------------------------------
@@ -229,13 +230,14 @@ class TuneConfig(Section):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str) -> str:
-        if v in METRICS or v in REGRESSION_ONLY or (v.startswith(PER_CLASS) and v.count("/") == 2
-                                                     and not v.endswith("/")):
+        per_class = v.startswith(PER_CLASS) and v.count("/") == 2 and not v.endswith("/")
+        if v in METRICS or v in REGRESSION_ONLY or v in CAUSAL_LM_ONLY or per_class:
             return v
-        close = difflib.get_close_matches(v, METRICS + REGRESSION_ONLY, n=1)
+        close = difflib.get_close_matches(v, METRICS + REGRESSION_ONLY + CAUSAL_LM_ONLY, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ValueError(f"{hint}the workers report {', '.join(METRICS)}, and val/recall/<class>, val/f1/<class>; "
-                         f"a model.task: regression run {', '.join(REGRESSION_ONLY)}, val/loss and train/loss")
+                         f"a model.task: regression run {', '.join(REGRESSION_ONLY)}, val/loss and train/loss; "
+                         f"a causal_lm run val/loss, {', '.join(CAUSAL_LM_ONLY)} and train/loss")
 
     @field_validator("max_concurrent_trials")
     @classmethod
