@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # subprocesses the tests start all inherit these, so the suite never reads or writes the
 # user's ~/.ray and runs the same on a new machine with an empty HOME.
 os.environ["RAY_AUTH_MODE"] = "token"
+# tests never download: a hf model is a tiny local directory (tests/hf_models.py)
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("RAY_AUTH_TOKEN", None)  # a developer's own token must not win over the suite's
 _TOKEN_DIR = tempfile.mkdtemp(prefix="raydeep-test-auth-")
 atexit.register(shutil.rmtree, _TOKEN_DIR, True)

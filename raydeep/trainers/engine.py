@@ -142,12 +142,17 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     raise ConfigError(f"optim.name = {o.name!r}: not supported")
 
 
+def select_accelerator(device: Device) -> None:
+    """Tell DeepSpeed which accelerator this worker uses; must run before deepspeed is first
+    imported in the process. Set, not defaulted: an inherited ``DS_ACCELERATOR=cpu`` must not
+    win on a GPU worker (nor ``cuda`` on a CPU one)."""
+    os.environ["DS_ACCELERATOR"] = "cpu" if device == "cpu" else "cuda"
+
+
 def create_engine(cfg: Config, model: torch.nn.Module, ds_config: dict[str, Any], device: Device,
                   verbose: bool = False):
     """Wrap ``model`` in a DeepSpeed engine inside an already-initialised process group."""
-    if device == "cpu":
-        # Must be set before deepspeed is first imported in this process.
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    select_accelerator(device)
     import logging
 
     import deepspeed

@@ -40,19 +40,20 @@ def load_model(ckpt: Path):
     state = json.loads((ckpt / STATE_FILE).read_text())
     cfg = Config.model_validate(state["config"])
     feature = FeatureSpec.from_dict(state["feature"])
-    model = build_model(cfg.model, feature)
+    # the checkpoint holds every weight: a hf model is built from its config, not loaded twice
+    model = build_model(cfg.model.model_copy(update={"pretrained": False}), feature)
     model.load_state_dict(load_state_dict(ckpt, state["zero_stage"]))
     model.eval()
     return model, cfg, feature, state
 
 
-def batches(split, column: str, batch_size: int):
-    """(features, labels) numpy batches straight from the parquet files (one machine, no Ray),
-    read and converted as a training worker reads them (``read_shard``, ``block_arrays``)."""
+def batches(split, columns: list[str], batch_size: int):
+    """Batches of tensors straight from the parquet files (one machine, no Ray), read and
+    converted as a training worker reads them (``read_shard``, ``block_arrays``)."""
     for f in split.files:
-        for table in read_shard(f, split.filesystem, [column, "label"], batch_size):
-            arrays = block_arrays(table)
-            yield arrays[column], arrays["label"]
+        for table in read_shard(f, split.filesystem, columns, batch_size):
+            # copies: the arrays map Arrow's read-only buffers
+            yield {k: torch.tensor(v) for k, v in block_arrays(table).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,9 +173,9 @@ def evaluate_command(path: str, data: str, *, out: str | None = None, batch_size
     task.check_split(cfg, split)  # bad labels fail before any compute
     acc = task.accumulator(cfg)
     with torch.no_grad():
-        for x, y in batches(split, feature.column, batch_size):
-            xt = torch.tensor(x)  # a copy: the arrays map Arrow's read-only buffers
-            acc.update(model(xt.float() if xt.is_floating_point() else xt.long()), torch.tensor(y))
+        for batch in batches(split, [feature.column, *task.label_columns], batch_size):
+            x = batch[feature.column]
+            acc.update(model(x.float() if x.is_floating_point() else x.long()), task.targets(batch, feature))
     names = state.get("label_names") or ([str(i) for i in range(cfg.model.output_dim)] if cfg.model.num_classes else None)
     report = acc.report(names)
     console = Console()

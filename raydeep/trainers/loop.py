@@ -31,7 +31,7 @@ from ray.train.v2._internal.execution import context as train_context
 from raydeep.config import Config, EarlyStoppingConfig
 from raydeep.datasets.batches import torch_batches
 from raydeep.datasets.schema import FeatureSpec
-from raydeep.trainers.engine import create_engine, input_dtype, l1_penalty, set_lr
+from raydeep.trainers.engine import create_engine, input_dtype, l1_penalty, select_accelerator, set_lr
 from raydeep.trainers.models import build_model
 from raydeep.trainers.plan import WorkerJob
 from raydeep.trainers.progress import StepTicker
@@ -49,7 +49,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(cfg.run.seed)  # identical initial weights on every rank
-    engine = create_engine(cfg, build_model(cfg.model, feature), job.ds_config, job.device, job.verbose)
+    select_accelerator(job.device)  # before anything imports deepspeed (a hf model under ZeRO-3 does)
+    model = build_model(cfg.model, feature, job.ds_config)  # hf under ZeRO-3: partitioned as it loads
+    engine = create_engine(cfg, model, job.ds_config, job.device, job.verbose)
     marks["engine_ready"] = time.time()
     schedule = Schedule(cfg.schedule, cfg.optim.lr, job.steps.total, job.steps.optimizer_per_epoch)
     loss_fn = task.loss(cfg, job.class_weights)
@@ -74,14 +76,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         batches = torch_batches(train_data, batch_size=cfg.data.batch_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                 seed=seed, device=engine.device, limits=limits, where="data.train")
         for batch in meter.timed(batches):
-            x, y = inputs(batch, feature, dtype), task.targets(batch)
+            x, y = inputs(batch, feature, dtype), task.targets(batch, feature)
             set_lr(engine, schedule(engine.global_steps))
             loss = loss_fn(engine(x).float(), y, epoch)
             if cfg.optim.l1:
                 loss = loss + l1_penalty(engine.module, cfg.optim.l1)
             engine.backward(loss)
             engine.step()
-            meter.step(loss, len(y))
+            meter.step(loss, len(y), task.tokens(y))
             marks.setdefault("first_step", time.time())
             ticker.tick(epoch=epoch, step=meter.steps, steps=job.steps.per_epoch,
                         global_step=engine.global_steps, samples_per_s=meter.rate(world))
@@ -124,6 +126,7 @@ class EpochMeter:
         self.device = device
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.seen = 0
+        self.tokens = 0  # tasks that count tokens (causal_lm): train/tokens_per_s
         self.steps = 0
         self.t0 = time.perf_counter()
         self.step_ends = [self.t0]
@@ -137,10 +140,11 @@ class EpochMeter:
                 self.first_batch_at = time.time()
             yield batch
 
-    def step(self, loss: torch.Tensor, rows: int) -> None:
+    def step(self, loss: torch.Tensor, rows: int, tokens: int = 0) -> None:
         self.step_ends.append(time.perf_counter())
         self.loss_sum += loss.detach().double() * rows
         self.seen += rows
+        self.tokens += tokens
         self.steps += 1
 
     def rate(self, world: int) -> float:
@@ -149,11 +153,13 @@ class EpochMeter:
     def summary(self, world: int) -> dict[str, Any]:
         """The epoch's figures, the loss and rows all-reduced over the ranks; times are rank 0's."""
         train_time = time.perf_counter() - self.t0
-        loss_total, seen_total = all_reduce_sum([self.loss_sum.item(), float(self.seen)], self.device)
+        loss_total, seen_total, tokens_total = all_reduce_sum(
+            [self.loss_sum.item(), float(self.seen), float(self.tokens)], self.device)
         return {
             "train/loss": loss_total / max(seen_total, 1),
             "train/samples": int(seen_total),
             "samples_per_s": seen_total / train_time,
+            **({"train/tokens_per_s": tokens_total / train_time} if tokens_total else {}),
             "epoch_time_s": train_time,
             "data_wait_s": sum(self.waits),  # the first batch's wait included
             "first_batch_s": self.waits[0] if self.waits else None,
@@ -238,7 +244,7 @@ def validation_pass(engine, data, task: Task, cfg: Config, loss_fn: Callable, ep
     loss_sum, n = 0.0, 0
     for batch in torch_batches(data, batch_size=max(cfg.data.batch_size, 256), device=engine.device,
                                limits=value_limits(engine.module, feature), where="data.val"):
-        y = task.targets(batch)
+        y = task.targets(batch, feature)
         out = engine(inputs(batch, feature, dtype)).float()
         loss_sum += float(loss_fn(out, y, epoch)) * len(y)
         n += len(y)

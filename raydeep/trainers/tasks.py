@@ -10,6 +10,7 @@ here, registered in ``TASKS``, plus its entry in ``sections.py``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.table import Table
 
 from raydeep.config import Config
 from raydeep.datasets.scan import label_histogram, target_summary
+from raydeep.datasets.schema import FeatureSpec
 from raydeep.datasets.splits import ParquetSplit
 from raydeep.errors import ConfigError
 from raydeep.sections import TASK_METRICS
@@ -92,8 +95,14 @@ class Task(ABC):
 
     # --- the worker ----------------------------------------------------------------------------
 
-    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    label_columns: ClassVar[tuple[str, ...]] = ("label",)  # what a batch must hold besides the feature
+
+    def targets(self, batch: dict[str, torch.Tensor], feature: FeatureSpec) -> torch.Tensor:
         return batch["label"]
+
+    def tokens(self, targets: torch.Tensor) -> int:
+        """Tokens a batch trains on, for ``train/tokens_per_s`` (0: the task does not count tokens)."""
+        return 0
 
     def loss(self, cfg: Config, class_weights: list[float] | None) -> LossFn:
         return build_loss(cfg.imbalance, class_weights, cfg.model.output_dim)
@@ -228,7 +237,91 @@ class RegressionAccumulator(Accumulator):
         return {"rows": self.sums.n, **self.sums.metrics()}
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression())}
+class CausalLM(Task):
+    """Next-token prediction over ``input_ids`` (no label column): the loss is the mean
+    cross-entropy per real token (padding, when the data has any, is ignored), reported with its
+    perplexity; ``train/tokens_per_s`` counts the tokens trained on."""
+
+    name = "causal_lm"
+    label_kind = "none"
+    label_columns = ()
+    plot_keys = MetricPanel(("val/perplexity",), "validation perplexity", (1, None))
+
+    def check_labels(self, cfg: Config, train: ParquetSplit, val: ParquetSplit) -> LabelFacts:
+        return LabelFacts()  # open_split(label_kind="none") refused a label column
+
+    def check_split(self, cfg: Config, split: ParquetSplit) -> None:
+        pass
+
+    def summary_fields(self, facts: LabelFacts) -> dict[str, Any]:
+        return {"label_names": None, "class_counts": None}
+
+    def targets(self, batch: dict[str, torch.Tensor], feature: FeatureSpec) -> torch.Tensor:
+        ids = batch[feature.column].long()
+        return ids if feature.pad_id < 0 else ids.masked_fill(ids == feature.pad_id, IGNORE)
+
+    def tokens(self, targets: torch.Tensor) -> int:
+        return int((targets[:, 1:] != IGNORE).sum())  # the first token of a row is never a target
+
+    def loss(self, cfg: Config, class_weights: list[float] | None) -> LossFn:
+        return lambda logits, ids, epoch: next_token_nll(logits, ids, reduction="mean")
+
+    def accumulator(self, cfg: Config) -> Accumulator:
+        return TokenNLLAccumulator()
+
+    def quality(self, m: dict[str, Any]) -> str:
+        rate = m.get("train/tokens_per_s")
+        return f"ppl {m['val/perplexity']:.3f}  " + (f"{rate:,.0f} tokens/s  " if rate else "")
+
+    def final_table(self, final: dict[str, Any], summary: dict[str, Any], title: str) -> Table | None:
+        return lm_table({"loss": final["val/loss"], "perplexity": final["val/perplexity"],
+                         "tokens/s (train)": final.get("train/tokens_per_s")}, title)
+
+    def evaluation_tables(self, report: dict[str, Any], label_names: list[str] | None, title: str) -> list[Table]:
+        return [lm_table({"loss": report["loss"], "perplexity": report["perplexity"], "tokens": report["tokens"]},
+                         title)]
+
+
+IGNORE = -100  # a target position that is padding: cross_entropy's ignore_index
+
+
+def next_token_nll(logits: torch.Tensor, ids: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Cross-entropy of ``logits[:, t]`` predicting ``ids[:, t + 1]``, over the real tokens."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                           ignore_index=IGNORE, reduction=reduction)
+
+
+def lm_table(rows: dict[str, float | int | None], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in rows.items():
+        if value is not None:
+            table.add_row(name, f"{value:,.0f}" if name.startswith("tokens") else f"{value:.4f}")
+    return table
+
+
+class TokenNLLAccumulator(Accumulator):
+    """The summed next-token NLL and the tokens it is over (so the loss is per token, not per row)."""
+
+    def __init__(self) -> None:
+        self.nll, self.n = 0.0, 0
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.nll += float(next_token_nll(outputs.float(), targets, reduction="sum"))
+        self.n += int((targets[:, 1:] != IGNORE).sum())
+
+    def _loss(self) -> float:
+        return self.nll / max(self.n, 1)
+
+    def metrics(self, prefix: str = "val/") -> dict[str, Any]:
+        return {f"{prefix}loss": self._loss(), f"{prefix}perplexity": math.exp(min(self._loss(), 700.0))}
+
+    def report(self, label_names: list[str] | None) -> dict[str, Any]:
+        return {"rows": None, "tokens": self.n, "loss": self._loss(), "perplexity": math.exp(min(self._loss(), 700.0))}
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression(), CausalLM())}
 
 
 def task_of(cfg: Config) -> Task:

@@ -46,8 +46,8 @@ class NextToken(Task):
     def check_split(self, cfg, split) -> None:
         pass
 
-    def targets(self, batch):
-        return batch["input_ids"]
+    def targets(self, batch, feature):
+        return batch[feature.column]
 
     def loss(self, cfg, class_weights):
         return lambda logits, ids, epoch: F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1).long())
@@ -173,8 +173,9 @@ def test_every_task_reports_the_metrics_its_config_may_rank_by():
         assert task.name == name
         acc = task.accumulator(c)
         k = c.model.output_dim
-        out = torch.randn(6, k) if name == "classification" else torch.randn(6)
-        y = torch.tensor([0, 1, 2, 3, 0, 1]) if name == "classification" else torch.randn(6)
+        out, y = {"classification": (torch.randn(6, k), torch.tensor([0, 1, 2, 3, 0, 1])),
+                  "regression": (torch.randn(6), torch.randn(6)),
+                  "causal_lm": (torch.randn(6, 5, 11), torch.randint(0, 11, (6, 5)))}[name]
         acc.update(out, y)
         reported = {"val/loss", "train/loss", *acc.metrics("val/")}
         assert set(task.metric_names) <= reported, name

@@ -1,0 +1,142 @@
+"""``model.kind: hf``: a Hugging Face model from a local directory (or a hub id in transformers'
+own cache), for classification, regression or causal language modelling.
+
+The model is the real ``AutoModelFor*`` (``from_pretrained``, or ``from_config`` for
+``pretrained: false``) behind a thin adapter that gives it raydeep's model contract:
+``forward(input_ids [B, L]) -> logits`` with the attention mask derived from the data's
+``pad_id`` (``-1``: packed blocks, no padding), as the built-in transformer masks padding.
+
+Under ZeRO-3 the model is built inside transformers' DeepSpeed integration
+(``HfDeepSpeedConfig`` alive before ``from_pretrained``): each parameter is partitioned over the
+workers as it is created and loaded, so no worker ever holds the whole model.
+
+Everything that can be checked without the weights is checked here and raises ValueError with
+one line (the driver builds every model on the meta device before Ray starts): the directory,
+config.json, a known architecture, weights present when ``pretrained``, the data's token ids
+fitting the model's vocabulary and its sequence length fitting the position table.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from raydeep.config import ModelConfig
+from raydeep.datasets.schema import FeatureSpec
+from raydeep.trainers.models.registry import register
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+_ZERO3_CONFIGS: list[Any] = []  # transformers keeps only a weak reference: keep each alive for the process
+
+
+class HFModel(nn.Module):
+    """The ``AutoModelFor*`` model, called with ``input_ids`` and an attention mask, returning logits."""
+
+    def __init__(self, model: nn.Module, pad_id: int, task: str) -> None:
+        super().__init__()
+        self.model = model
+        self.pad_id = int(pad_id)
+        self.task = task
+        self.vocab_size = int(model.config.vocab_size)  # loop.value_limits checks the ids against it
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        mask = None if self.pad_id < 0 else (input_ids != self.pad_id).long()
+        extra = {"use_cache": False} if self.task == "causal_lm" else {}
+        logits = self.model(input_ids=input_ids, attention_mask=mask, **extra).logits
+        return logits.squeeze(-1) if self.task == "regression" else logits
+
+
+def resolve(path: str) -> str:
+    """``model.path`` as transformers should open it: a local directory (checked), else a hub id."""
+    expanded = os.path.expanduser(path)
+    if os.path.isdir(expanded):
+        if not os.path.isfile(os.path.join(expanded, "config.json")):
+            raise ValueError(f"model.path = {path!r}: no config.json in this directory (expected a Hugging Face "
+                             "model directory, as save_pretrained writes it)")
+        return expanded
+    if os.path.exists(expanded) or path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise ValueError(f"model.path = {path!r}: not a directory (expected a Hugging Face model directory "
+                         "or a hub id such as org/name)")
+    return path  # a hub id: transformers resolves it from its cache (or the hub, when online)
+
+
+def load_hf_config(path: str) -> Any:
+    """The model's ``PretrainedConfig``; ValueError with transformers' first line if it cannot be read."""
+    from transformers import AutoConfig  # heavy optional import: only hf models need transformers
+
+    where = resolve(path)
+    try:
+        return AutoConfig.from_pretrained(where)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"model.path = {path!r}: transformers cannot read its config ({first})") from None
+
+
+def check_fit(cfg: ModelConfig, hf_config: Any, feature: FeatureSpec) -> None:
+    """The data's tokens must index the model's embedding and fit its position table."""
+    if feature.kind != "tokens":
+        raise ValueError(f"model.kind 'hf' reads token ids, but column {feature.column!r} holds {feature.kind}")
+    vocab = int(getattr(hf_config, "vocab_size", 0) or 0)
+    if feature.vocab_size is not None and vocab and feature.vocab_size > vocab:
+        raise ValueError(f"the data's tokenizer has {feature.vocab_size} ids but {cfg.path}'s vocabulary "
+                         f"{vocab}: prepare the data with this model's tokenizer (data prepare --tokenizer "
+                         f"{cfg.path})")
+    positions = getattr(hf_config, "max_position_embeddings", None)
+    if positions and feature.seq_len and feature.seq_len > positions:
+        raise ValueError(f"sequences of {feature.seq_len} tokens exceed {cfg.path}'s max_position_embeddings "
+                         f"({positions}); prepare the data with a smaller --max-len / --block-size")
+    if cfg.pretrained and os.path.isdir(os.path.expanduser(cfg.path or "")):
+        d = os.path.expanduser(cfg.path or "")
+        if not any(os.path.isfile(os.path.join(d, f)) for f in WEIGHT_FILES):
+            raise ValueError(f"model.pretrained: true, but {cfg.path} holds no weights ({', '.join(WEIGHT_FILES)}); "
+                             "set model.pretrained: false to train from its config")
+
+
+def auto_class(task: str) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # see load_hf_config
+
+    return AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
+
+
+def head_config(cfg: ModelConfig, hf_config: Any, feature: FeatureSpec) -> Any:
+    """The config with raydeep's head: ``num_labels`` outputs, the data's padding id (decoders pick
+    the last real token of a padded row by it)."""
+    if cfg.task != "causal_lm":
+        hf_config.num_labels = cfg.output_dim
+        hf_config.problem_type = "regression" if cfg.task == "regression" else "single_label_classification"
+    if feature.pad_id >= 0:
+        hf_config.pad_token_id = feature.pad_id
+    return hf_config
+
+
+def zero3_construction(ds_config: dict[str, Any] | None) -> None:
+    """Before building under ZeRO-3: tell transformers, so it partitions parameters as they load."""
+    if not ds_config or int(ds_config.get("zero_optimization", {}).get("stage", 0)) != 3:
+        return
+    from transformers.integrations import HfDeepSpeedConfig  # see load_hf_config
+
+    _ZERO3_CONFIGS.append(HfDeepSpeedConfig(ds_config))
+
+
+@register("hf", partitioned=True)
+def build_hf(cfg: ModelConfig, feature: FeatureSpec, ds_config: dict[str, Any] | None = None) -> nn.Module:
+    hf_config = head_config(cfg, load_hf_config(cfg.path or ""), feature)
+    check_fit(cfg, hf_config, feature)
+    auto = auto_class(cfg.task)
+    on_meta = torch.empty(0).device.type == "meta"  # the driver's shape check: no weights read
+    zero3_construction(None if on_meta else ds_config)
+    if cfg.pretrained and not on_meta:
+        try:
+            model = auto.from_pretrained(resolve(cfg.path or ""), config=hf_config, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"model.path = {cfg.path!r}: transformers cannot load its weights ({first})") from None
+    else:
+        model = auto.from_config(hf_config, dtype=torch.float32)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return HFModel(model, feature.pad_id, cfg.task)
