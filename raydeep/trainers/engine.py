@@ -208,6 +208,12 @@ def l1_penalty(model: torch.nn.Module, coeff: float):
     return coeff * sum(p.abs().sum() for p in model.parameters() if p.requires_grad and p.ndim >= 2)
 
 
+def held_parameter_bytes(module: torch.nn.Module) -> int:
+    """Bytes of parameters this worker holds: its partition under ZeRO-3 (``ds_tensor``), else all."""
+    held = (getattr(p, "ds_tensor", p) for p in module.parameters())
+    return sum(t.numel() * t.element_size() for t in held)
+
+
 def set_lr(engine, lr: float) -> None:
     for group in engine.optimizer.param_groups:
         group["lr"] = lr

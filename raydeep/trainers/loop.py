@@ -31,7 +31,8 @@ from ray.train.v2._internal.execution import context as train_context
 from raydeep.config import Config, EarlyStoppingConfig
 from raydeep.datasets.batches import torch_batches
 from raydeep.datasets.schema import FeatureSpec
-from raydeep.trainers.engine import create_engine, input_dtype, l1_penalty, select_accelerator, set_lr
+from raydeep.trainers.engine import (create_engine, held_parameter_bytes, input_dtype, l1_penalty,
+                                     select_accelerator, set_lr)
 from raydeep.trainers.models import build_model
 from raydeep.trainers.plan import WorkerJob
 from raydeep.trainers.progress import StepTicker
@@ -66,6 +67,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     train_data = dataset_shard(job, "train", rank, world, first_epoch=first_epoch)
     val_data = dataset_shard(job, "val", rank, world)
     limits, dtype = value_limits(engine.module, feature), input_dtype(engine)
+    held = held_parameter_bytes(engine.module)  # rank 0's: ~1/world of the model under ZeRO-3
     metrics: dict[str, Any] = {}
     stop = False
     for epoch in range(first_epoch, cfg.run.epochs):
@@ -88,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             ticker.tick(epoch=epoch, step=meter.steps, steps=job.steps.per_epoch,
                         global_step=engine.global_steps, samples_per_s=meter.rate(world))
         marks.setdefault("first_batch", meter.first_batch_at)
-        metrics = {"epoch": epoch, "global_step": engine.global_steps, **meter.summary(world),
+        metrics = {"epoch": epoch, "global_step": engine.global_steps, **meter.summary(world), "param_bytes": held,
                    "lr": schedule(max(engine.global_steps - 1, 0)),
                    **validation_pass(engine, val_data, task, cfg, loss_fn, epoch, feature, dtype)}
         schedule.observe(epoch, metrics.get(getattr(cfg.schedule, "metric", "val/loss")))  # plateau reads it

@@ -117,8 +117,11 @@ def zero3_construction(ds_config: dict[str, Any] | None) -> None:
     """Before building under ZeRO-3: tell transformers, so it partitions parameters as they load."""
     if not ds_config or int(ds_config.get("zero_optimization", {}).get("stage", 0)) != 3:
         return
+    import deepspeed
     from transformers.integrations import HfDeepSpeedConfig  # see load_hf_config
 
+    if not deepspeed.comm.is_initialized():  # zero.Init reads the world size from DeepSpeed's comm,
+        deepspeed.init_distributed(auto_mpi_discovery=False)  # which wraps Ray Train's process group
     _ZERO3_CONFIGS.append(HfDeepSpeedConfig(ds_config))
 
 
