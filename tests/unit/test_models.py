@@ -1,9 +1,10 @@
-"""The model registry, the Transformer and the CNN: shapes, masking, learning, errors, sizes."""
+"""The model registry, the Transformer, the CNN and the LSTM: shapes, masking, learning, errors, sizes."""
 
 from __future__ import annotations
 
 import typing
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -262,3 +263,158 @@ def test_cnn_errors() -> None:
         model(torch.ones(2, 64, dtype=torch.long))
     with pytest.raises(ValueError, match=r"got \[2, 60\]"):
         model(torch.rand(2, 60))
+
+
+# ---------------------------------------------------------------------------------------------
+# The LSTM (the seed project's text model)
+
+
+def tiny_lstm(**kw) -> ModelConfig:
+    return tiny("lstm", **{"d_model": 16, **kw})
+
+
+def test_lstm_is_registered_and_exposes_its_vocabulary() -> None:
+    from raydeep.trainers.models.lstm import LSTMClassifier
+
+    model = build_model(tiny_lstm(), TOKENS)
+    assert isinstance(model, LSTMClassifier) and MODELS["lstm"].__name__ == "build_lstm"
+    assert model.vocab_size == 50  # loop.value_limits checks each batch's ids against it
+    assert build_model(tiny_lstm(vocab_size=77), TOKENS).vocab_size == 77
+    with pytest.raises(ValueError, match=r"model.vocab_size \(20\) is smaller than the data's vocab_size \(50\)"):
+        build_model(tiny_lstm(vocab_size=20), TOKENS)
+    with pytest.raises(ValueError, match="set model.vocab_size"):
+        build_model(tiny_lstm(), FeatureSpec(column="input_ids", kind="tokens", seq_len=12))
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_lstm_parameter_count_by_formula(bidirectional: bool) -> None:
+    cfg = tiny_lstm(bidirectional=bidirectional, layers=2, num_classes=5)
+    d, vocab, k, dirs = 16, 50, 5, 2 if bidirectional else 1
+
+    def layer(inp: int) -> int:  # four gates: W_ih, W_hh and two biases each, per direction
+        return dirs * 4 * (inp * d + d * d + 2 * d)
+
+    assert count_parameters(build_model(cfg, TOKENS)) == vocab * d + layer(d) + layer(dirs * d) + dirs * d * k + k
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_lstm_output_shape(task: str) -> None:
+    cfg = tiny_lstm() if task == "classification" else tiny_lstm(task="regression", num_classes=None)
+    model = build_model(cfg, TOKENS)
+    out = model(padded_tokens(5, 12).int())  # int32, as list<int32> parquet columns arrive
+    assert out.shape == (5, cfg.output_dim) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_lstm_padding_to_another_length_does_not_change_logits(bidirectional: bool) -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_lstm(bidirectional=bidirectional, dropout=0.2), TOKENS).eval()
+    x = padded_tokens(6, 12)
+    longer = torch.cat([x, torch.zeros(6, 20, dtype=x.dtype)], dim=1)
+    with torch.no_grad():
+        short_logits, long_logits = model(x), model(longer)
+        torch.testing.assert_close(long_logits, short_logits, atol=1e-6, rtol=0)
+        # One row alone gives what it gave in the batch (no dependence on the others' lengths).
+        torch.testing.assert_close(model(x[2:3]), short_logits[2:3], atol=1e-6, rtol=0)
+        # Guard: with another pad id the zeros are read as tokens and the logits move, so the
+        # equality above comes from the mask, not from padding happening not to matter.
+        model.pad_id = 49
+        assert (model(longer) - model(x)).abs().max() > 1e-3
+
+
+def test_lstm_reads_only_real_tokens_wherever_the_pads_are() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_lstm(), TOKENS).eval()
+    x = padded_tokens(4, 12, seed=3)
+    spread = torch.zeros(4, 30, dtype=x.dtype)
+    spread[:, 1:25:2] = x  # the same tokens in the same order, with a pad before and between each
+    with torch.no_grad():
+        torch.testing.assert_close(model(spread), model(x), atol=1e-6, rtol=0)
+
+
+def test_lstm_all_padding_row_is_finite_forward_and_backward() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_lstm(dropout=0.1), TOKENS).train()
+    x = padded_tokens(4, 12)
+    x[1] = 0
+    logits = model(x)
+    assert torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.tensor([0, 1, 2, 0])).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x)[1], model.head.bias)  # the empty row pools to zero
+        torch.testing.assert_close(model(x)[[0, 2, 3]], model(x[[0, 2, 3]]), atol=1e-6, rtol=0)
+
+
+def test_lstm_without_padding_reads_every_id() -> None:
+    # pad_id -1 (packed blocks): id 0 is an ordinary token.
+    unpadded = FeatureSpec(column="input_ids", kind="tokens", seq_len=12, vocab_size=50, pad_id=-1)
+    torch.manual_seed(0)
+    model = build_model(tiny_lstm(), unpadded).eval()
+    x = padded_tokens(3, 12)
+    with torch.no_grad():
+        assert (model(x) - model(torch.where(x == 0, torch.ones_like(x), x))).abs().max() > 1e-4
+
+
+def test_lstm_bf16_weights_take_integer_ids() -> None:
+    # Under DeepSpeed bf16 the weights are bf16 and the ids stay integers: the embedding sets the dtype.
+    model = build_model(tiny_lstm(), TOKENS).to(torch.bfloat16)
+    out = model(padded_tokens(3, 12))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_lstm_learns_which_class_has_most_markers() -> None:
+    from raydeep.datasets.bundled.synthetic import generate_tokens
+
+    # The bundled synthetic-text generator: the class is the one with the most marker tokens among
+    # filler, with distractors; new rows (not the training rows) must come out far above chance.
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    spec = dict(num_classes=4, seq_len=16, vocab_size=64)
+
+    def rows(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = rng.integers(0, 4, n)
+        return torch.from_numpy(generate_tokens(y, rng=rng, **spec)), torch.from_numpy(y)
+
+    (x, y), (x_new, y_new) = rows(256), rows(256)
+    model = build_model(tiny_lstm(num_classes=4, layers=1, d_model=32),
+                        FeatureSpec(column="input_ids", kind="tokens", seq_len=16, vocab_size=64, pad_id=0))
+    first, last = train_steps(model, x, y, steps=60, lr=1e-2)
+    assert first > 1.2  # about ln 4 = 1.39 at init
+    assert last < 0.3 * first
+    with torch.no_grad():
+        accuracy = (model.eval()(x_new).argmax(1) == y_new).float().mean().item()
+    assert accuracy > 0.7, accuracy  # chance is 0.25
+
+
+def test_lstm_builds_on_the_meta_device_as_the_driver_checks_it() -> None:
+    from raydeep.config import validate
+    from raydeep.trainers.plan import check_model
+
+    with torch.device("meta"):
+        model = build_model(tiny_lstm(), TOKENS)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert count_parameters(model) == count_parameters(build_model(tiny_lstm(), TOKENS))
+    cfg = validate({"data": {"train": "unused", "val": "unused"}, "model": {"kind": "lstm", "num_classes": 3, "d_model": 16}}, "t")
+    check_model(cfg, TOKENS)  # no error
+
+
+def test_lstm_refuses_images_and_numbers_in_one_line() -> None:
+    from raydeep.config import validate
+    from raydeep.errors import ConfigError
+    from raydeep.trainers.plan import check_model
+
+    with pytest.raises(ValueError, match=r"^model.kind 'lstm' reads token ids, but column 'pixels' holds image; "
+                                         r"use model.kind: cnn or transformer for images$"):
+        build_model(tiny_lstm(), DIGITS)
+    numeric = FeatureSpec(column="features", kind="numeric", num_features=4)
+    with pytest.raises(ValueError, match=r"holds numeric; use model.kind: linear for numeric features$"):
+        build_model(tiny_lstm(), numeric)
+    cfg = validate({"data": {"train": "unused", "val": "unused"}, "model": {"kind": "lstm", "num_classes": 3}}, "t")
+    with pytest.raises(ConfigError) as info:
+        check_model(cfg, DIGITS)  # what the driver says before Ray starts
+    assert "\n" not in str(info.value) and "model.kind = 'lstm' on data.train (image in 'pixels')" in str(info.value)
+    model = build_model(tiny_lstm(), TOKENS)
+    with pytest.raises(ValueError, match="expected integer token ids"):
+        model(torch.rand(2, 12))

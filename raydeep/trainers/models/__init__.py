@@ -18,7 +18,7 @@ from torch import nn
 
 from raydeep.config import ModelConfig
 from raydeep.datasets.schema import FeatureSpec
-from raydeep.trainers.models import cnn, hf, linear, transformer  # noqa: F401  (importing registers each kind)
+from raydeep.trainers.models import cnn, hf, linear, lstm, transformer  # noqa: F401  (importing registers each kind)
 from raydeep.trainers.models.registry import MODELS, PARTITIONED
 
 
