@@ -67,6 +67,17 @@ class DataConfig(Section):
     )
 
 
+class LoraSection(Section):
+    """Low-rank adapters (``peft``) on a ``model.kind: hf`` model: only the adapters (and a
+    classifier's new head) train; the base weights stay frozen."""
+
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="scaling: the update is (alpha / r) * B A")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt (e.g. [q_proj, v_proj]), or every linear layer")
+
+
 class ModelConfig(Section):
     """``task: regression`` predicts one number per row (a float ``label``) with ``imbalance.loss: mse``;
     ``classification`` (the default) predicts ``num_classes`` logits; ``causal_lm`` predicts each
@@ -92,6 +103,7 @@ class ModelConfig(Section):
     path: str | None = Field(None, description="hf only: a local model directory or a hub id")
     pretrained: bool = Field(True, description="hf only: load the weights; false = random init from its config.json")
     gradient_checkpointing: bool = Field(False, description="hf only: recompute activations in backward")
+    lora: LoraSection | None = Field(None, description="hf only: train low-rank adapters (needs raydeep[lora])")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
@@ -105,8 +117,9 @@ class ModelConfig(Section):
             raise ValueError(f"num_classes = {self.num_classes}: {what}; remove num_classes")
         if self.kind == "hf" and not self.path:
             raise ValueError("model.kind: hf needs model.path (a local model directory or a hub id)")
-        if self.kind != "hf" and self.path is not None:
-            raise ValueError(f"model.path is read only by model.kind: hf (this model is kind: {self.kind})")
+        for key in ("path", "lora"):
+            if self.kind != "hf" and getattr(self, key) is not None:
+                raise ValueError(f"model.{key} is read only by model.kind: hf (this model is kind: {self.kind})")
         if self.task == "causal_lm" and self.kind != "hf":
             raise ValueError(f"task: causal_lm needs model.kind: hf (a decoder such as GPT-2 or Llama), "
                              f"not kind: {self.kind}")

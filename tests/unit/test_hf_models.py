@@ -196,3 +196,27 @@ def test_zero3_builds_the_model_partitioned_and_loads_its_weights(model_dirs):
                           capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1].startswith("ok ")
+
+
+def test_lora_trains_only_the_adapters(model_dirs):
+    from raydeep.config import LoraSection
+    from raydeep.trainers.models import count_parameters
+
+    lm = build_model(hf(model_dirs["gpt2"], task="causal_lm", lora=LoraSection(r=4, target_modules=["c_attn"])),
+                     tokens(pad_id=-1))
+    # GPT-2's c_attn maps 32 -> 96: A is r x 32 and B is 96 x r, in each of 2 layers
+    assert count_parameters(lm) == 2 * 4 * (32 + 96)
+    clf = build_model(hf(model_dirs["bert"], lora=LoraSection(r=2, target_modules=["query", "value"])), tokens())
+    adapters = 2 * 2 * 2 * (32 + 32)  # query and value, 32 -> 32, r = 2, in 2 layers
+    trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or "classifier" in n for n in trainable), trainable
+    assert count_parameters(clf) == adapters + 32 * 3 + 3  # + the new 3-class head, which must train
+
+
+def test_lora_on_a_module_the_model_lacks_is_one_line(model_dirs):
+    from raydeep.config import LoraSection
+
+    with pytest.raises(ValueError, match=r"^model.lora: ") as info:
+        build_model(hf(model_dirs["gpt2"], task="causal_lm", lora=LoraSection(target_modules=["q_proj"])),
+                    tokens(pad_id=-1))
+    assert "\n" not in str(info.value)

@@ -142,4 +142,23 @@ def build_hf(cfg: ModelConfig, feature: FeatureSpec, ds_config: dict[str, Any] |
         model = auto.from_config(hf_config, dtype=torch.float32)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora is not None:
+        model = with_lora(model, cfg)
     return HFModel(model, feature.pad_id, cfg.task)
+
+
+def with_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """``model`` with peft's LoRA adapters: the base frozen; a classifier's new head trains too
+    (peft's SEQ_CLS task keeps it in ``modules_to_save``)."""
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model  # optional: the raydeep[lora] extra
+    except ImportError:
+        raise ValueError("model.lora needs peft, which is not installed: pip install 'raydeep[lora]'") from None
+    lora = cfg.lora
+    task = TaskType.CAUSAL_LM if cfg.task == "causal_lm" else TaskType.SEQ_CLS
+    try:
+        return get_peft_model(model, LoraConfig(task_type=task, r=lora.r, lora_alpha=lora.alpha,
+                                                lora_dropout=lora.dropout, target_modules=lora.target_modules))
+    except ValueError as exc:  # e.g. a target module name the model does not have
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"model.lora: {first}") from None
