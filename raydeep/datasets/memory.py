@@ -126,7 +126,7 @@ def in_memory_split(split: ParquetSplit, *, max_bytes: int, seed: int | None = N
     ``max_bytes`` (``scan.fits_in_memory``), else None (it streams). Read here with pyarrow:
     milliseconds for what fits. ``seed``, ``rates``: see ``InMemorySplit``.
     """
-    columns = [split.feature.column, LABEL_COLUMN]
+    columns = split.columns  # the feature, and the label unless the split has none (causal LM)
     if not fits_in_memory(split, columns, max_bytes):
         return None
     return InMemorySplit.put(read_table(split, columns), seed=seed, rates=rates)

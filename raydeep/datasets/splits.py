@@ -39,9 +39,10 @@ from raydeep.datasets.storage import (
 )
 from raydeep.errors import DataError
 
-# What a split's label column holds: class ids, regression targets, or either (the caller decides:
+# What a split's label column holds: class ids, regression targets, nothing (a causal-LM split has
+# no label column: the targets are its input_ids), or any of these (the caller decides:
 # ``raydeep data inspect`` reads the manifest and the column's type).
-LABEL_KINDS = ("class", "value", "any")
+LABEL_KINDS = ("class", "value", "none", "any")
 
 
 @dataclass
@@ -59,11 +60,21 @@ class ParquetSplit:
     label_names: list[str] | None
     schema: pa.Schema | None = field(default=None, repr=False)  # the shards' common arrow schema
     footers: list[pq.FileMetaData] | None = field(default=None, repr=False)  # per file, as open_split read them
+    task: str | None = None  # the manifest's task ("text_classification", "regression", "causal_lm"), if any
+    eos_id: int | None = None  # causal-LM blocks: the id ending every document (the manifest's eos_id)
 
     @property
     def has_ids(self) -> bool:
         return self.schema is not None and ID_COLUMN in self.schema.names
 
+    @property
+    def has_labels(self) -> bool:
+        return self.schema is None or LABEL_COLUMN in self.schema.names
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns training reads: the feature, and the label when the split has one."""
+        return [self.feature.column, LABEL_COLUMN] if self.has_labels else [self.feature.column]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,8 +309,9 @@ def open_split(uri: str, *, key: str, cache_dir: str | None = None,
 
     ``uri``: a local directory, file or glob, ``datasets://NAME/SPLIT``, or the same forms
     under ``s3://bucket/prefix`` (``storage`` says how to reach S3). ``label_kind``: ``"class"``
-    (an integer ``label`` column, the default), ``"value"`` (a regression target: any numeric type)
-    or ``"any"`` (the label column's type is not checked here; the caller checks it).
+    (an integer ``label`` column, the default), ``"value"`` (a regression target: any numeric type),
+    ``"none"`` (no ``label`` column: causal-LM blocks, ``input_ids`` only) or ``"any"`` (a label
+    column or none, its type not checked here; the caller checks it).
     """
     if label_kind not in LABEL_KINDS:
         raise ValueError(f"label_kind must be one of {', '.join(LABEL_KINDS)}, got {label_kind!r}")
@@ -337,16 +349,7 @@ def _open_listing(uri: str, listing: _Listing, fs: pafs.FileSystem, *, key: str,
     where = files[0] if len(files) == 1 else os.path.dirname(files[0])
     if num_rows == 0:
         raise DataError(f"{key}: {where}: zero rows in {len(files)} parquet file(s)")
-    if LABEL_COLUMN not in schema.names:
-        raise DataError(f"{key}: {files[0]}: no {LABEL_COLUMN!r} column (columns: {', '.join(schema.names)})")
-    label_type = schema.field(LABEL_COLUMN).type
-    if label_kind == "value" and not (pa.types.is_floating(label_type) or pa.types.is_integer(label_type)):
-        raise DataError(f"{key}: {files[0]}: column {LABEL_COLUMN!r} is {label_type}; a regression target must be "
-                        "a number (float32/float64, or an integer type)")
-    if label_kind == "class" and not pa.types.is_integer(label_type):
-        hint = "; a numeric target needs model.task: regression" if pa.types.is_floating(label_type) else ""
-        raise DataError(f"{key}: {files[0]}: column {LABEL_COLUMN!r} is {label_type}, expected an integer type "
-                        f"(int64){hint}")
+    _check_label_column(schema, files[0], label_kind, key=key)
 
     manifest = None
     num_classes: int | None = None
@@ -356,6 +359,7 @@ def _open_listing(uri: str, listing: _Listing, fs: pafs.FileSystem, *, key: str,
         manifest = read_manifest(manifest_path, key=key, filesystem=fs)
         feature = _feature_from_manifest(manifest, manifest_path, schema, key=key)
         num_classes, label_names = manifest.get("num_classes"), manifest.get("label_names")
+        task, eos_id = _manifest_task(manifest, manifest_path, key=key)
         listed = {s.get("file") for s in manifest["shards"] if isinstance(s, dict)}
         if listing.whole_dir:
             _check_manifest_matches(manifest, manifest_path, files, footers, key=key)
@@ -364,6 +368,45 @@ def _open_listing(uri: str, listing: _Listing, fs: pafs.FileSystem, *, key: str,
             manifest = None
     else:
         feature = _infer_feature(files, footers, schema, fs, key=key)
+        task = eos_id = None
+    if label_kind == "none" and feature.kind != "tokens":
+        raise DataError(f"{key}: {files[0]}: the feature column is {feature.column!r} ({feature.kind}); a task: "
+                        "causal_lm run reads token ids from 'input_ids'")
     return ParquetSplit(uri=uri, key=key, files=files, filesystem=fs, manifest=manifest, feature=feature,
                         num_rows=num_rows, num_classes=num_classes, label_names=label_names, schema=schema,
-                        footers=footers)
+                        footers=footers, task=task, eos_id=eos_id)
+
+
+def _check_label_column(schema: pa.Schema, path: str, label_kind: str, *, key: str) -> None:
+    """The ``label`` column is there (or, for ``"none"``, is not) with a type that fits ``label_kind``."""
+    if label_kind == "none":
+        if LABEL_COLUMN in schema.names:
+            raise DataError(f"{key}: {path}: has a {LABEL_COLUMN!r} column: this is labelled data; a task: causal_lm "
+                            "run reads only input_ids (prepare blocks with raydeep data prepare --task lm)")
+        return
+    if LABEL_COLUMN not in schema.names:
+        if label_kind == "any":
+            return
+        task = "classification" if label_kind == "class" else "regression"
+        raise DataError(f"{key}: {path}: no {LABEL_COLUMN!r} column (columns: {', '.join(schema.names)}); a {task} "
+                        "split needs one (unlabelled input_ids blocks are for model.task: causal_lm)")
+    label_type = schema.field(LABEL_COLUMN).type
+    if label_kind == "value" and not (pa.types.is_floating(label_type) or pa.types.is_integer(label_type)):
+        raise DataError(f"{key}: {path}: column {LABEL_COLUMN!r} is {label_type}; a regression target must be "
+                        "a number (float32/float64, or an integer type)")
+    if label_kind == "class" and not pa.types.is_integer(label_type):
+        hint = "; a numeric target needs model.task: regression" if pa.types.is_floating(label_type) else ""
+        raise DataError(f"{key}: {path}: column {LABEL_COLUMN!r} is {label_type}, expected an integer type "
+                        f"(int64){hint}")
+
+
+def _manifest_task(manifest: dict, where: str, *, key: str) -> tuple[str | None, int | None]:
+    """(task, eos_id) from a manifest; a causal-LM manifest must name an integer ``eos_id``."""
+    task = manifest.get("task") if isinstance(manifest.get("task"), str) else None
+    eos_id = manifest.get("eos_id")
+    if eos_id is None and task != "causal_lm":
+        return task, None
+    if isinstance(eos_id, bool) or not isinstance(eos_id, int) or eos_id < 0:
+        raise DataError(f"{key}: {where}: 'eos_id' is {eos_id!r}; a causal_lm manifest needs the integer id that "
+                        "ends every document")
+    return task, eos_id

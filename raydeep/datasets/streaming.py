@@ -22,7 +22,6 @@ from ray.data.context import DataContext
 from raydeep.datasets.reader import epoch_file_order, read_shard, rows_per_block
 from raydeep.datasets.resample import resampled_blocks
 from raydeep.datasets.scan import footers_of, memory_bytes_per_file
-from raydeep.datasets.schema import LABEL_COLUMN
 from raydeep.datasets.splits import ParquetSplit
 
 
@@ -94,7 +93,7 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, rate
     128 MiB). Epochs count this dataset's executions, so a resumed run starts again from epoch 0's
     order and draw. Why this shape, measured: benchmarks/BENCHMARKS.md, "The streamed path's shape".
     """
-    columns = [split.feature.column, LABEL_COLUMN]
+    columns = split.columns  # the feature, and the label unless the split has none (causal LM)
     schema = split.schema
     if schema is not None:
         schema = pa.schema([schema.field(c) for c in columns])

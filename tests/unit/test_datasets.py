@@ -210,8 +210,46 @@ def test_zero_rows(tmp_path: Path) -> None:
 
 def test_no_label(tmp_path: Path) -> None:
     write_shards(tmp_path, tokens_table([0]).drop_columns(["label"]))
-    msg = _error(str(tmp_path))
-    assert "'label'" in msg and "part-00000.parquet" in msg
+    shard = tmp_path / "part-00000.parquet"
+    assert _error(str(tmp_path)) == (f"data.train: {shard}: no 'label' column (columns: input_ids, id); a "
+                                     "classification split needs one (unlabelled input_ids blocks are for "
+                                     "model.task: causal_lm)")
+    assert "a regression split needs one" in _error(str(tmp_path), label_kind="value")
+
+
+def lm_split(d: Path, *, eos_id: object = 2, rows: int = 6) -> Path:
+    """Packed causal-LM blocks as ``data prepare --task lm`` writes them: input_ids only, pad_id -1."""
+    ids = (np.arange(rows * 8).reshape(rows, 8) % 40) + 3
+    feature = FeatureSpec(column="input_ids", kind="tokens", seq_len=8, vocab_size=50, pad_id=-1)
+    manifest = write_split(d, pa.table({"input_ids": tokens_array(ids, 8)}), name="lm", split="train",
+                           task="causal_lm", feature=feature, num_classes=None, label_names=None, shards=2)
+    write_manifest(d, {**manifest, "eos_id": eos_id, "block_size": 8})
+    return d
+
+
+def test_label_kind_none_opens_blocks_without_a_label(tmp_path: Path) -> None:
+    split = open_split(str(lm_split(tmp_path / "lm")), key="data.train", label_kind="none")
+    assert (split.eos_id, split.task, split.feature.pad_id, split.feature.seq_len) == (2, "causal_lm", -1, 8)
+    assert split.columns == ["input_ids"] and not split.has_labels and split.num_rows == 6
+    # One shard by name drops the manifest's counts, not its facts.
+    one = open_split(str(tmp_path / "lm" / "part-00000.parquet"), key="data.train", label_kind="none")
+    assert one.manifest is None and one.eos_id == 2 and one.feature.pad_id == -1
+    labelled = open_split(str(write_shards(tmp_path / "c", tokens_table([0, 1]))[0]), key="k")
+    assert labelled.columns == ["input_ids", "label"] and labelled.eos_id is None
+
+
+def test_label_kind_none_errors_are_one_line(tmp_path: Path) -> None:
+    write_shards(tmp_path / "c", tokens_table([0, 1]))
+    assert _error(str(tmp_path / "c"), label_kind="none") == (
+        f"data.train: {tmp_path / 'c' / 'part-00000.parquet'}: has a 'label' column: this is labelled data; a task: "
+        "causal_lm run reads only input_ids (prepare blocks with raydeep data prepare --task lm)")
+    write_shards(tmp_path / "p", pixels_table([0, 1]).drop_columns(["label"]))
+    assert "the feature column is 'pixels' (image); a task: causal_lm run reads token ids from 'input_ids'" in _error(
+        str(tmp_path / "p"), label_kind="none")
+    lm_split(tmp_path / "bad", eos_id=None)
+    assert _error(str(tmp_path / "bad"), label_kind="none") == (
+        f"data.train: {tmp_path / 'bad' / '_raydeep.json'}: 'eos_id' is None; a causal_lm manifest needs the "
+        "integer id that ends every document")
 
 
 def test_string_labels(tmp_path: Path) -> None:
