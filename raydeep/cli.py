@@ -151,20 +151,29 @@ def _add_data_command(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     prep = dsub.add_parser(
         "prepare", help="jsonl/csv/parquet/text-dirs -> tokenized, sharded parquet splits with manifests",
-        description="Parse, split (stratified, seeded), tokenize and shard raw text through Ray Data. "
-                    "Writes OUTPUT/{train,val,test}/part-*.parquet + _raydeep.json, OUTPUT/tokenizer.json.")
-    prep.add_argument("--input", required=True, help="a file, directory, glob or s3://... (text-dirs: DIR/LABEL/*.txt)")
+        description="Parse, split (seeded), tokenize and shard raw text through Ray Data: labelled records padded "
+                    "to --max-len (--task classification, stratified split), or documents packed into blocks of "
+                    "--block-size tokens (--task lm, split by document). Writes "
+                    "OUTPUT/{train,val,test}/part-*.parquet + _raydeep.json, OUTPUT/tokenizer.json.")
+    prep.add_argument("--input", required=True, help="a file, directory, glob or s3://... (text-dirs: DIR/LABEL/*.txt; "
+                                                     "with --task lm every *.txt under DIR)")
     prep.add_argument("--format", required=True, choices=["jsonl", "csv", "parquet", "text-dirs"])
     prep.add_argument("--output", required=True, help="a new directory or s3://BUCKET/PREFIX")
+    prep.add_argument("--task", choices=["classification", "lm"], default="classification",
+                      help="classification (labelled records, default) or lm (unlabelled documents packed into "
+                           "blocks for a causal language model)")
     prep.add_argument("--text-field", default="text")
-    prep.add_argument("--label-field", default="label")
+    prep.add_argument("--label-field", help="default: label (classification only)")
     prep.add_argument("--labels", help="label names in id order, comma-separated (default: the sorted values "
                                        "found); a record with any other label is a bad record")
     tok = prep.add_mutually_exclusive_group(required=True)
-    tok.add_argument("--tokenizer", metavar="PATH", help="a Hugging Face tokenizer.json to use")
+    tok.add_argument("--tokenizer", metavar="PATH", help="a Hugging Face tokenizer.json, or a model directory "
+                                                         "(its tokenizer.json or slow-tokenizer files)")
     tok.add_argument("--train-tokenizer", choices=["bpe", "wordpiece"], help="train one on the training split")
     prep.add_argument("--vocab-size", type=int, default=8000)
-    prep.add_argument("--max-len", type=int, default=128, help="pad or truncate every sequence to this length")
+    prep.add_argument("--max-len", type=int, help="classification: pad or truncate every sequence to this length "
+                                                  "(default 128)")
+    prep.add_argument("--block-size", type=int, help="lm (required): tokens per packed block")
     prep.add_argument("--val-fraction", type=float, default=0.1)
     prep.add_argument("--test-fraction", type=float, default=0.0)
     prep.add_argument("--shard-rows", type=int, default=100_000, help="rows per parquet shard")
@@ -175,7 +184,8 @@ def _add_data_command(sub) -> None:
     prep.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     prep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
     _add_storage_flags(prep)
-    ins = dsub.add_parser("inspect", help="schema, rows, shards, label histogram (or target statistics) and samples",
+    ins = dsub.add_parser("inspect", help="schema, rows, shards, label histogram (or target statistics, or LM "
+                                          "blocks and tokens) and samples",
                           description="Describe a split (or every split of a prepared set) without Ray.")
     ins.add_argument("path", help="a split directory, file, glob, s3://... or a prepared set's root")
     ins.add_argument("--samples", type=int, default=3, help="rows to decode and print (default 3)")
@@ -203,9 +213,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     from raydeep.datasets.prepare.pipeline import PrepareOptions, prepare
 
     opts = PrepareOptions(
-        input=args.input, format=args.format, output=args.output, text_field=args.text_field,
+        input=args.input, format=args.format, output=args.output, task=args.task, text_field=args.text_field,
         label_field=args.label_field, tokenizer=args.tokenizer, train_tokenizer=args.train_tokenizer,
-        vocab_size=args.vocab_size, max_len=args.max_len, val_fraction=args.val_fraction,
+        vocab_size=args.vocab_size, max_len=args.max_len, block_size=args.block_size, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, shard_rows=args.shard_rows, seed=args.seed,
         on_bad_record=args.on_bad_record, labels=args.labels.split(",") if args.labels else None,
         shuffle=not args.no_shuffle, overwrite=args.overwrite, storage=storage)

@@ -4,8 +4,10 @@ Schema, rows and shards come from the parquet footers (``open_split``); the labe
 from the manifest, else from a pyarrow scan of the label column only; a few rows are decoded
 with the set's own tokenizer when the manifest names one. A regression split (its manifest's
 task is ``regression``, or, without a manifest, a floating ``label``) gets the targets' count,
-min, max, mean and std from the same kind of scan instead of a histogram. Image and numeric
-splits are scanned for NaN and inf values, which fail the command, as do NaN/inf targets.
+min, max, mean and std from the same kind of scan instead of a histogram. A causal-LM split (no
+``label`` column: packed ``input_ids`` blocks) gets its blocks and token counts instead, and its
+first blocks decoded. Image and numeric splits are scanned for NaN and inf values, which fail the
+command, as do NaN/inf targets.
 Everything is plain text, so it reads the same in a terminal, a CI log and a test.
 """
 
@@ -29,6 +31,7 @@ from raydeep.datasets.storage import StorageConfig, is_s3, s3_errors, s3_filesys
 from raydeep.errors import DataError
 
 KEY = "inspect"
+LM_TASK = "causal_lm"  # the manifest task of packed blocks (prepare/lm.py)
 
 
 def _join(base: str, rel: str) -> str:
@@ -60,15 +63,24 @@ def label_counts(split: ParquetSplit) -> dict[int, int]:
 
 
 def label_kind(split: ParquetSplit) -> str:
-    """``"class"`` (a histogram) or ``"value"`` (regression targets: statistics) for this split.
+    """``"class"`` (a histogram), ``"value"`` (regression targets: statistics) or ``"none"`` (no
+    label column: causal-LM blocks) for this split.
 
     The manifest's ``task`` decides when there is one, and its label column must fit it; else
     the column's type: integers are class ids, floats are targets. Anything else is one line
     naming the file and the column.
     """
-    t = split.schema.field(LABEL_COLUMN).type
     path = split.files[0]
-    task = (split.manifest or {}).get("task")
+    if not split.has_labels:
+        if split.task is not None and split.task != LM_TASK:
+            raise DataError(f"{KEY}: {path}: no {LABEL_COLUMN!r} column, but its {MANIFEST_NAME} says task "
+                            f"{split.task!r}, which needs one")
+        return "none"
+    t = split.schema.field(LABEL_COLUMN).type
+    if split.task == LM_TASK:
+        raise DataError(f"{KEY}: {path}: has a {LABEL_COLUMN!r} column, but its {MANIFEST_NAME} says task "
+                        f"{LM_TASK!r}, whose blocks have none")
+    task = (split.manifest or {}).get("task")  # None for a subset of the shards (see below)
     if not isinstance(task, str):
         task = None
     is_int, is_float = pa.types.is_integer(t), pa.types.is_floating(t)
@@ -124,15 +136,8 @@ def _samples(split: ParquetSplit, n: int, tok: Any, kind: str = "class") -> list
         batch = next(pq.ParquetFile(f).iter_batches(batch_size=n, columns=cols), None)
     if batch is None:
         return []
-    names = split.label_names
     lines = []
-    for row in batch.to_pylist():
-        label = row["label"]
-        if kind == "value" or label is None:
-            shown = _number(label)
-        else:
-            shown = f"{label} ({names[label]})" if names and 0 <= label < len(names) else str(label)
-        ident = f"id {row['id']}, " if "id" in row else ""
+    for i, row in enumerate(batch.to_pylist()):
         values = row[split.feature.column] or []
         if split.feature.kind == "image":
             arr = np.asarray(values, dtype=np.float64)
@@ -140,14 +145,26 @@ def _samples(split: ParquetSplit, n: int, tok: Any, kind: str = "class") -> list
         elif split.feature.kind == "numeric":
             shown_values = ", ".join(_number(v) for v in values[:8])
             body = f"{len(values)} value(s): [{shown_values}{', …' if len(values) > 8 else ''}]"
-        elif tok is not None:
-            text = decode(tok, values, split.feature.pad_id).replace("\n", " ")
+        elif tok is not None:  # a block shows its EOS ids: they are where documents end
+            text = decode(tok, values, split.feature.pad_id, special=kind == "none").replace("\n", " ")
             body = json.dumps(text[:160] + ("…" if len(text) > 160 else ""), ensure_ascii=False)
         else:
             real = [v for v in values if v != split.feature.pad_id]
             body = f"{len(real)} tokens: {real[:16]}{' …' if len(real) > 16 else ''}"
-        lines.append(f"    [{ident}label {shown}] {body}")
+        lines.append(f"    [{_tag(i, row, kind, split.label_names)}] {body}")
     return lines
+
+
+def _tag(i: int, row: dict, kind: str, names: list[str] | None) -> str:
+    """A sample's tag: its block number (causal LM), else its id and label (with its name)."""
+    if kind == "none":
+        return f"block {i}"
+    label = row.get("label")
+    if kind == "value" or label is None:
+        shown = _number(label)
+    else:
+        shown = f"{label} ({names[label]})" if names and 0 <= label < len(names) else str(label)
+    return f"id {row['id']}, label {shown}" if "id" in row else f"label {shown}"
 
 
 def inspect_split(uri: str, *, storage: StorageConfig | None = None, samples: int = 3) -> list[str]:
@@ -173,8 +190,8 @@ def _report(split: ParquetSplit, storage: StorageConfig | None, samples: int) ->
         out.append("  schema: " + ", ".join(f"{f.name} {f.type}" for f in schema))
     f = split.feature
     if f.kind == "tokens":
-        out.append(f"  feature: tokens in {f.column!r}, length {f.seq_len}, vocab {f.vocab_size or '?'}, "
-                   f"pad id {f.pad_id}")
+        pad = f"pad id {f.pad_id}" if f.pad_id >= 0 else "no padding"
+        out.append(f"  feature: tokens in {f.column!r}, length {f.seq_len}, vocab {f.vocab_size or '?'}, {pad}")
     elif f.kind == "numeric":
         out.append(f"  feature: numeric in {f.column!r}, {f.num_features} value(s) per row")
         check_finite(split)
@@ -183,7 +200,9 @@ def _report(split: ParquetSplit, storage: StorageConfig | None, samples: int) ->
         out.append(f"  feature: image in {f.column!r}, shape {list(f.image_shape or ())}")
         check_finite(split)
         out.append("  pixels: all finite")
-    if kind == "value":
+    if kind == "none":
+        out.append(_blocks_line(split))
+    elif kind == "value":
         s = target_summary(split)
         out.append(f"  targets ({schema.field(LABEL_COLUMN).type} {LABEL_COLUMN!r}, from a scan of the label column): "
                    f"count {s['rows']:,}, min {_number(s['min'])}, max {_number(s['max'])}, "
@@ -200,6 +219,20 @@ def _report(split: ParquetSplit, storage: StorageConfig | None, samples: int) ->
         out.append(f"  first {len(lines)} row(s) of {posixpath.basename(split.files[0])}:")
         out += lines
     return out
+
+
+def _blocks_line(split: ParquetSplit) -> str:
+    """Blocks and tokens of an unlabelled (causal-LM) split; documents and dropped tokens when its
+    manifest counts them."""
+    f = split.feature
+    line = f"  causal-LM blocks: {split.num_rows:,} of {f.seq_len} tokens ({split.num_rows * f.seq_len:,} tokens)"
+    m = split.manifest or {}
+    if "documents" in m:
+        line += (f"; packed from {m['documents']:,} documents ({m.get('tokens', 0):,} tokens, "
+                 f"{m.get('dropped_tokens', 0):,} dropped)")
+    if split.eos_id is not None:
+        line += f"; EOS id {split.eos_id} ends every document"
+    return line
 
 
 def _histogram(split: ParquetSplit) -> list[str]:
@@ -230,8 +263,12 @@ def inspect_path(uri: str, *, storage: StorageConfig | None = None, samples: int
         summary = json.loads(fs.cat_file(summary_path)) if is_root else None
     if summary is None:
         return "\n".join(inspect_split(uri, storage=storage, samples=samples))
-    out = [f"{uri}: prepared data set {summary.get('name')!r} from {summary.get('input')}",
-           f"  labels: {', '.join(summary.get('label_names', []))}",
+    if summary.get("task") == LM_TASK:
+        what = (f"  task: {LM_TASK}, blocks of {summary.get('block_size')} tokens, EOS id {summary.get('eos_id')}; "
+                f"{summary.get('documents', 0):,} documents, {summary.get('dropped_tokens', 0):,} tokens dropped")
+    else:
+        what = f"  labels: {', '.join(summary.get('label_names') or [])}"
+    out = [f"{uri}: prepared data set {summary.get('name')!r} from {summary.get('input')}", what,
            f"  splits: " + ", ".join(f"{s} {v['num_rows']:,} rows" for s, v in summary.get("splits", {}).items()),
            f"  bad records skipped: {summary.get('skipped', 0):,}"
            + (f" (first: {summary['first_skipped']})" if summary.get("first_skipped") else "")]

@@ -221,3 +221,13 @@ def test_labels_that_fit_neither_task_are_one_line(tmp_path: Path) -> None:
         inspect_path(str(tmp_path / "r"))
     assert str(info.value) == (f"inspect: {tmp_path / 'r' / 'part-00000.parquet'}: column 'label' is string, "
                                "expected an integer type (int64) for class ids, or a float type for regression targets")
+
+
+def test_unlabelled_token_blocks_show_blocks_not_labels(tmp_path: Path) -> None:
+    """Causal-LM blocks without a manifest: token ids only, no label histogram."""
+    (tmp_path / "lm").mkdir()
+    pq.write_table(pa.table({"input_ids": tokens_array(np.arange(32).reshape(4, 8) + 1, 8)}),
+                   tmp_path / "lm" / "part-00000.parquet")
+    text = inspect_path(str(tmp_path / "lm"), samples=1)
+    assert "causal-LM blocks: 4 of 8 tokens (32 tokens)" in text and "labels (" not in text
+    assert "[block 0] 8 tokens: [1, 2, 3, 4, 5, 6, 7, 8]" in text

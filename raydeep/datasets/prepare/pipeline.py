@@ -1,24 +1,21 @@
 """``raydeep data prepare``: raw jsonl / csv / parquet / text-dirs -> tokenized, sharded parquet splits.
 
-Three streaming passes through Ray Data, each over the input files (never the whole data set
-in one place):
+Two tasks: ``--task classification`` (the default: labelled records, each padded or truncated
+to ``--max-len``) and ``--task lm`` (unlabelled documents packed into blocks of ``--block-size``
+tokens, ``lm.py``). Three streaming passes through Ray Data, each over the input files (never the
+whole data set in one place):
 
 1. scan: parse every record, count the good ones per file, collect their labels (only the
    labels come back to the driver) and the bad ones (``--on-bad-record error|skip``);
-2. on the driver: map labels to ids, assign every record to train/val/test (stratified per
-   class, seeded), then train the tokenizer on the training records only, streamed back
-   from a second parse (or load ``--tokenizer``);
-3. encode: parse again, tokenize, pad/truncate to ``--max-len``, optionally shuffle rows,
-   and write parquet partitioned by split.
+2. on the driver: map labels to ids, assign every record to train/val/test (classification:
+   stratified per class; lm: by whole document), seeded, then train the tokenizer on the
+   training records only, streamed back from a second parse (or load ``--tokenizer``);
+3. encode: parse again, tokenize, pad/truncate to ``--max-len`` (or pack blocks), optionally
+   shuffle rows, and write parquet partitioned by split.
 
 Records are numbered by (file order, position among the file's good records), which both
 parses agree on, so a record's ``id`` and split are fixed by the input and ``--seed`` alone.
-
-Output goes to a hidden ``.NAME.tmp-*`` sibling first. Locally the finished directory is
-renamed into place (atomic). On S3, which cannot rename, each split gets a
-``_raydeep.incomplete`` marker before its shards are copied in and loses it after its
-manifest is written; ``open_split`` refuses a split that still has one. Either way an
-interrupted prepare leaves nothing that reads as a complete data set.
+An interrupted prepare leaves nothing that reads as a complete data set (``publish.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import posixpath
 import time
 import uuid
@@ -34,47 +30,55 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from raydeep.datasets.manifest import FORMAT, INCOMPLETE_NAME, MANIFEST_NAME, PREPARED_NAME, shard_name
-from raydeep.datasets.prepare.raw_records import FORMATS, Bad, FieldNames, read_records
-from raydeep.datasets.prepare.tokenizer import KINDS, encode, load_tokenizer, pad_id_of, plain, sha256, train_tokenizer
-from raydeep.datasets.schema import FeatureSpec, tokens_array
-from raydeep.datasets.storage import (
-    StorageConfig,
-    arrow_filesystem,
-    check_bucket,
-    is_s3,
-    s3_error,
-    s3_errors,
-    s3_filesystem,
-    strip_s3,
+from raydeep.datasets.manifest import FORMAT
+from raydeep.datasets.prepare import classification, lm
+from raydeep.datasets.prepare.inputs import Location, list_inputs, locate
+from raydeep.datasets.prepare.publish import check_output as _check_output
+from raydeep.datasets.prepare.publish import commit as _commit
+from raydeep.datasets.prepare.publish import remove_quietly as _remove_quietly
+from raydeep.datasets.prepare.raw_records import FORMATS, Bad, FieldNames, good_records
+from raydeep.datasets.prepare.tokenizer import (
+    KINDS,
+    TOKENIZER_FILE,
+    LoadedTokenizer,
+    eos_id_of,
+    load_tokenizer_path,
+    pad_id_of,
+    plain,
+    sha256,
+    train_tokenizer,
 )
+from raydeep.datasets.prepare.units import ENCODE_CHUNK, SPLITS, make_units, rows, unit_items, unit_plan
+from raydeep.datasets.schema import FeatureSpec
+from raydeep.datasets.storage import StorageConfig, s3_error, s3_errors
 from raydeep.errors import DataError
 
-SPLITS = ("train", "val", "test")
-TOKENIZER_FILE = "tokenizer.json"
-_EXTENSIONS = {"jsonl": (".jsonl", ".json", ".ndjson"), "csv": (".csv",), "parquet": (".parquet",)}
-ENCODE_CHUNK = 2048  # records tokenized per encode_batch call (and rows per output block)
+__all__ = ["Location", "PrepareOptions", "assign_splits", "check_options", "label_names", "list_inputs", "locate",
+           "prepare"]
+
+TASKS = ("classification", "lm")
+DEFAULT_LABEL_FIELD = "label"
+DEFAULT_MAX_LEN = 128
 
 
 @dataclass
 class PrepareOptions:
-    """Everything ``raydeep data prepare`` takes; field names follow the flags."""
+    """Everything ``raydeep data prepare`` takes; field names follow the flags. ``None`` means the
+    flag was not given, so that a flag the task does not use can be refused."""
 
     input: str
     format: str
     output: str
+    task: str = "classification"  # or "lm": unlabelled documents packed into --block-size blocks
     text_field: str = "text"
-    label_field: str = "label"
-    tokenizer: str | None = None  # a tokenizer.json to load
+    label_field: str | None = None  # classification; default "label"
+    tokenizer: str | None = None  # a tokenizer.json or a Hugging Face model directory to load
     train_tokenizer: str | None = None  # or "bpe" / "wordpiece" to train one on the training split
     vocab_size: int = 8000
-    max_len: int = 128
+    max_len: int | None = None  # classification; default 128
+    block_size: int | None = None  # lm: tokens per packed block (required)
     val_fraction: float = 0.1
     test_fraction: float = 0.0
     shard_rows: int = 100_000
@@ -86,22 +90,31 @@ class PrepareOptions:
     files_per_task: int = 256  # text-dirs: files parsed per Ray task
     storage: StorageConfig | None = field(default=None, repr=False)
 
+    @property
+    def lm(self) -> bool:
+        return self.task == "lm"
+
+    @property
+    def fields(self) -> FieldNames:
+        return FieldNames(self.text_field, None if self.lm else self.label_field or DEFAULT_LABEL_FIELD)
+
 
 def check_options(o: PrepareOptions) -> None:
     """Every bad flag value, before anything is read; DataError naming the flag."""
+    if o.task not in TASKS:
+        raise DataError(f"--task {o.task!r}: expected one of {', '.join(TASKS)}")
     if o.format not in FORMATS:
         raise DataError(f"--format {o.format!r}: expected one of {', '.join(FORMATS)}")
     if (o.tokenizer is None) == (o.train_tokenizer is None):
-        raise DataError("give exactly one of --tokenizer PATH (a tokenizer.json) or --train-tokenizer "
-                        f"{'|'.join(KINDS)}")
+        raise DataError("give exactly one of --tokenizer PATH (a tokenizer.json or a model directory) or "
+                        f"--train-tokenizer {'|'.join(KINDS)}")
     if o.train_tokenizer is not None and o.train_tokenizer not in KINDS:
         raise DataError(f"--train-tokenizer {o.train_tokenizer!r}: expected one of {', '.join(KINDS)}")
-    if o.vocab_size < 2:
-        raise DataError(f"--vocab-size {o.vocab_size}: must be >= 2")
-    if o.max_len < 1:
-        raise DataError(f"--max-len {o.max_len}: must be >= 1")
-    if o.shard_rows < 1:
-        raise DataError(f"--shard-rows {o.shard_rows}: must be >= 1")
+    _check_task_options(o)
+    for flag, v, least in (("--vocab-size", o.vocab_size, 2), ("--max-len", o.max_len, 1),
+                           ("--block-size", o.block_size, 2), ("--shard-rows", o.shard_rows, 1)):
+        if v is not None and v < least:
+            raise DataError(f"{flag} {v}: must be >= {least}")
     for flag, v in (("--val-fraction", o.val_fraction), ("--test-fraction", o.test_fraction)):
         if not (math.isfinite(v) and 0 <= v < 1):
             raise DataError(f"{flag} {v}: must be in [0, 1)")
@@ -117,83 +130,20 @@ def check_options(o: PrepareOptions) -> None:
         raise DataError(f"files_per_task must be >= 1, got {o.files_per_task}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Where things are: local paths and S3 prefixes behind one fsspec interface
-
-
-@dataclass
-class Location:
-    """A local path or S3 prefix: its fsspec filesystem and the path that filesystem takes."""
-
-    uri: str
-    fs: Any
-    path: str
-    s3: bool
-
-    def join(self, *parts: str) -> str:
-        return posixpath.join(self.path, *parts)
-
-    def show(self, path: str) -> str:
-        return "s3://" + path if self.s3 else path
-
-    @property
-    def arrow(self) -> Any:
-        return arrow_filesystem(self.fs) if self.s3 else pafs.LocalFileSystem()
-
-
-def locate(uri: str, storage: StorageConfig | None, *, key: str) -> Location:
-    if is_s3(uri):
-        path = strip_s3(uri)
-        if "/" not in path and key == "--output":
-            raise DataError(f"{key} {uri}: expected s3://BUCKET/PREFIX, not a bare bucket")
-        return Location(uri, s3_filesystem(storage), path, True)
-    if "://" in uri and not uri.startswith("file://"):
-        raise DataError(f"{key} {uri}: {uri.split('://', 1)[0]}:// is not supported; use a local path or "
-                        "s3://BUCKET/PREFIX")
-    raw = uri[len("file://"):] if uri.startswith("file://") else uri
-    return Location(uri, fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(raw)), False)
-
-
-def _visible(name: str) -> bool:
-    return not name.rsplit("/", 1)[-1].startswith((".", "_"))
-
-
-def list_inputs(loc: Location, fmt: str) -> list[tuple[str, str | None]]:
-    """``--input`` -> ``[(file path, label from its directory or None)]``, sorted."""
-    fs, path, shown = loc.fs, loc.path, loc.uri
-    if fmt == "text-dirs":
-        if not fs.isdir(path):
-            what = "does not exist" if not fs.exists(path) else "is a file"
-            raise DataError(f"--input {shown}: {what}; --format text-dirs takes a directory with one "
-                            "subdirectory of text files per label")
-        subdirs = sorted(e["name"] for e in fs.ls(path, detail=True) if e["type"] == "directory" and _visible(e["name"]))
-        if not subdirs:
-            raise DataError(f"--input {shown}: no subdirectories; --format text-dirs expects DIR/LABEL/*.txt")
-        files = []
-        for d in subdirs:
-            label = d.rstrip("/").rsplit("/", 1)[-1]
-            files += [(loc.show(e["name"]) if loc.s3 else e["name"], label)
-                      for e in sorted(fs.ls(d, detail=True), key=lambda e: e["name"])
-                      if e["type"] == "file" and _visible(e["name"])]
-        if not files:
-            raise DataError(f"--input {shown}: its label directories ({', '.join(s.rsplit('/', 1)[-1] for s in subdirs[:5])}"
-                            f"{', ...' if len(subdirs) > 5 else ''}) hold no files (empty input)")
-        return files
-    exts = _EXTENSIONS[fmt]
-    if any(c in path for c in "*?["):
-        matches = sorted(m for m in fs.glob(path) if fs.isfile(m))
-        if not matches:
-            raise DataError(f"--input {shown}: no file matches this glob")
-        return [(loc.show(m) if loc.s3 else m, None) for m in matches]
-    if fs.isdir(path):
-        matches = sorted(e["name"] for e in fs.ls(path, detail=True)
-                         if e["type"] == "file" and _visible(e["name"]) and e["name"].lower().endswith(exts))
-        if not matches:
-            raise DataError(f"--input {shown}: no {'/'.join(exts)} files in this directory")
-        return [(loc.show(m) if loc.s3 else m, None) for m in matches]
-    if fs.isfile(path):
-        return [(loc.uri if loc.s3 else path, None)]
-    raise DataError(f"--input {shown}: path does not exist")
+def _check_task_options(o: PrepareOptions) -> None:
+    """The flags one task takes and the other refuses (a flag that would be ignored is an error)."""
+    if not o.lm:
+        if o.block_size is not None:
+            raise DataError(f"--block-size {o.block_size}: only for --task lm; classification pads or truncates "
+                            "every record to --max-len")
+        return
+    if o.block_size is None:
+        raise DataError("--task lm needs --block-size N: the tokens in every packed training block")
+    for flag, value in (("--labels", o.labels and ",".join(o.labels)), ("--label-field", o.label_field),
+                        ("--max-len", o.max_len)):
+        if value is not None:
+            raise DataError(f"{flag} {value}: not used by --task lm, which reads no labels and packs each record's "
+                            "--text-field into blocks of --block-size tokens; drop it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +165,7 @@ def assign_splits(label_ids: np.ndarray, num_classes: int, val_fraction: float, 
                   seed: int) -> np.ndarray:
     """Split code per record (0 train, 1 val, 2 test), stratified: each class is permuted with its
     own seeded generator and cut by the fractions (rounded half up), keeping at least one
-    training record per class when the class has any."""
+    training record per class when the class has any. One class: a plain seeded split."""
     codes = np.zeros(len(label_ids), dtype=np.int8)
     for c in range(num_classes):
         idx = np.flatnonzero(label_ids == c)
@@ -242,16 +192,6 @@ class _Stop(Exception):
     pass
 
 
-def _good_records(fs: Any, files: list, fmt: str, fields: FieldNames, known: set[str] | None
-                  ) -> Iterator[tuple[str, int | str] | Bad]:
-    """One work unit's records, with a label outside ``--labels`` made a ``Bad`` too."""
-    for path, dir_label in files:
-        for rec in read_records(fs, path, fmt, fields, dir_label):
-            if not isinstance(rec, Bad) and known is not None and str(rec[1]) not in known:
-                rec = Bad(path, "", f"label {rec[1]!r} is not one of --labels ({', '.join(sorted(known))})")
-            yield rec
-
-
 def _task_error(exc: BaseException, files: list) -> str:
     path = files[0][0] if files else "?"
     err = s3_error(exc, path, key="") if not isinstance(exc, DataError) else exc
@@ -266,22 +206,24 @@ def _scan(batch: dict, *, fs: Any, fmt: str, fields: FieldNames, on_bad: str, kn
     for unit, spec in zip(batch["unit"], batch["files"]):
         files = json.loads(spec)
         labels: list[int | str] = []
-        skipped, first_bad, fatal = 0, "", ""
+        count, skipped, first_bad, fatal = 0, 0, "", ""
         try:
-            for rec in _good_records(fs, files, fmt, fields, known):
+            for rec in good_records(fs, files, fmt, fields, known):
                 if isinstance(rec, Bad):
                     skipped += rec.rows
                     first_bad = first_bad or str(rec)
                     if on_bad == "error":
                         raise _Stop
                     continue
-                labels.append(rec[1])
+                count += 1
+                if fields.label is not None:  # unlabelled documents send back only their count
+                    labels.append(rec[1])
         except _Stop:
             pass
         except Exception as exc:  # noqa: BLE001 - returned as data: the driver raises one line
             fatal = _task_error(exc, files)
         out["unit"].append(int(unit))
-        out["count"].append(len(labels))
+        out["count"].append(count)
         out["labels"].append(json.dumps(labels))
         out["skipped"].append(skipped)
         out["first_bad"].append(first_bad)
@@ -289,22 +231,12 @@ def _scan(batch: dict, *, fs: Any, fmt: str, fields: FieldNames, on_bad: str, kn
     return {k: np.array(v, dtype=object if k in ("labels", "first_bad", "fatal") else np.int64) for k, v in out.items()}
 
 
-def _unit_plan(row: dict) -> tuple[list, int, np.ndarray, np.ndarray]:
-    return (json.loads(row["files"]), int(row["offset"]), np.frombuffer(row["codes"], dtype=np.int8),
-            np.frombuffer(row["label_ids"], dtype=np.int64))
-
-
-def _rows(batch: dict) -> Iterator[dict]:
-    for i in range(len(batch["unit"])):
-        yield {k: batch[k][i] for k in batch}
-
-
 def _training_texts(batch: dict, *, fs: Any, fmt: str, fields: FieldNames, known: set[str] | None
                     ) -> Iterator[dict]:
-    for row in _rows(batch):
-        files, _, codes, _ = _unit_plan(row)
+    for row in rows(batch):
+        files, _, codes, _ = unit_plan(row)
         texts, k = [], 0
-        for rec in _good_records(fs, files, fmt, fields, known):
+        for rec in good_records(fs, files, fmt, fields, known):
             if isinstance(rec, Bad):
                 continue
             if k < codes.size and codes[k] == 0:
@@ -317,55 +249,6 @@ def _training_texts(batch: dict, *, fs: Any, fmt: str, fields: FieldNames, known
             yield {"text": np.array(texts, dtype=object)}
 
 
-_TOKENIZERS: dict[str, Any] = {}
-
-
-def _tokenizer_from(text: str) -> Any:
-
-    key = sha256(text.encode())
-    if key not in _TOKENIZERS:
-        _TOKENIZERS.clear()
-        _TOKENIZERS[key] = plain(load_tokenizer(text, where="tokenizer"))
-    return _TOKENIZERS[key]
-
-
-def _encode(batch: dict, *, fs: Any, fmt: str, fields: FieldNames, known: set[str] | None, tokenizer_json: str,
-            max_len: int, pad_id: int) -> Iterator[Any]:
-
-
-    tok = _tokenizer_from(tokenizer_json)
-
-    def table(texts: list[str], start: int, stop: int, codes: np.ndarray, label_ids: np.ndarray, offset: int):
-        ids, lengths = encode(tok, texts, max_len=max_len, pad_id=pad_id)
-        return pa.table({
-            "input_ids": tokens_array(ids, max_len),
-            "label": pa.array(label_ids[start:stop], pa.int64()),
-            "id": pa.array(np.arange(offset + start, offset + stop, dtype=np.int64)),
-            "num_tokens": pa.array(lengths, pa.int32()),
-            "split": pa.array(np.array(SPLITS, dtype=object)[codes[start:stop]], pa.string()),
-        })
-
-    for row in _rows(batch):
-        files, offset, codes, label_ids = _unit_plan(row)
-        texts: list[str] = []
-        start = k = 0
-        for rec in _good_records(fs, files, fmt, fields, known):
-            if isinstance(rec, Bad):
-                continue
-            k += 1
-            if k > codes.size:
-                break
-            texts.append(rec[0])
-            if len(texts) >= ENCODE_CHUNK:
-                yield table(texts, start, k, codes, label_ids, offset)
-                texts, start = [], k
-        if k != codes.size:
-            raise RuntimeError(f"{files[0][0]}: the input changed while preparing ({codes.size} good records when "
-                               "scanned, a different number now); run prepare again")
-        if texts:
-            yield table(texts, start, k, codes, label_ids, offset)
-
-
 # ---------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -374,120 +257,210 @@ def prepare(o: PrepareOptions, *, log: Callable[[str], None] = print, verbose: b
             start_ray: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Run ``raydeep data prepare``; returns the data set summary (also written as ``_raydeep_prepare.json``).
 
-    Everything that can fail without Ray (flags, paths, the tokenizer file, the output
-    location) fails first; then ``start_ray()`` (the CLI's connect) runs, if given. Without
-    it, Ray Data uses the connected cluster or starts a local one.
+    Everything that can fail without Ray (flags, paths, the tokenizer and its special tokens, the
+    output location) fails first; then ``start_ray()`` (the CLI's connect) runs, if given.
+    Without it, Ray Data uses the connected cluster or starts a local one.
     """
     check_options(o)
     t0 = time.time()
-    fields = FieldNames(o.text_field, o.label_field)
-    src = locate(o.input, o.storage, key="--input")
-    out = locate(o.output, o.storage, key="--output")
-    with s3_errors(o.input, key="--input", storage=o.storage):
-        inputs = list_inputs(src, o.format)
-    with s3_errors(o.output, key="--output", storage=o.storage):
-        _check_output(out, overwrite=o.overwrite)
-    loaded = _load_tokenizer_file(o) if o.tokenizer else None
-    known = set(o.labels) if o.labels is not None else None
-
+    src, out, inputs, loaded = _check_before_ray(o)
     if start_ray is not None:
         start_ray()
     import ray.data  # deferred: heavy; options, inputs and output are checked above without it
 
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     if not verbose:  # Ray Data says once, at WARNING, that the bars are off: not news to the user
-
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    units = _units(inputs, o.format, o.files_per_task)
+    units = make_units(inputs, o.format, o.files_per_task)
     log(f"scanning {len(inputs):,} file(s) in {len(units):,} task(s): {o.input}")
-    common = dict(fs=src.fs, fmt=o.format, fields=fields, known=known)
+    common = dict(fs=src.fs, fmt=o.format, fields=o.fields, known=set(o.labels) if o.labels is not None else None)
     items = [{"unit": i, "files": json.dumps(u)} for i, u in enumerate(units)]
     scanned = (ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 256)))
                .map_batches(_scan, batch_size=1, fn_kwargs={**common, "on_bad": o.on_bad_record})
                .take_all())
     scanned.sort(key=lambda r: r["unit"])
-    plan = _plan(o, scanned, log)
-
-    items = [{"unit": i, "files": json.dumps(u), "offset": int(off), "codes": c.tobytes(), "label_ids": y.tobytes()}
-             for i, (u, off, c, y) in enumerate(zip(units, plan["offsets"], plan["codes"], plan["label_ids"]))]
+    plan = _plan_documents(o, scanned, log) if o.lm else _plan(o, scanned, log)
+    items = unit_items(units, plan)
     units_ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 256)))
-    if loaded is not None:
-        tok_bytes, tok, source = loaded
-    else:
-        n_train = int(plan["split_rows"]["train"])
-        log(f"training a {o.train_tokenizer} tokenizer (vocab {o.vocab_size:,}) on the {n_train:,} training records")
-        texts = units_ds.map_batches(_training_texts, batch_size=1, fn_kwargs=common)
-
-        def stream() -> Iterator[str]:
-            for b in texts.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                yield from (str(t) for t in b["text"])
-
-
-        tok = train_tokenizer(o.train_tokenizer, stream(), vocab_size=o.vocab_size, length=n_train)
-        tok_bytes, source = tok.to_str().encode(), f"trained {o.train_tokenizer} on the training split"
-
-    where = o.tokenizer or "the trained tokenizer"
-    pad_id = pad_id_of(tok, where=where)
-    tok = plain(tok)
-    vocab = tok.get_vocab_size(with_added_tokens=True)
-    tokenizer_info = {"file": f"../{TOKENIZER_FILE}", "sha256": sha256(tok_bytes), "vocab_size": vocab,
-                      "pad_id": pad_id, "source": source}
+    loaded = loaded or _trained_tokenizer(o, units_ds, common, plan, log)
 
     tmp = posixpath.join(posixpath.dirname(out.path), f".{posixpath.basename(out.path)}.tmp-{uuid.uuid4().hex[:10]}")
     parts = posixpath.join(tmp, "_parts")
-    log(f"tokenizing (max length {o.max_len}) and writing {plan['total']:,} rows to {out.show(tmp)}")
     try:
         with s3_errors(o.output, key="--output", storage=o.storage):
-            encoded = units_ds.map_batches(_encode, batch_size=1, fn_kwargs={
-                **common, "tokenizer_json": tok_bytes.decode(), "max_len": o.max_len, "pad_id": pad_id})
-            if o.shuffle:
-                encoded = encoded.random_shuffle(seed=o.seed)
-            encoded.write_parquet(parts, filesystem=out.arrow, partition_cols=["split"],
-                                  min_rows_per_file=o.shard_rows, max_rows_per_file=o.shard_rows)
-            feature = FeatureSpec(column="input_ids", kind="tokens", seq_len=o.max_len, vocab_size=vocab,
-                                  pad_id=pad_id)
-            summary = {
-                "format": "raydeep-prepare/1",
-                "name": posixpath.basename(out.path),
-                "input": o.input,
-                "options": {k: v for k, v in asdict(o).items() if k not in ("storage", "input", "output")},
-                "label_names": plan["names"],
-                "num_classes": len(plan["names"]),
-                "skipped": plan["skipped"],
-                "first_skipped": plan["first_bad"] or None,
-                "tokenizer": {**tokenizer_info, "file": TOKENIZER_FILE},
-                "max_len": o.max_len,
-                "splits": {},
-            }
-            manifests = {}
-            for split in SPLITS:
-                if plan["split_rows"][split] == 0:
-                    continue
-                manifests[split] = _split_manifest(out, parts, split, summary, feature, tokenizer_info, plan)
-                summary["splits"][split] = {k: manifests[split][1][k] for k in
-                                            ("num_rows", "label_histogram", "truncated")} | {
-                    "shards": len(manifests[split][1]["shards"])}
+            write = _write_blocks if o.lm else _write_rows
+            manifests, summary, report = write(o, units_ds, common, plan, loaded, out, parts, log)
             summary["seconds"] = round(time.time() - t0, 1)
-            _commit(out, tmp, parts, manifests, tok_bytes, summary, overwrite=o.overwrite)
+            _commit(out, tmp, parts, manifests, loaded.data, summary, overwrite=o.overwrite)
     except BaseException:
         _remove_quietly(out, tmp)
         raise
-    for split, info in summary["splits"].items():
-        log(f"  {split}: {info['num_rows']:,} rows in {info['shards']} shard(s), {info['truncated']:,} truncated; "
-            f"labels {dict(zip(plan['names'], info['label_histogram']))}")
-    log(f"wrote {o.output} in {summary['seconds']:.1f} s (vocab {vocab:,}, pad id {pad_id}, "
+    for line in report:
+        log(line)
+    log(f"wrote {o.output} in {summary['seconds']:.1f} s (vocab {summary['tokenizer']['vocab_size']:,}, "
         f"{plan['skipped']:,} bad record(s) skipped)")
     return summary
 
 
-def _units(inputs: list[tuple[str, str | None]], fmt: str, per_task: int) -> list[list]:
-    if fmt != "text-dirs":
-        return [[list(x)] for x in inputs]
-    return [[list(x) for x in inputs[i:i + per_task]] for i in range(0, len(inputs), per_task)]
+def _check_before_ray(o: PrepareOptions) -> tuple[Location, Location, list, LoadedTokenizer | None]:
+    """(input, output, the input files, the loaded --tokenizer or None): every check that needs no Ray."""
+    src = locate(o.input, o.storage, key="--input")
+    out = locate(o.output, o.storage, key="--output")
+    with s3_errors(o.input, key="--input", storage=o.storage):
+        inputs = list_inputs(src, o.format, labelled=not o.lm)
+    with s3_errors(o.output, key="--output", storage=o.storage):
+        _check_output(out, overwrite=o.overwrite)
+    if o.tokenizer is None:
+        return src, out, inputs, None
+    loc = locate(o.tokenizer, o.storage, key="--tokenizer")
+    with s3_errors(o.tokenizer, key="--tokenizer", storage=o.storage):
+        loaded = load_tokenizer_path(loc.fs, loc.path, o.tokenizer, local=not loc.s3)
+    _special_id(o, loaded)  # a tokenizer without the special token the task needs fails now
+    return src, out, inputs, loaded
 
 
-def _plan(o: PrepareOptions, scanned: list[dict], log: Callable[[str], None]) -> dict[str, Any]:
-    """Driver side of the scan: raise the first error, map labels, assign splits."""
+def _special_id(o: PrepareOptions, loaded: LoadedTokenizer) -> int:
+    """The id the task needs from the tokenizer: EOS (lm: it ends every document) or padding."""
+    where = f"--tokenizer {loaded.path}" if loaded.kind != "trained" else "the trained tokenizer"
+    if o.lm:
+        return eos_id_of(loaded.tokenizer, where=where, eos_token=loaded.eos_token)
+    return pad_id_of(loaded.tokenizer, where=where, pad_token=loaded.pad_token)
+
+
+def _trained_tokenizer(o: PrepareOptions, units_ds: Any, common: dict, plan: dict,
+                       log: Callable[[str], None]) -> LoadedTokenizer:
+    """A tokenizer trained on the training split's records, streamed from a second parse."""
+    n_train = int(plan["split_rows"]["train"])
+    log(f"training a {o.train_tokenizer} tokenizer (vocab {o.vocab_size:,}) on the {n_train:,} training records")
+    texts = units_ds.map_batches(_training_texts, batch_size=1, fn_kwargs=common)
+
+    def stream() -> Iterator[str]:
+        for b in texts.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+            yield from (str(t) for t in b["text"])
+
+    tok = train_tokenizer(o.train_tokenizer, stream(), vocab_size=o.vocab_size, length=n_train, eos=o.lm)
+    return LoadedTokenizer(tok, tok.to_str().encode(), "trained", None)
+
+
+def _tokenizer_info(o: PrepareOptions, loaded: LoadedTokenizer, special: dict[str, int]) -> dict[str, Any]:
+    """The manifest's ``tokenizer`` entry (``file`` relative to a split directory)."""
+    source = (f"trained {o.train_tokenizer} on the training split" if loaded.kind == "trained"
+              else f"loaded from {'model directory ' if loaded.kind == 'model_dir' else ''}{loaded.path}")
+    vocab = plain(loaded.tokenizer).get_vocab_size(with_added_tokens=True)
+    return {"file": f"../{TOKENIZER_FILE}", "sha256": sha256(loaded.data), "vocab_size": vocab, **special,
+            "source": source}
+
+
+def _summary(o: PrepareOptions, out: Location, plan: dict, tokenizer: dict, loaded: LoadedTokenizer) -> dict:
+    """The fields every task's ``_raydeep_prepare.json`` has."""
+    return {
+        "format": "raydeep-prepare/1",
+        "name": posixpath.basename(out.path),
+        "input": o.input,
+        "options": {k: v for k, v in asdict(o).items() if k not in ("storage", "input", "output")},
+        "skipped": plan["skipped"],
+        "first_skipped": plan["first_bad"] or None,
+        "tokenizer": {**tokenizer, "file": TOKENIZER_FILE},
+        "tokenizer_source": loaded.source,
+        "splits": {},
+    }
+
+
+def _manifest_base(o: PrepareOptions, summary: dict, tokenizer: dict) -> dict:
+    """The fields every split manifest has, whatever the task (``format`` and ``name`` lead it)."""
+    return {"format": FORMAT, "name": summary["name"], "tokenizer": tokenizer,
+            "tokenizer_source": summary["tokenizer_source"],
+            "prepare": {"input": o.input, "seed": o.seed, "skipped": summary["skipped"],
+                        "val_fraction": o.val_fraction, "test_fraction": o.test_fraction},
+            "generator": {}}
+
+
+def _write_parts(ds: Any, o: PrepareOptions, out: Location, parts: str) -> None:
+    """Shuffle (seeded, unless --no-shuffle) and write ``ds`` as parquet partitioned by its split column."""
+    if o.shuffle:
+        ds = ds.random_shuffle(seed=o.seed)
+    ds.write_parquet(parts, filesystem=out.arrow, partition_cols=["split"], min_rows_per_file=o.shard_rows,
+                     max_rows_per_file=o.shard_rows)
+
+
+def _write_rows(o: PrepareOptions, units_ds: Any, common: dict, plan: dict, loaded: LoadedTokenizer, out: Location,
+                parts: str, log: Callable[[str], None]) -> tuple[dict, dict, list[str]]:
+    """Classification: records padded or truncated to ``--max-len``, with labels; (manifests, summary, report)."""
+    max_len = o.max_len or DEFAULT_MAX_LEN
+    pad_id = _special_id(o, loaded)
+    info = _tokenizer_info(o, loaded, {"pad_id": pad_id})
+    log(f"tokenizing (max length {max_len}) and writing {plan['total']:,} rows to {out.show(parts)}")
+    _write_parts(units_ds.map_batches(classification.encode_rows, batch_size=1, fn_kwargs={
+        **common, "tokenizer_json": loaded.data.decode(), "max_len": max_len, "pad_id": pad_id}), o, out, parts)
+    feature = FeatureSpec(column="input_ids", kind="tokens", seq_len=max_len, vocab_size=info["vocab_size"],
+                          pad_id=pad_id)
+    summary = _summary(o, out, plan, info, loaded) | {
+        "task": classification.TASK, "label_names": plan["names"], "num_classes": len(plan["names"]),
+        "max_len": max_len}
+    base = _manifest_base(o, summary, info)
+    manifests, report = {}, []
+    for split in SPLITS:
+        if plan["split_rows"][split] == 0:
+            continue
+        manifests[split] = classification.split_manifest(out, parts, split, base, feature, plan, max_len)
+        m = manifests[split][1]
+        summary["splits"][split] = {k: m[k] for k in ("num_rows", "label_histogram", "truncated")} | {
+            "shards": len(m["shards"])}
+        report.append(f"  {split}: {m['num_rows']:,} rows in {len(m['shards'])} shard(s), {m['truncated']:,} "
+                      f"truncated; labels {dict(zip(plan['names'], m['label_histogram']))} (pad id {pad_id})")
+    return manifests, summary, report
+
+
+def _write_blocks(o: PrepareOptions, units_ds: Any, common: dict, plan: dict, loaded: LoadedTokenizer,
+                  out: Location, parts: str, log: Callable[[str], None]) -> tuple[dict, dict, list[str]]:
+    """Causal LM: documents packed into blocks of ``--block-size`` (``lm.py``); (manifests, summary, report)."""
+    eos_id = _special_id(o, loaded)
+    log(f"tokenizing {plan['total']:,} documents into blocks of {o.block_size} tokens (EOS id {eos_id}) in "
+        f"{out.show(parts)}")
+    _write_parts(units_ds.map_batches(lm.encode_blocks, batch_size=1, fn_kwargs=_block_kwargs(o, loaded, eos_id,
+                                                                                               common["fs"])),
+                 o, out, parts)
+    return _finish_blocks(o, plan, loaded, out, parts)
+
+
+def _block_kwargs(o: PrepareOptions, loaded: LoadedTokenizer, eos_id: int, fs: Any) -> dict[str, Any]:
+    """``lm.encode_blocks``'s keyword arguments."""
+    return {"fs": fs, "fmt": o.format, "fields": o.fields, "tokenizer_json": loaded.data.decode(),
+            "block_size": o.block_size, "eos_id": eos_id}
+
+
+def _finish_blocks(o: PrepareOptions, plan: dict, loaded: LoadedTokenizer, out: Location,
+                   parts: str) -> tuple[dict, dict, list[str]]:
+    """Driver side after the blocks are written: the units' tails packed, each split's manifest, the
+    summary and the report lines."""
+    eos_id, n = _special_id(o, loaded), o.block_size
+    info = _tokenizer_info(o, loaded, {"eos_id": eos_id})
+    feature = FeatureSpec(column="input_ids", kind="tokens", seq_len=n, vocab_size=info["vocab_size"],
+                          pad_id=lm.NO_PADDING)
+    summary = _summary(o, out, plan, info, loaded) | {"task": lm.TASK, "block_size": n, "eos_id": eos_id}
+    base = _manifest_base(o, summary, info)
+    manifests, report = {}, []
+    for split in SPLITS:
+        docs = plan["split_rows"][split]
+        if docs == 0:
+            continue
+        dropped = lm.pack_tails(out, parts, split, block_size=n, shard_rows=o.shard_rows,
+                                seed=o.seed if o.shuffle else None)
+        manifests[split] = lm.split_manifest(out, parts, split, base=base, feature=feature, eos_id=eos_id,
+                                             documents=docs, dropped=dropped)
+        m = manifests[split][1]
+        summary["splits"][split] = {k: m[k] for k in ("num_rows", "documents", "tokens", "dropped_tokens")} | {
+            "shards": len(m["shards"])}
+        report.append(f"  {split}: {m['num_rows']:,} blocks of {n} tokens in {len(m['shards'])} shard(s) from "
+                      f"{docs:,} documents ({m['tokens']:,} tokens, {dropped:,} dropped)")
+    for key in ("documents", "tokens", "dropped_tokens"):
+        summary[key] = sum(s[key] for s in summary["splits"].values())
+    return manifests, summary, report
+
+
+def _scanned_counts(o: PrepareOptions, scanned: list[dict]) -> tuple[np.ndarray, int, int, str]:
+    """(good records per unit, their total, bad records skipped, the first bad one): raises the first
+    error, a bad record under ``--on-bad-record error``, or an input with no good record."""
     for r in scanned:
         if r["fatal"]:
             raise DataError(str(r["fatal"]))
@@ -501,6 +474,20 @@ def _plan(o: PrepareOptions, scanned: list[dict], log: Callable[[str], None]) ->
         if skipped:
             raise DataError(f"--input {o.input}: all {skipped:,} records are bad (first: {first_bad})")
         raise DataError(f"--input {o.input}: no records (empty input)")
+    return counts, total, skipped, first_bad
+
+
+def _per_unit(counts: np.ndarray, codes: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
+    """The plan's per-unit slices (first record number, split codes, label ids) of the global arrays."""
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return {"offsets": bounds[:-1],
+            "codes": [codes[bounds[i]:bounds[i + 1]] for i in range(len(counts))],
+            "label_ids": [ids[bounds[i]:bounds[i + 1]] for i in range(len(counts))]}
+
+
+def _plan(o: PrepareOptions, scanned: list[dict], log: Callable[[str], None]) -> dict[str, Any]:
+    """Driver side of the scan: raise the first error, map labels, assign splits."""
+    counts, total, skipped, first_bad = _scanned_counts(o, scanned)
     values: list[int | str] = []
     for r in scanned:
         values += json.loads(r["labels"])
@@ -520,136 +507,23 @@ def _plan(o: PrepareOptions, scanned: list[dict], log: Callable[[str], None]) ->
         log(f"skipped {skipped:,} bad record(s); first: {first_bad}")
     log(f"{total:,} records, {len(names)} labels; split {split_rows['train']:,} train / {split_rows['val']:,} val"
         f" / {split_rows['test']:,} test (stratified, seed {o.seed})")
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    return {
-        "names": names, "total": total, "skipped": skipped, "first_bad": first_bad, "split_rows": split_rows,
-        "offsets": bounds[:-1],
-        "codes": [codes[bounds[i]:bounds[i + 1]] for i in range(len(counts))],
-        "label_ids": [ids[bounds[i]:bounds[i + 1]] for i in range(len(counts))],
-    }
+    return {"names": names, "total": total, "skipped": skipped, "first_bad": first_bad, "split_rows": split_rows,
+            **_per_unit(counts, codes, ids)}
 
 
-def _load_tokenizer_file(o: PrepareOptions) -> tuple[bytes, Any, str]:
-
-    loc = locate(o.tokenizer, o.storage, key="--tokenizer")
-    with s3_errors(o.tokenizer, key="--tokenizer", storage=o.storage):
-        if not loc.fs.isfile(loc.path):
-            raise DataError(f"--tokenizer {o.tokenizer}: no such file (expected a Hugging Face tokenizer.json)")
-        data = loc.fs.cat_file(loc.path)
-    try:
-        text = data.decode()
-    except UnicodeDecodeError:
-        raise DataError(f"--tokenizer {o.tokenizer}: not a Hugging Face tokenizer.json (not UTF-8 text)") from None
-    return data, load_tokenizer(text, where=f"--tokenizer {o.tokenizer}"), f"loaded from {o.tokenizer}"
-
-
-def _check_output(out: Location, *, overwrite: bool) -> None:
-    if out.s3:
-        check_bucket(out.fs, out.uri)
-        try:
-            exists = bool(out.fs.ls(out.path))
-        except FileNotFoundError:
-            exists = False
-    else:
-        exists = os.path.lexists(out.path)
-    if exists and not overwrite:
-        raise DataError(f"--output {out.uri}: already exists; choose a new path or pass --overwrite")
-
-
-def _split_manifest(out: Location, parts: str, split: str, summary: dict, feature: FeatureSpec,
-                    tokenizer_info: dict, plan: dict) -> tuple[list[tuple[str, str]], dict]:
-    """(``[(written part, final shard name)]``, the split's manifest) from the written parts' columns."""
-
-    part_dir = posixpath.join(parts, f"split={split}")
-    written = sorted(p for p in out.fs.ls(part_dir, detail=False) if p.endswith(".parquet"))
-    k = len(plan["names"])
-    hist = np.zeros(k, dtype=np.int64)
-    truncated = 0
-    shards = []
-    moves = []
-    for i, path in enumerate(written):
-        with out.fs.open(path, "rb") as f:
-            table = pq.ParquetFile(f).read(columns=["label", "num_tokens"])
-        hist += np.bincount(table.column("label").to_numpy(), minlength=k)
-        truncated += int((table.column("num_tokens").to_numpy() > summary["max_len"]).sum())
-        shards.append({"file": shard_name(i), "rows": table.num_rows})
-        moves.append((path, shard_name(i)))
-    manifest = {
-        "format": FORMAT,
-        "name": summary["name"],
-        "split": split,
-        "task": "text_classification",
-        "feature": feature.to_dict(),
-        "num_classes": k,
-        "label_names": plan["names"],
-        "num_rows": int(hist.sum()),
-        "shards": shards,
-        "label_histogram": hist.tolist(),
-        "tokenizer": tokenizer_info,
-        "max_len": summary["max_len"],
-        "truncated": truncated,
-        "columns": {"input_ids": f"token ids, padded with {feature.pad_id} or truncated to max_len",
-                    "label": "label id (see label_names)", "id": "record number, unique across splits",
-                    "num_tokens": "token count before truncation"},
-        "prepare": {"input": summary["input"], "seed": summary["options"]["seed"],
-                    "skipped": summary["skipped"], "val_fraction": summary["options"]["val_fraction"],
-                    "test_fraction": summary["options"]["test_fraction"]},
-        "generator": {},
-    }
-    return moves, manifest
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1) + "\n").encode()
-
-
-def _commit(out: Location, tmp: str, parts: str, manifests: dict, tok_bytes: bytes, summary: dict, *,
-            overwrite: bool) -> None:
-    fs = out.fs
-    if not out.s3:
-        # Finish everything inside the hidden temp directory, then one rename publishes it.
-        for split, (moves, manifest) in manifests.items():
-            d = posixpath.join(tmp, split)
-            fs.makedirs(d, exist_ok=True)
-            for src, name in moves:
-                os.rename(src, posixpath.join(d, name))
-            fs.pipe_file(posixpath.join(d, MANIFEST_NAME), _json_bytes(manifest))
-        fs.pipe_file(posixpath.join(tmp, TOKENIZER_FILE), tok_bytes)
-        fs.pipe_file(posixpath.join(tmp, PREPARED_NAME), _json_bytes(summary))
-        fs.rm(parts, recursive=True)
-        old = None
-        if overwrite and os.path.lexists(out.path):
-            old = f"{tmp}.old"
-            os.rename(out.path, old)
-        try:
-            os.rename(tmp, out.path)
-        except OSError as exc:
-            raise DataError(f"--output {out.uri}: cannot move the finished data set into place ({exc.strerror}); "
-                            f"it is in {tmp}") from None
-        if old:
-            fs.rm(old, recursive=True)
-        return
-    # S3 has no rename: mark each split incomplete, copy its shards, write its manifest, unmark.
-    if overwrite:
-        try:
-            fs.rm(out.path, recursive=True)
-        except FileNotFoundError:
-            pass
-    for split, (moves, manifest) in manifests.items():
-        d = out.join(split)
-        fs.pipe_file(posixpath.join(d, INCOMPLETE_NAME), b"raydeep data prepare is writing this split\n")
-        for src, name in moves:
-            fs.copy(src, posixpath.join(d, name))
-        fs.pipe_file(posixpath.join(d, MANIFEST_NAME), _json_bytes(manifest))
-        fs.rm_file(posixpath.join(d, INCOMPLETE_NAME))
-    fs.pipe_file(out.join(TOKENIZER_FILE), tok_bytes)
-    fs.pipe_file(out.join(PREPARED_NAME), _json_bytes(summary))  # last: the data set is complete
-    _remove_quietly(out, tmp)
-
-
-def _remove_quietly(out: Location, tmp: str) -> None:
-    try:
-        if out.fs.exists(tmp):
-            out.fs.rm(tmp, recursive=True)
-    except Exception:  # noqa: BLE001 - cleanup must not hide the error that got us here
-        pass
+def _plan_documents(o: PrepareOptions, scanned: list[dict], log: Callable[[str], None]) -> dict[str, Any]:
+    """Driver side of the scan for ``--task lm``: whole documents assigned to splits (seeded), before
+    any packing, so that no document's tokens straddle two splits."""
+    counts, total, skipped, first_bad = _scanned_counts(o, scanned)
+    ids = np.zeros(total, dtype=np.int64)  # one "class": a plain seeded split of the documents
+    codes = assign_splits(ids, 1, o.val_fraction, o.test_fraction, o.seed)
+    split_rows = {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}
+    for s, frac in (("val", o.val_fraction), ("test", o.test_fraction)):
+        if frac > 0 and split_rows[s] == 0:
+            raise DataError(f"--{s}-fraction {frac}: rounds to 0 of the {total:,} documents; raise it or add data")
+    if skipped:
+        log(f"skipped {skipped:,} bad record(s); first: {first_bad}")
+    log(f"{total:,} documents; split {split_rows['train']:,} train / {split_rows['val']:,} val / "
+        f"{split_rows['test']:,} test (by document, seed {o.seed})")
+    return {"names": None, "total": total, "skipped": skipped, "first_bad": first_bad, "split_rows": split_rows,
+            **_per_unit(counts, codes, ids)}
