@@ -70,6 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON output path or s3://... (default: evaluation.json in the run directory)")
     p.add_argument("--batch-size", type=int, default=256)
     _add_storage_flags(p)
+
+    p = sub.add_parser("export", help="a hf checkpoint as a Hugging Face model directory (weights, labels, tokenizer)")
+    p.add_argument("checkpoint", help="a run directory (its best checkpoint), a checkpoint directory, or s3://... "
+                                      "of either, as for evaluate")
+    p.add_argument("--out", required=True, help="the directory to write (from_pretrained reads it)")
+    p.add_argument("--merge", action="store_true", help="LoRA: merge the adapters into the base weights and write a "
+                                                        "standalone model (default: the adapters only)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+    _add_storage_flags(p)
+
+    p = sub.add_parser("generate", help="continue a prompt with a causal LM (a run, checkpoint or exported directory)")
+    p.add_argument("model", help="a run directory, a checkpoint (local or s3://), or a directory raydeep export wrote")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="at most this many tokens (default 40)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (needs --temperature > 0)")
+    p.add_argument("--seed", type=int, help="makes sampling repeatable")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="auto: cuda when available")
+    _add_storage_flags(p)
     return parser
 
 
@@ -116,7 +135,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "evaluate": cmd_evaluate, "schedules": cmd_schedules}
+def cmd_export(args: argparse.Namespace) -> int:
+    from raydeep.trainers.export import export_command
+
+    given = args.endpoint_url or args.region or args.profile
+    export_command(args.checkpoint, args.out, merge=args.merge, overwrite=args.overwrite,
+                   storage=_storage_from_args(args) if given else None)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from raydeep.trainers.generate import generate_command
+
+    given = args.endpoint_url or args.region or args.profile
+    generate_command(args.model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     top_k=args.top_k, seed=args.seed, device=args.device,
+                     storage=_storage_from_args(args) if given else None)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "config": cmd_config, "evaluate": cmd_evaluate, "schedules": cmd_schedules,
+            "export": cmd_export, "generate": cmd_generate}
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
