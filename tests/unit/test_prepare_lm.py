@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -242,6 +243,20 @@ def test_block_cutter_keeps_the_rest() -> None:
     assert cut.full_blocks().shape == (0, 4) and cut.size == 3
     cut.add(np.arange(3, 9, dtype=np.int32))
     assert cut.full_blocks().tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]] and cut.rest().tolist() == [8]
+
+
+def test_tails_are_packed_in_unit_order(tmp_path: Path) -> None:
+    """Ray writes the tail rows (unit, tokens...) in any order and grouping; they pack by unit."""
+    tail_dir = tmp_path / "_parts" / "split=train.tail"
+    tail_dir.mkdir(parents=True)
+    pq.write_table(pa.table({"input_ids": pa.array([[2, 9, 9], [0, 1, 2, 3]], pa.list_(pa.int32()))}),
+                   tail_dir / "a.parquet")
+    pq.write_table(pa.table({"input_ids": pa.array([[1, 5, 6]], pa.list_(pa.int32()))}), tail_dir / "b.parquet")
+    out = locate(str(tmp_path / "ds"), None, key="--output")
+    assert lm.pack_tails(out, str(tmp_path / "_parts"), "train", block_size=3, shard_rows=1, seed=None) == 1
+    assert not tail_dir.exists()
+    written = sorted((tmp_path / "_parts" / "split=train").iterdir())
+    assert [pq.read_table(p).column("input_ids").to_pylist() for p in written] == [[[1, 2, 3]], [[5, 6, 9]]]
 
 
 def test_packing_is_exact_and_split_by_document(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ The packing is spread over the encode tasks without sending tokens through the d
 work unit (a file; text-dirs: a group of files) cuts its own stream into blocks and keeps back
 its last, partial block (its *tail*). The tails go to a ``split=SPLIT.tail`` partition, each row
 led by its unit number; the driver concatenates them in unit order and cuts them the same way
-(``pack_tails``). Every token is in exactly one block or among the ``< block_size`` dropped ones,
-so the counts are those of packing the whole stream at once; only where a unit's last block
-sits in the order differs. Blocks are ``input_ids`` only: no padding (the feature's ``pad_id`` is
+(``pack_tails``: at most one partial block per unit reaches it). Every token is in exactly one
+block or among the ``< block_size`` dropped ones, so the counts are those of packing the whole
+stream at once; only where a unit's last block sits in the order differs. Blocks are ``input_ids`` only: no padding (the feature's ``pad_id`` is
 ``NO_PADDING``), so a mask ``ids != pad_id`` keeps every position, EOS included.
 """
 
@@ -110,26 +110,33 @@ def pack_tails(out: Location, parts: str, split: str, *, block_size: int, shard_
                seed: int | None) -> int:
     """Driver: the units' tails of ``split`` in unit order, cut into blocks written beside Ray's
     parts (shuffled by ``seed`` unless None); returns the tokens dropped (the final partial block)."""
-    fs = out.fs
-    tail_dir = posixpath.join(parts, f"split={split}{TAIL}")
-    tails: list[list[int]] = []
-    if fs.exists(tail_dir):
-        for path in sorted(p for p in fs.ls(tail_dir, detail=False) if p.endswith(".parquet")):
-            with fs.open(path, "rb") as f:
-                tails += pq.read_table(f, columns=[TOKENS_COLUMN]).column(TOKENS_COLUMN).to_pylist()
-        fs.rm(tail_dir, recursive=True)
     cutter = BlockCutter(block_size)
-    for tail in sorted(tails, key=lambda t: t[0]):
-        cutter.add(np.asarray(tail[1:], dtype=np.int32))
+    for tail in _read_tails(out.fs, posixpath.join(parts, f"split={split}{TAIL}")):
+        cutter.add(tail[1:])
     blocks = cutter.full_blocks()
     if seed is not None:
         blocks = blocks[np.random.default_rng([seed, SPLITS.index(split)]).permutation(len(blocks))]
-    split_dir = posixpath.join(parts, f"split={split}")
+    fs, split_dir = out.fs, posixpath.join(parts, f"split={split}")
     for i in range(0, len(blocks), shard_rows):
         fs.makedirs(split_dir, exist_ok=True)
         with fs.open(posixpath.join(split_dir, f"zz-tails-{i // shard_rows:05d}.parquet"), "wb") as f:
             pq.write_table(pa.table({TOKENS_COLUMN: tokens_array(blocks[i:i + shard_rows], block_size)}), f)
     return cutter.size
+
+
+def _read_tails(fs: Any, tail_dir: str) -> list[np.ndarray]:
+    """The tail rows (unit number, tokens...) under ``tail_dir``, sorted by unit; the directory is
+    removed. Read as int32 arrays: at most one partial block per unit reaches the driver."""
+    tails: list[np.ndarray] = []
+    if not fs.exists(tail_dir):
+        return tails
+    for path in sorted(p for p in fs.ls(tail_dir, detail=False) if p.endswith(".parquet")):
+        with fs.open(path, "rb") as f:
+            column = pq.read_table(f, columns=[TOKENS_COLUMN]).column(TOKENS_COLUMN).combine_chunks()
+        values, offsets = column.values.to_numpy(), column.offsets.to_numpy()  # offsets index .values
+        tails += [values[a:b].astype(np.int32) for a, b in zip(offsets[:-1], offsets[1:])]
+    fs.rm(tail_dir, recursive=True)
+    return sorted(tails, key=lambda t: int(t[0]))
 
 
 def split_manifest(out: Location, parts: str, split: str, *, base: dict, feature: FeatureSpec, eos_id: int,
