@@ -51,7 +51,9 @@ def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesy
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.run.num_to_keep, checkpoint_score_attribute="best/" + es.metric,
+                # the epoch's own value: "best/<metric>" never worsens, so it ranked the latest first
+                # (Ray always keeps the latest checkpoint too, for resuming)
+                num_to_keep=cfg.run.num_to_keep, checkpoint_score_attribute=es.metric,
                 checkpoint_score_order=es.mode),
             callbacks=callbacks,
         ),

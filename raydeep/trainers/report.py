@@ -53,7 +53,7 @@ def build_summary(plan: RunPlan, result, run_dir: Path, wall_time_s: float, star
         "run_dir": str(run_dir),
         "final": {k: v for k, v in final.items() if k != "val/confusion"},
         "best": {"metric": es.metric, "value": final.get("best/" + es.metric),
-                 "checkpoint": best_checkpoint(result, "best/" + es.metric, es.mode)},
+                 "checkpoint": best_checkpoint(result, es.metric, es.mode)},  # the best kept one
         "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
         "confusion": final.get("val/confusion"),
         **plan.task.summary_fields(plan.data.labels),

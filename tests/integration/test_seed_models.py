@@ -34,6 +34,10 @@ def assert_learned(run_dir: Path, epochs: int, num_classes: int, min_macro_f1: f
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final"]["epoch"] == epochs - 1
     assert summary["final"]["val/macro_f1"] == pytest.approx(last["val/macro_f1"])
+    # the best checkpoint is the kept one whose own epoch scored best (not merely the latest)
+    kept = {str(c): json.loads((c / "raydeep.json").read_text())["metrics"]["val/macro_f1"]
+            for c in Path(summary["latest_checkpoint"]).parent.glob("checkpoint_*")}
+    assert kept[summary["best"]["checkpoint"]] == max(kept.values()), (summary["best"], kept)
     return summary
 
 
