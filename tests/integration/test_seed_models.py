@@ -36,7 +36,7 @@ def assert_learned(run_dir: Path, epochs: int, num_classes: int, min_macro_f1: f
     assert summary["final"]["val/macro_f1"] == pytest.approx(last["val/macro_f1"])
     # the best checkpoint is the kept one whose own epoch scored best (not merely the latest)
     kept = {str(c): json.loads((c / "raydeep.json").read_text())["metrics"]["val/macro_f1"]
-            for c in Path(summary["latest_checkpoint"]).parent.glob("checkpoint_*")}
+            for c in Path(summary["latest_checkpoint"]).parent.glob("checkpoint_*") if c.is_dir()}
     assert kept[summary["best"]["checkpoint"]] == max(kept.values()), (summary["best"], kept)
     return summary
 
