@@ -11,13 +11,14 @@ not at all: it is written under a temporary name beside ``--out`` and renamed.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,10 @@ def load_hf_checkpoint(ckpt: Path, uri: str, *, key: str) -> HFCheckpoint:
     """Consolidate ``ckpt`` (any ZeRO stage, any world size) into its transformers model on the CPU."""
     hf_config_of(ckpt, uri, key=key)
     try:
-        wrapper, cfg, feature, state = load_model(ckpt)
+        # zero_to_fp32's prints and progress bars, peft's and transformers' advice on building: none of it
+        # is the command's output or actionable (a failure raises)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            wrapper, cfg, feature, state = load_model(ckpt)
     except ValueError as exc:  # the model directory the run was built from is gone or changed
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RaydeepError(f"{key}: {uri}: cannot rebuild the model: {first}") from None
@@ -172,7 +176,7 @@ def check_out(out: str, overwrite: bool, *, key: str = "--out") -> Path:
     return p
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_directory(out: Path) -> Iterator[Path]:
     """A temporary directory beside ``out`` to fill; renamed to ``out`` (replacing it) only when the
     block finishes, removed when it fails."""
