@@ -23,6 +23,7 @@ from raydeep.errors import ConfigError, DataError, RaydeepError
 from raydeep.trainers.class_weights import class_weights, expected_sampled_counts, sampling_rates
 from raydeep.trainers.engine import deepspeed_config, precision_of
 from raydeep.trainers.models import build_model, count_parameters
+from raydeep.trainers.models.hf import check_data_tokenizer
 from raydeep.trainers.tasks import LabelFacts, Task, task_of
 
 
@@ -58,6 +59,10 @@ def plan_data(cfg: Config) -> DataPlan:
         raise DataError(f"data.val: feature column {val.feature.column!r} ({val.feature.width} values per row) "
                         f"differs from data.train's {train.feature.column!r} ({train.feature.width})")
     check_model(cfg, train.feature)
+    try:
+        check_data_tokenizer(cfg.model, train.uri)  # a hf model's own tokenizer made the data
+    except ValueError as exc:
+        raise ConfigError(f"data.train: {exc}") from None
     return DataPlan(train, val, train.feature, labels)
 
 

@@ -220,3 +220,19 @@ def test_lora_on_a_module_the_model_lacks_is_one_line(model_dirs):
         build_model(hf(model_dirs["gpt2"], task="causal_lm", lora=LoraSection(target_modules=["q_proj"])),
                     tokens(pad_id=-1))
     assert "\n" not in str(info.value)
+
+
+def test_data_tokenized_by_another_tokenizer_is_refused(tmp_path):
+    from raydeep.trainers.models.hf import check_data_tokenizer
+    from tests.hf_models import tiny_tokenizer
+
+    mine = tiny_tokenizer(["alpha beta gamma delta"] * 20, vocab_size=270)
+    other = tiny_tokenizer(["one two three four five"] * 20, vocab_size=270)
+    model = save_tiny_model(tmp_path / "model", "gpt2", tokenizer=mine)
+    for name, tok in (("same", mine), ("other", other)):
+        (tmp_path / name / "train").mkdir(parents=True)
+        tok.backend_tokenizer.save(str(tmp_path / name / "tokenizer.json"))
+    cfg = hf(model, task="causal_lm")
+    check_data_tokenizer(cfg, str(tmp_path / "same" / "train"))
+    with pytest.raises(ValueError, match=r"tokens and ids differ from the model's .*--tokenizer "):
+        check_data_tokenizer(cfg, str(tmp_path / "other" / "train"))

@@ -96,6 +96,23 @@ def check_fit(cfg: ModelConfig, hf_config: Any, feature: FeatureSpec) -> None:
                              "set model.pretrained: false to train from its config")
 
 
+def check_data_tokenizer(cfg: ModelConfig, split_uri: str) -> None:
+    """A hf model's data must be tokenized by the model's own tokenizer: same size is not enough
+    (ids would index other tokens' embeddings, silently). Compared when both sides are local
+    files: the model directory's tokenizer.json and the one ``data prepare`` wrote beside the split."""
+    model_dir = os.path.expanduser(cfg.path or "")
+    data_root = os.path.dirname(os.path.abspath(os.path.expanduser(split_uri.rstrip("/"))))
+    mine, theirs = os.path.join(model_dir, "tokenizer.json"), os.path.join(data_root, "tokenizer.json")
+    if cfg.kind != "hf" or "://" in split_uri or not (os.path.isfile(mine) and os.path.isfile(theirs)):
+        return
+    from tokenizers import Tokenizer  # deferred with transformers: only hf runs read tokenizers here
+
+    if Tokenizer.from_file(mine).get_vocab(with_added_tokens=True) != \
+            Tokenizer.from_file(theirs).get_vocab(with_added_tokens=True):
+        raise ValueError(f"{split_uri} was tokenized with {theirs}, whose tokens and ids differ from the model's "
+                         f"{mine}; prepare the data with --tokenizer {cfg.path}")
+
+
 def auto_class(task: str) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # see load_hf_config
 
