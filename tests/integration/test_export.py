@@ -6,6 +6,7 @@ transformers' own ``from_pretrained``."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,11 +20,16 @@ from tests.conftest import run_cli
 from tests.helpers import tiny_config, write_config
 from tests.hf_models import save_tiny_model, tiny_tokenizer
 from tests.integration.test_ingest import corpus
-from tests.unit.test_prepare_lm import docs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 PROMPT = "the cat sat"
+WORDS = "the cat sat on a mat and a dog ran far away today very good news of rain".split()
+
+
+def docs(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 30))) for _ in range(n)]
 
 
 def prepare(ray_head, out: Path, *flags: str) -> Path:
