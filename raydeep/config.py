@@ -105,6 +105,15 @@ class ModelConfig(Section):
     gradient_checkpointing: bool = Field(False, description="hf only: recompute activations in backward")
     lora: LoraSection | None = Field(None, description="hf only: train low-rank adapters (needs raydeep[lora])")
 
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        """A local model directory as an absolute path: workers run in another directory (and on
+        a cluster the same path must exist on every node)."""
+        if v and os.path.isdir(os.path.expanduser(v)):
+            return os.path.abspath(os.path.expanduser(v))
+        return v
+
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
         if self.kind == "transformer" and self.d_model % self.heads:

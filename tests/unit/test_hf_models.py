@@ -236,3 +236,10 @@ def test_data_tokenized_by_another_tokenizer_is_refused(tmp_path):
     check_data_tokenizer(cfg, str(tmp_path / "same" / "train"))
     with pytest.raises(ValueError, match=r"tokens and ids differ from the model's .*--tokenizer "):
         check_data_tokenizer(cfg, str(tmp_path / "other" / "train"))
+
+
+def test_a_relative_model_path_reaches_the_workers_absolute(model_dirs, monkeypatch):
+    # workers start in another directory: the driver's relative path would not be found there
+    monkeypatch.chdir(model_dirs["bert"].parent)
+    cfg = ModelConfig(kind="hf", path="bert", num_classes=2)
+    assert cfg.path == str(model_dirs["bert"])
