@@ -170,18 +170,36 @@ class DeepSpeedConfig(Section):
 
 
 class ScalingConfig(Section):
-    num_workers: int = Field(2, ge=1)
+    """``num_workers: auto`` is one worker per GPU when the run uses GPUs and 2 on CPUs, so one
+    YAML runs on a laptop, a GPU node and a GPU cluster."""
+
+    num_workers: int | Literal["auto"] = "auto"
     use_gpu: bool | Literal["auto"] = "auto"
     cpus_per_worker: float | Literal["auto"] = Field(
         "auto", description="auto: share the node's CPUs, keeping one for Ray Data"
     )
-    gpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0, description="whole GPUs per training worker")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _at_least_one(cls, v: int | str) -> int | str:
+        if v != "auto" and v < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return v
 
     @field_validator("cpus_per_worker")
     @classmethod
     def _positive(cls, v: float | str) -> float | str:
         if v != "auto" and v <= 0:
             raise ValueError("must be > 0 or 'auto'")
+        return v
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole(cls, v: float) -> float:
+        if v != int(v):
+            raise ValueError(f"{v:g}: a training worker takes whole GPUs (a fraction would put two NCCL "
+                             "ranks on one GPU); use 1 or more")
         return v
 
 
@@ -290,6 +308,19 @@ class Config(Section):
             if mode != metric_mode(metric):  # a best checkpoint or early stop that keeps the worst epoch
                 raise ValueError(f"{key} = {metric!r} with mode: {mode} would favour the worst values; "
                                  f"use mode: {metric_mode(metric)}")
+        return self
+
+    @model_validator(mode="after")
+    def _cpu_precision(self) -> "Config":
+        """What CPU workers cannot do, refused at load when the config says CPU (with use_gpu: auto
+        the run plan refuses it once the cluster is known, still before training)."""
+        if self.scaling.use_gpu is False and not self.deepspeed.config_file:
+            if self.deepspeed.precision == "fp16":
+                raise ValueError("deepspeed.precision = 'fp16' with scaling.use_gpu: false: CPU workers have no "
+                                 "fp16 kernels worth the name; use bf16 or fp32")
+            if self.deepspeed.offload != "none":
+                raise ValueError(f"deepspeed.offload = {self.deepspeed.offload!r} with scaling.use_gpu: false: "
+                                 "offload moves GPU memory to the host, where a CPU run already is; remove it")
         return self
 
     @model_validator(mode="after")

@@ -28,11 +28,12 @@ _BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", 
 
 
 def resolve_precision(requested: str, device: Device) -> str:
-    """``auto`` is bf16 on GPUs and fp32 on CPUs.
+    """``auto`` is bf16 on GPUs and fp32 on CPUs, as the driver sees it.
 
     On CPUs without AMX, bf16 matmuls are slower than fp32 and lose accuracy, so ``auto``
-    does not pick them there; ask for ``bf16`` explicitly to use it. Whether a GPU supports
-    bf16 is checked on the worker (``check_precision``), which has the device.
+    does not pick them there; ask for ``bf16`` explicitly to use it. A GPU without bf16
+    (compute capability < 8.0) turns ``auto`` into fp16 on the worker (``settle_precision``),
+    which has the device.
     """
     if requested != "auto":
         return requested
@@ -108,15 +109,37 @@ def precision_of(ds_config: dict[str, Any]) -> str:
     return "fp32"
 
 
-def check_precision(ds_config: dict[str, Any], device: Device) -> None:
-    """Fail on the worker, with what to do instead, when the GPU cannot run the precision."""
+def auto_precision(capability: tuple[int, int] | None) -> str:
+    """``precision: auto`` for a worker's device: fp32 on CPUs (``capability`` None), bf16 on GPUs of
+    compute capability 8.0 or newer (A100, H100, ...), else fp16 with DeepSpeed's dynamic loss
+    scaling (V100, T4)."""
+    if capability is None:
+        return "fp32"
+    return "bf16" if capability >= (8, 0) else "fp16"
+
+
+def with_precision(ds_config: dict[str, Any], precision: str) -> dict[str, Any]:
+    """``ds_config`` switched to ``precision`` (fp16 scales the loss dynamically: loss_scale 0)."""
+    return {**ds_config, "bf16": {"enabled": precision == "bf16"},
+            "fp16": {**ds_config.get("fp16", {}), "enabled": precision == "fp16", "loss_scale": 0}}
+
+
+def settle_precision(ds_config: dict[str, Any], requested: str, device: Device) -> dict[str, Any]:
+    """On the worker, which has the device: ``auto`` becomes what this GPU runs best; an explicit
+    bf16 the GPU cannot run fails with what to do instead."""
     import torch
 
-    if device == "cuda" and precision_of(ds_config) == "bf16" and not torch.cuda.is_bf16_supported():
+    if device != "cuda":
+        return ds_config
+    capability = torch.cuda.get_device_capability()
+    if requested == "auto":
+        return with_precision(ds_config, auto_precision(capability))
+    if precision_of(ds_config) == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError(
             f"deepspeed.precision: {torch.cuda.get_device_name()} has no bf16; "
-            "set deepspeed.precision: fp16 (or fp32)"
+            "set deepspeed.precision: fp16 (or auto)"
         )
+    return ds_config
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -168,7 +191,7 @@ def create_engine(cfg: Config, model: torch.nn.Module, ds_config: dict[str, Any]
                                 category=FutureWarning)
 
     isolate_extension_builds()
-    check_precision(ds_config, device)
+    ds_config = settle_precision(ds_config, cfg.deepspeed.precision, device)
     optimizer = build_optimizer(cfg, model)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds_config, dist_init_required=False

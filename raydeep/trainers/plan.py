@@ -148,6 +148,25 @@ class RunPlan:
         )
 
 
+CPU_WORKERS = 2  # scaling.num_workers: auto without GPUs (data parallelism worth its overhead here)
+
+
+def resolve_workers(requested: int | str, *, use_gpu: bool, gpus: float, gpus_per_worker: float) -> int:
+    """``scaling.num_workers``: ``auto`` is one worker per ``gpus_per_worker`` GPUs of the cluster
+    when the run uses GPUs, else ``CPU_WORKERS``; a number that does not fit the GPUs is refused."""
+    if requested == "auto":
+        if not use_gpu:
+            return CPU_WORKERS
+        if gpus < gpus_per_worker:
+            raise RaydeepError(f"scaling: a GPU worker needs {gpus_per_worker:g} GPU(s); the cluster has {gpus:g}")
+        return int(gpus // gpus_per_worker)
+    n = int(requested)
+    if use_gpu and gpus < n * gpus_per_worker:
+        raise RaydeepError(f"scaling.num_workers = {n} GPU workers need {n * gpus_per_worker:g} GPUs; the cluster "
+                           f"has {gpus:g} (num_workers: auto takes one per GPU)")
+    return n
+
+
 def plan_run(cfg: Config, info: ClusterInfo, data: DataPlan | None = None) -> RunPlan:
     """Resolve resources, DeepSpeed JSON and step counts for ``cfg`` on the cluster ``info``.
 
@@ -157,13 +176,17 @@ def plan_run(cfg: Config, info: ClusterInfo, data: DataPlan | None = None) -> Ru
     weights = None if cfg.imbalance.weighting == "none" else class_weights(
         data.class_counts, cfg.imbalance.weighting, cfg.imbalance.beta, cfg.imbalance.zero_count)
     use_gpu = info.gpus > 0 if cfg.scaling.use_gpu == "auto" else bool(cfg.scaling.use_gpu)
-    if use_gpu and info.gpus < cfg.scaling.num_workers * cfg.scaling.gpus_per_worker:
-        raise RaydeepError(f"scaling: {cfg.scaling.num_workers} GPU workers need "
-                           f"{cfg.scaling.num_workers * cfg.scaling.gpus_per_worker:g} GPUs; the cluster has {info.gpus:g}")
-    cpw = cpus_per_worker(cfg.scaling.cpus_per_worker, num_workers=cfg.scaling.num_workers,
+    world = resolve_workers(cfg.scaling.num_workers, use_gpu=use_gpu, gpus=info.gpus,
+                            gpus_per_worker=cfg.scaling.gpus_per_worker)
+    cpw = cpus_per_worker(cfg.scaling.cpus_per_worker, num_workers=world,
                           cluster_cpus=info.cpus, max_node_cpus=info.max_node_cpus, use_gpu=use_gpu)
-    world = cfg.scaling.num_workers
     device = "cuda" if use_gpu else "cpu"
+    if not use_gpu and precision_of(deepspeed_config(cfg, world_size=world, device=device)) == "fp16":
+        raise ConfigError("deepspeed.precision = 'fp16' needs GPUs (CPU workers have no fp16 kernels worth the "
+                          "name); use bf16 or fp32 here, fp16 on a GPU without bf16")
+    if not use_gpu and cfg.deepspeed.offload != "none":
+        raise ConfigError(f"deepspeed.offload = {cfg.deepspeed.offload!r} moves GPU memory to the host; on CPU "
+                          "workers everything already is there: remove it")
     rates = expected = None
     train_rows = data.train.num_rows
     if cfg.imbalance.sampling != "none":

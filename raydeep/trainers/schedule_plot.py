@@ -9,7 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from raydeep.config import Config
 from raydeep.errors import ConfigError
-from raydeep.trainers.plan import Steps, plan_data
+from raydeep.trainers.plan import Steps, plan_data, resolve_workers
 from raydeep.trainers.schedules import ScheduleConfig, plot_schedules
 
 
@@ -17,7 +17,9 @@ def plot_schedule_command(cfg: Config, out: str, compare: list[str]) -> Path:
     """The step count comes from the training split's row count, the workers, the batch size and
     the epochs, exactly as the run computes it (no Ray needed)."""
     data = plan_data(cfg)
-    steps = Steps.of(cfg, data.train.num_rows, cfg.scaling.num_workers)
+    # without a cluster to ask, num_workers: auto is the CPU count of workers (the run plan says the real one)
+    workers = resolve_workers(cfg.scaling.num_workers, use_gpu=False, gpus=0, gpus_per_worker=1)
+    steps = Steps.of(cfg, data.train.num_rows, workers)
     items = [(f"{cfg.schedule.name} (this run)", cfg.schedule)]
     adapter = TypeAdapter(ScheduleConfig)
     for text in compare:

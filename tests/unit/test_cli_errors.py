@@ -36,7 +36,8 @@ def config_file(tmp_path):
         ("model.layers=abc", ["model.layers = 'abc'", "(from --set)", "integer"]),
         ("optim.lr=-1", ["optim.lr = -1", "greater than 0"]),
         ("deepspeed.zero_stage=4", ["deepspeed.zero_stage = 4", "less than or equal to 3"]),
-        ("scaling.num_workers=0", ["scaling.num_workers = 0", "greater than or equal to 1"]),
+        ("scaling.num_workers=0", ["scaling.num_workers = 0", "must be >= 1 or 'auto'"]),
+        ("scaling.gpus_per_worker=0.5", ["scaling.gpus_per_worker = 0.5", "whole GPUs", "two NCCL ranks"]),
         ("schedule.name=cosinus", ["schedule.name", "cosine"]),
         ("optim.name=lamb", ["optim.name = 'lamb'", "'adamw'"]),
         ("imbalance.loss=mse", ["imbalance.loss = 'mse' is the regression loss", "model.task: regression"]),
@@ -50,6 +51,18 @@ def test_config_errors_name_file_key_value(config_file, tmp_path, override, need
     proc = run_cli("train", str(config_file), "--set", override, "--run-dir", str(run_dir))
     line = assert_one_line_error(proc, str(config_file), *needles)
     assert "Traceback" not in line
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("deepspeed, needles", [
+    ("{precision: fp16}", ["deepspeed.precision = 'fp16' with scaling.use_gpu: false", "bf16 or fp32"]),
+    ("{zero_stage: 2, offload: cpu}", ["deepspeed.offload = 'cpu' with scaling.use_gpu: false", "remove it"]),
+])
+def test_what_cpu_workers_cannot_do_is_refused_at_load(config_file, tmp_path, deepspeed, needles):
+    run_dir = tmp_path / "out"
+    proc = run_cli("train", str(config_file), "--set", "scaling.use_gpu=false", "--set", f"deepspeed={deepspeed}",
+                   "--run-dir", str(run_dir))
+    assert_one_line_error(proc, str(config_file), *needles)
     assert not run_dir.exists()
 
 
