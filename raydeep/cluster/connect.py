@@ -85,6 +85,9 @@ def job_env(verbose: bool) -> dict[str, str]:
         # Ray Data's per-execution INFO lines ("Starting execution of Dataset ...") would
         # otherwise fill the console every epoch.
         env["RAY_DATA_LOG_LEVEL"] = "WARNING"
+    else:
+        # --debug: NCCL says which interfaces, rings and transports it picked, and why it hangs
+        env["NCCL_DEBUG"] = os.environ.get("NCCL_DEBUG", "INFO")
     return env
 
 

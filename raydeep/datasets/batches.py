@@ -166,7 +166,13 @@ def torch_batches(shard: DataIterator, *, batch_size: int, shuffle_buffer: int =
     blocks = (check_limits(block_arrays(b), limits or {}, where)
               for b in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks)
               if b.num_rows)
+    to_gpu = device is not None and torch.device(device).type == "cuda"
     for batch in shuffled_batches(blocks, batch_size, shuffle_buffer, rng):
         # Every batch array is a fresh gather (``_take``) or a row slice of one: writable and
         # contiguous, never a view into Ray's read-only block.
-        yield {k: torch.from_numpy(v) if device is None else torch.from_numpy(v).to(device) for k, v in batch.items()}
+        tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
+        if to_gpu:  # page-locked host memory: the copy runs asynchronously, beside the compute
+            tensors = {k: t.pin_memory().to(device, non_blocking=True) for k, t in tensors.items()}
+        elif device is not None:
+            tensors = {k: t.to(device) for k, t in tensors.items()}
+        yield tensors

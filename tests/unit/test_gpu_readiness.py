@@ -47,3 +47,46 @@ def test_fp16_scales_the_loss_dynamically():
     assert precision_of(ds) == "fp16"
     assert ds["fp16"] == {"enabled": True, "initial_scale_power": 16, "loss_scale": 0}  # 0: dynamic
     assert ds["bf16"] == {"enabled": False}
+
+
+def test_nccl_debug_reaches_the_workers_only_with_debug(monkeypatch):
+    from raydeep.cluster.connect import job_env
+
+    monkeypatch.delenv("NCCL_DEBUG", raising=False)
+    assert job_env(verbose=True)["NCCL_DEBUG"] == "INFO"
+    assert "NCCL_DEBUG" not in job_env(verbose=False)
+
+
+class Recorder:
+    """Stands in for torch's tensor factories, recording the device each call asks for."""
+
+    def __init__(self, monkeypatch, *names: str) -> None:
+        import torch
+
+        self.devices: list[tuple[str, object]] = []
+        for name in names:
+            real = getattr(torch, name)
+
+            def record(*args, _real=real, _name=name, **kwargs):
+                self.devices.append((_name, kwargs.get("device")))
+                kwargs["device"] = "cpu"  # build it here: this machine has no GPU
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(torch, name, record)
+
+
+def test_worker_tensors_are_created_on_the_engine_device(monkeypatch):
+    # A tensor made on the CPU and mixed with CUDA ones fails the first step on a GPU (an
+    # in-place add into a CPU loss sum did). Every tensor the loop's helpers create must
+    # be asked for on the device the engine hands them.
+    import torch
+
+    from raydeep.trainers.loop import EpochMeter, all_reduce_sum
+
+    gpu = torch.device("cuda", 3)
+    rec = Recorder(monkeypatch, "zeros", "tensor")
+    meter = EpochMeter(gpu)
+    meter.step(torch.ones(()), rows=4, tokens=0)
+    all_reduce_sum([1.0, 2.0], gpu)
+    meter.summary(world=1)
+    assert rec.devices and all(device == gpu for _, device in rec.devices), rec.devices
