@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 
 from raydeep.datasets.manifest import shard_name
 from raydeep.datasets.prepare.inputs import Location
-from raydeep.datasets.prepare.raw_records import Bad, FieldNames, good_records
+from raydeep.datasets.prepare.raw_records import FieldNames, good_records
 from raydeep.datasets.prepare.tokenizer import encode, tokenizer_from_json
-from raydeep.datasets.prepare.units import ENCODE_CHUNK, SPLITS, changed_input, rows, unit_plan
+from raydeep.datasets.prepare.units import SPLITS, rows, text_chunks, unit_plan
 from raydeep.datasets.schema import FeatureSpec, tokens_array
 
 TASK = "text_classification"  # the manifest's task name
@@ -40,22 +40,8 @@ def encode_rows(batch: dict, *, fs: Any, fmt: str, fields: FieldNames, known: se
 
     for row in rows(batch):
         files, offset, codes, label_ids = unit_plan(row)
-        texts: list[str] = []
-        start = k = 0
-        for rec in good_records(fs, files, fmt, fields, known):
-            if isinstance(rec, Bad):
-                continue
-            k += 1
-            if k > codes.size:
-                break
-            texts.append(rec[0])
-            if len(texts) >= ENCODE_CHUNK:
-                yield table(texts, start, k, codes, label_ids, offset)
-                texts, start = [], k
-        if k != codes.size:
-            raise changed_input(files[0][0], codes.size)
-        if texts:
-            yield table(texts, start, k, codes, label_ids, offset)
+        for texts, start, stop in text_chunks(good_records(fs, files, fmt, fields, known), files, codes.size):
+            yield table(texts, start, stop, codes, label_ids, offset)
 
 
 def split_manifest(out: Location, parts: str, split: str, base: dict, feature: FeatureSpec, plan: dict,

@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 
 from raydeep.datasets.manifest import shard_name
 from raydeep.datasets.prepare.inputs import Location
-from raydeep.datasets.prepare.raw_records import Bad, FieldNames, good_records
+from raydeep.datasets.prepare.raw_records import FieldNames, good_records
 from raydeep.datasets.prepare.tokenizer import encode_documents, tokenizer_from_json
-from raydeep.datasets.prepare.units import ENCODE_CHUNK, SPLITS, changed_input, rows, unit_plan
+from raydeep.datasets.prepare.units import SPLITS, rows, text_chunks, unit_plan
 from raydeep.datasets.schema import TOKENS_COLUMN, FeatureSpec, tokens_array
 from raydeep.errors import DataError
 
@@ -70,22 +70,8 @@ def encode_blocks(batch: dict, *, fs: Any, fmt: str, fields: FieldNames, tokeniz
     for row in rows(batch):
         files, _, codes, _ = unit_plan(row)
         cutters = [BlockCutter(block_size) for _ in SPLITS]
-        texts: list[str] = []
-        k = 0
-        for rec in good_records(fs, files, fmt, fields, None):
-            if isinstance(rec, Bad):
-                continue
-            k += 1
-            if k > codes.size:
-                break
-            texts.append(rec[0])
-            if len(texts) >= ENCODE_CHUNK:
-                yield from _add_documents(cutters, tok, texts, codes[k - len(texts):k], eos_id)
-                texts = []
-        if k != codes.size:
-            raise changed_input(files[0][0], codes.size)
-        if texts:
-            yield from _add_documents(cutters, tok, texts, codes[k - len(texts):k], eos_id)
+        for texts, start, stop in text_chunks(good_records(fs, files, fmt, fields, None), files, codes.size):
+            yield from _add_documents(cutters, tok, texts, codes[start:stop], eos_id)
         tails = [(s, c.rest()) for s, c in zip(SPLITS, cutters) if c.size]
         if tails:
             unit = np.int32(row["unit"])

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from raydeep.datasets.prepare.raw_records import Bad
+
 SPLITS = ("train", "val", "test")  # split code 0, 1, 2
 ENCODE_CHUNK = 2048  # records tokenized per encode_batch call (and rows per output block)
 
@@ -47,3 +49,24 @@ def changed_input(path: str, scanned: int) -> RuntimeError:
     """A later pass found a different number of good records than the scan did."""
     return RuntimeError(f"{path}: the input changed while preparing ({scanned} good records when scanned, a "
                         "different number now); run prepare again")
+
+
+def text_chunks(records: Iterator, files: list, expected: int) -> Iterator[tuple[list[str], int, int]]:
+    """A unit's good records' texts in chunks of ``ENCODE_CHUNK``, as ``(texts, start, stop)``
+    record positions; the unit must still hold the ``expected`` good records the scan counted."""
+    texts: list[str] = []
+    start = k = 0
+    for rec in records:
+        if isinstance(rec, Bad):
+            continue
+        k += 1
+        if k > expected:
+            break
+        texts.append(rec[0])
+        if len(texts) >= ENCODE_CHUNK:
+            yield texts, start, k
+            texts, start = [], k
+    if k != expected:
+        raise changed_input(files[0][0], expected)
+    if texts:
+        yield texts, start, k
