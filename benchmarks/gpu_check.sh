@@ -10,7 +10,7 @@
 #   2 demo       configs/digits-lt.yaml as shipped (num_workers: auto), macro-F1 printed
 #   3 zero       ZeRO 0, 1, 2, 3 in bf16, and ZeRO-1 in fp16 once, 2 epochs each, on a small Transformer
 #   4 offload    offload: cpu at ZeRO-2 and ZeRO-3
-#   5 mfu        a GPT-2-medium-shaped decoder (~355M parameters, bf16) through `raydeep train`:
+#   5 mfu        GPT-2 medium's 24 layers (d=1024) with a 4k vocabulary (~306M parameters, bf16) through `raydeep train`:
 #                tokens/s and MFU from its metrics.jsonl; then benchmarks/gpu_mfu.py (the bare step)
 #   6 sweep      a 3-trial sweep (trials share the GPU only if gpus_per_worker says so)
 #
@@ -148,7 +148,7 @@ grep -h 'raydeep train: .* tokens/s' "$OUT/5-mfu.log" | tee -a "$OUT/summary.txt
 
 sweep() {
   "${RD[@]}" tune configs/sweep-digits-lt.yaml --run-dir "$OUT/runs/sweep" --set tune.search.num_samples=3 \
-    --set run.epochs=$((EPOCHS * 2)) --set tune.scheduler.name=none
+    --set run.epochs=$((EPOCHS * 2)) --set "tune.scheduler={name: none}"
 }
 step 6 sweep sweep
 echo "gpu_check: all steps passed; logs and runs in $OUT" | tee -a "$OUT/summary.txt"
