@@ -136,10 +136,13 @@ class RunPlan:
         stage = self.ds_config.get("zero_optimization", {}).get("stage", 0)
         gpu = f" + {cfg.scaling.gpus_per_worker:g} GPU" if self.use_gpu else ""
         extra = self.task.describe(d.labels, d.feature.width)
+        precision = precision_of(self.ds_config)
+        if self.use_gpu and cfg.deepspeed.precision == "auto":  # settled per GPU on the worker
+            precision = "bf16 (auto: fp16 on GPUs older than compute capability 8.0)"
         return (
             f"[bold]{cfg.name}[/]: {d.train.num_rows:,} train rows ({d.train.num_rows % self.world} dropped to "
             f"equalize {self.world} shards), {d.val.num_rows:,} val rows; {self.world} workers x "
-            f"{self.cpus_per_worker:g} CPU{gpu}, ZeRO-{stage}, {precision_of(self.ds_config)}; "
+            f"{self.cpus_per_worker:g} CPU{gpu}, ZeRO-{stage}, {precision}; "
             f"{self.steps.per_epoch} steps/epoch x {cfg.run.epochs} epochs; "
             f"{cfg.data.batch_size * self.world * cfg.optim.grad_accum} samples per optimizer step"
             + (f"\n{cfg.imbalance.sampling} sampling: class counts {d.class_counts} -> expected "
