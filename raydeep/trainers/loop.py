@@ -128,7 +128,7 @@ class EpochMeter:
         self.device = device
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.seen = 0
-        self.tokens = 0  # tasks that count tokens (causal_lm): train/tokens_per_s
+        self.tokens = torch.zeros((), dtype=torch.int64, device=device)  # causal_lm: train/tokens_per_s
         self.steps = 0
         self.t0 = time.perf_counter()
         self.step_ends = [self.t0]
@@ -142,7 +142,7 @@ class EpochMeter:
                 self.first_batch_at = time.time()
             yield batch
 
-    def step(self, loss: torch.Tensor, rows: int, tokens: int = 0) -> None:
+    def step(self, loss: torch.Tensor, rows: int, tokens: torch.Tensor | int = 0) -> None:
         self.step_ends.append(time.perf_counter())
         self.loss_sum += loss.detach().double() * rows
         self.seen += rows
@@ -156,7 +156,7 @@ class EpochMeter:
         """The epoch's figures, the loss and rows all-reduced over the ranks; times are rank 0's."""
         train_time = time.perf_counter() - self.t0
         loss_total, seen_total, tokens_total = all_reduce_sum(
-            [self.loss_sum.item(), float(self.seen), float(self.tokens)], self.device)
+            [self.loss_sum.item(), float(self.seen), float(self.tokens.item())], self.device)
         return {
             "train/loss": loss_total / max(seen_total, 1),
             "train/samples": int(seen_total),

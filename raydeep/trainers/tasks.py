@@ -100,8 +100,9 @@ class Task(ABC):
     def targets(self, batch: dict[str, torch.Tensor], feature: FeatureSpec) -> torch.Tensor:
         return batch["label"]
 
-    def tokens(self, targets: torch.Tensor) -> int:
-        """Tokens a batch trains on, for ``train/tokens_per_s`` (0: the task does not count tokens)."""
+    def tokens(self, targets: torch.Tensor) -> torch.Tensor | int:
+        """Tokens a batch trains on, for ``train/tokens_per_s`` (0: the task does not count tokens);
+        a device tensor, so counting them costs no host sync per step."""
         return 0
 
     def loss(self, cfg: Config, class_weights: list[float] | None) -> LossFn:
@@ -260,8 +261,8 @@ class CausalLM(Task):
         ids = batch[feature.column].long()
         return ids if feature.pad_id < 0 else ids.masked_fill(ids == feature.pad_id, IGNORE)
 
-    def tokens(self, targets: torch.Tensor) -> int:
-        return int((targets[:, 1:] != IGNORE).sum())  # the first token of a row is never a target
+    def tokens(self, targets: torch.Tensor) -> torch.Tensor:
+        return (targets[:, 1:] != IGNORE).sum()  # the first token of a row is never a target
 
     def loss(self, cfg: Config, class_weights: list[float] | None) -> LossFn:
         return lambda logits, ids, epoch: next_token_nll(logits, ids, reduction="mean")

@@ -99,7 +99,7 @@ def test_causal_lm_loss_is_per_real_token_and_ignores_padding():
     feature = tokens(pad_id=PAD)
     ids = torch.tensor([[5, 6, 7, 8, PAD, PAD], [9, 10, 11, 12, 13, 14]])
     y = task.targets({"input_ids": ids}, feature)
-    assert (y == IGNORE).sum() == 2 and task.tokens(y) == 3 + 5
+    assert (y == IGNORE).sum() == 2 and int(task.tokens(y)) == 3 + 5
     logits = torch.randn(2, 6, VOCAB)
     real = [(0, t) for t in range(3)] + [(1, t) for t in range(5)]
     want = sum(float(F.cross_entropy(logits[b, t][None], ids[b, t + 1][None])) for b, t in real) / len(real)
@@ -111,7 +111,7 @@ def test_causal_lm_loss_is_per_real_token_and_ignores_padding():
     assert m["val/loss"] == pytest.approx(want, rel=1e-5)
     assert m["val/perplexity"] == pytest.approx(math.exp(want), rel=1e-5)
     packed = tokens(pad_id=-1)  # prepared LM blocks: no padding, every id (EOS included) is a target
-    assert task.tokens(task.targets({"input_ids": ids}, packed)) == 10
+    assert int(task.tokens(task.targets({"input_ids": ids}, packed))) == 10
 
 
 def write_config(d: Path, **fields) -> Path:
