@@ -19,6 +19,11 @@ Ray adds (``benchmarks/overhead.py`` runs all three).
 Prints one JSON object: samples/s per epoch and in the steady state (every epoch after the
 first; with ``--deepspeed``, all processes' samples over rank 0's time), and per-step time
 percentiles, measured as raydeep measures them (see ``step_times``).
+
+A config whose task reads no label column (``model.task: causal_lm``, e.g. ``model.kind: hf``
+over ``data prepare --task lm`` blocks) trains the same way: the targets and the loss are the
+task's own (``Task.targets``, ``Task.loss``, as the worker takes them), and tokens/s is reported
+beside samples/s, counted as raydeep counts ``train/tokens_per_s`` (``Task.tokens``).
 """
 
 from __future__ import annotations
@@ -80,21 +85,28 @@ def train(config: str, overrides: list[str], epochs: int | None, threads: int, *
     from raydeep.trainers.losses import build_loss
     from raydeep.trainers.models import build_model, count_parameters
     from raydeep.trainers.schedules import Schedule
+    from raydeep.trainers.tasks import task_of
 
     cfg = load_config(config, overrides)
     epochs = epochs or cfg.run.epochs
     # raydeep: Ray sets each worker's OMP_NUM_THREADS from its CPU reservation (floor, min 1).
     torch.set_num_threads(threads)
     # raydeep: the driver opens and checks the split once (plan_data), the same function.
-    split = open_split(cfg.data.train, key="data.train")
+    task = task_of(cfg)
+    split = open_split(cfg.data.train, key="data.train", label_kind=task.label_kind)
     k = cfg.model.num_classes
     weights = None if cfg.imbalance.weighting == "none" else class_weights(
         label_histogram(split, k), cfg.imbalance.weighting, cfg.imbalance.beta, cfg.imbalance.zero_count)
-    x_all, y_all = read_split(split)
+    if task.label_columns:
+        x_all, y_all = read_split(split)
+    else:  # causal LM: the targets are the inputs themselves (padding masked), as task.targets makes them
+        x_all = read_split(split, label=False)[0]
+        y_all = task.targets({split.feature.column: x_all}, split.feature)
 
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model, split.feature)
-    loss_fn = build_loss(cfg.imbalance, weights, k)
+    # raydeep: the worker takes task.loss(cfg, class_weights); for classification it is this same call.
+    loss_fn = build_loss(cfg.imbalance, weights, k) if task.label_columns else task.loss(cfg, weights)
     b = cfg.data.batch_size
     rows = len(y_all) // world  # per process; streaming_split(equal=True) also drops the remainder
     steps_per_epoch = -(-rows // b)
@@ -119,7 +131,7 @@ def train(config: str, overrides: list[str], epochs: int | None, threads: int, *
     for epoch in range(epochs):
         seed_everything(cfg.run.seed * 100_003 + epoch * 1_009 + rank)
         loss_sum = torch.zeros((), dtype=torch.float64)
-        seen, t0 = 0, time.perf_counter()
+        seen, tokens, t0 = 0, 0, time.perf_counter()
         # raydeep: torch_batches(ray.train.get_dataset_shard("train"), ...): Ray Data streams this
         # worker's 1/world of the rows (streaming_split) in blocks, cut into batches through a
         # shuffle window on the worker (raydeep/datasets/batches.py).
@@ -149,11 +161,14 @@ def train(config: str, overrides: list[str], epochs: int | None, threads: int, *
             step += 1
             loss_sum += loss.detach().double() * len(y)  # no host sync per step, as in raydeep
             seen += len(y) * world  # every process steps in lockstep on equal shards
+            tokens += task.tokens(y) * world  # 0 for tasks that do not count tokens
             marks.append(time.perf_counter())
         train_time = marks[-1] - t0
+        tokens = int(tokens)  # Task.tokens may be a tensor: summed without a host sync per step, as in raydeep
         # raydeep: all_reduce_sum over ranks, then validation, ray.train.report (and checkpoint).
         per_epoch.append({"epoch": epoch, "samples": seen, "epoch_time_s": round(train_time, 3),
                           "samples_per_s": round(seen / train_time, 2),
+                          **({"tokens": tokens, "tokens_per_s": round(tokens / train_time, 1)} if tokens else {}),
                           "train/loss": round(loss_sum.item() * world / max(seen, 1), 4),
                           **step_times(np.diff(marks))})
         if epoch > 0 or epochs == 1:
@@ -170,6 +185,8 @@ def train(config: str, overrides: list[str], epochs: int | None, threads: int, *
         "rows": len(y_all),
         "epochs": epochs,
         "samples_per_s": round(sum(e["samples"] for e in steady) / sum(e["epoch_time_s"] for e in steady), 2),
+        **({"tokens_per_s": round(sum(e["tokens"] for e in steady) / sum(e["epoch_time_s"] for e in steady), 1)}
+           if all(e.get("tokens") for e in steady) else {}),
         **step_times(np.asarray(steady_steps)),
         "per_epoch": per_epoch,
     }
@@ -188,19 +205,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def read_split(split) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole split in memory: ``[N, L]`` features and ``[N]`` labels (pyarrow, ~700k rows/s)."""
+def read_split(split, label: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The whole split in memory: ``[N, L]`` features and ``[N]`` labels (pyarrow, ~700k rows/s).
+
+    ``label=False``: a split without a label column (causal-LM blocks); the labels are None."""
     col = split.feature.column
     tables = []
     for path in split.files:
         with split.filesystem.open_input_file(path) as f:
-            tables.append(pq.read_table(f, columns=[col, "label"]))
+            tables.append(pq.read_table(f, columns=[col, "label"] if label else [col]))
     table = pa.concat_tables(tables)
     values = table.column(col).combine_chunks()
     flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
     x = torch.from_numpy(flat.reshape(len(table), -1).copy())
     if not x.is_floating_point():
         x = x.long()
+    if not label:
+        return x, None
     y = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
     return x, y
 
