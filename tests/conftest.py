@@ -144,11 +144,16 @@ def ray_head(tmp_path_factory, raydeep_cache) -> RayHead:
     stop_head(head)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_connected(ray_head):
-    """This test process as a driver of the shared head."""
+    """This test process as a driver of the shared head, checked before every test: an in-process
+    ``cli.main`` disconnects when its command ends (as the console script must), and any Ray call
+    made while disconnected would start a private 2-CPU local Ray that later tests then used."""
     import ray
 
+    port = ray_head.address.rsplit(":", 1)[1]  # Ray reports the GCS by the node's IP, not 127.0.0.1
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address.rsplit(":", 1)[1] != port:
+        ray.shutdown()
     if not ray.is_initialized():
         ray.init(address=ray_head.address, logging_level="WARNING",
                  runtime_env={"env_vars": {"RAY_DATA_LOG_LEVEL": "WARNING"}})
