@@ -146,7 +146,8 @@ class EpochMeter:
         self.step_ends.append(time.perf_counter())
         self.loss_sum += loss.detach().double() * rows
         self.seen += rows
-        self.tokens += tokens
+        if isinstance(tokens, torch.Tensor):  # tasks that count no tokens add no kernel to the step
+            self.tokens += tokens
         self.steps += 1
 
     def rate(self, world: int) -> float:
