@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from overhead import run_raydeep
+from overhead import rotated_rounds, run_raydeep
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -76,23 +76,20 @@ def main(argv: list[str] | None = None) -> dict:
     arms = ["reference", *([threads_arm] if threads_arm else []), *([] if args.no_deepspeed else ["deepspeed"]),
             "raydeep"]
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
-    for i in range(args.pairs):
-        order = arms[i % len(arms):] + arms[:i % len(arms)]  # rotate: each arm leads in turn
-        for arm in order:
-            load = os.getloadavg()[0]
-            if arm == "raydeep":
-                run_dir = work / f"raydeep{i}"
-                r = run_raydeep(args.config, common, run_dir, {})
-                r.update(raydeep_tokens(run_dir))
-            else:
-                extra = {"deepspeed": ["--deepspeed", "2"], threads_arm: ["--threads", str(args.threads_arm)]}
-                r = run_reference(args.config, common, extra.get(arm, []))
-            r.update(round=i, load_avg_1m_before=round(load, 2))
-            runs[arm].append(r)
-            print(f"round {i} {arm:9}: {r['samples_per_s']:6.1f} samples/s {r['tokens_per_s']:8.0f} tokens/s, "
-                  f"step p50 {r['step_time_p50_ms']:.0f} ms p99 {r['step_time_p99_ms']:.0f} ms, wall {r['wall_s']:.0f} s "
-                  f"(load {load:.1f})" + (f", data wait {r['data_wait_share']:.1%}" if "data_wait_share" in r else ""),
-                  file=sys.stderr)
+    for i, arm, load in rotated_rounds(arms, args.pairs):
+        if arm == "raydeep":
+            run_dir = work / f"raydeep{i}"
+            r = run_raydeep(args.config, common, run_dir, {})
+            r.update(raydeep_tokens(run_dir))
+        else:
+            extra = {"deepspeed": ["--deepspeed", "2"], threads_arm: ["--threads", str(args.threads_arm)]}
+            r = run_reference(args.config, common, extra.get(arm, []))
+        r.update(round=i, load_avg_1m_before=round(load, 2))
+        runs[arm].append(r)
+        print(f"round {i} {arm:9}: {r['samples_per_s']:6.1f} samples/s {r['tokens_per_s']:8.0f} tokens/s, "
+              f"step p50 {r['step_time_p50_ms']:.0f} ms p99 {r['step_time_p99_ms']:.0f} ms, wall {r['wall_s']:.0f} s "
+              f"(load {load:.1f})" + (f", data wait {r['data_wait_share']:.1%}" if "data_wait_share" in r else ""),
+              file=sys.stderr)
 
     result = {"what": "hf_overhead", "config": args.config, "model": args.model, "overrides": common,
               "data": {"corpus": args.corpus, "docs": args.docs, "block_size": args.block_size,

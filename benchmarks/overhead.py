@@ -77,21 +77,18 @@ def main(argv: list[str] | None = None) -> dict:
     arms = ["reference", *([] if args.no_deepspeed else ["deepspeed"]), *envs]
     work = Path(tempfile.mkdtemp(prefix="raydeep-overhead-"))
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
-    for i in range(args.pairs):
-        order = arms[i % len(arms):] + arms[:i % len(arms)]  # rotate: each arm leads in turn
-        for arm in order:
-            load = os.getloadavg()[0]
-            if arm == "reference":
-                r = run_reference(args.config, common)
-            elif arm == "deepspeed":
-                r = run_reference(args.config, common, ["--deepspeed", "2"])
-            else:
-                r = run_raydeep(args.config, common, work / f"{arm}{i}", envs[arm], roots[arm])
-            r.update(round=i, load_avg_1m_before=round(load, 2))
-            runs[arm].append(r)
-            print(f"round {i} {arm:11}: {r['samples_per_s']:7.1f} samples/s, step p50 {r['step_time_p50_ms']:.1f} ms "
-                  f"p99 {r['step_time_p99_ms']:.1f} ms, wall {r['wall_s']:.0f} s (load {load:.1f})"
-                  + (f", data wait {r['data_wait_share']:.1%}" if "data_wait_share" in r else ""), file=sys.stderr)
+    for i, arm, load in rotated_rounds(arms, args.pairs):
+        if arm == "reference":
+            r = run_reference(args.config, common)
+        elif arm == "deepspeed":
+            r = run_reference(args.config, common, ["--deepspeed", "2"])
+        else:
+            r = run_raydeep(args.config, common, work / f"{arm}{i}", envs[arm], roots[arm])
+        r.update(round=i, load_avg_1m_before=round(load, 2))
+        runs[arm].append(r)
+        print(f"round {i} {arm:11}: {r['samples_per_s']:7.1f} samples/s, step p50 {r['step_time_p50_ms']:.1f} ms "
+              f"p99 {r['step_time_p99_ms']:.1f} ms, wall {r['wall_s']:.0f} s (load {load:.1f})"
+              + (f", data wait {r['data_wait_share']:.1%}" if "data_wait_share" in r else ""), file=sys.stderr)
 
     result = {"what": "overhead", "config": args.config, "overrides": common, "checkout": args.checkout,
               "env": {arm: env for arm, env in envs.items()}, "cpu_count": os.cpu_count()}
@@ -126,6 +123,14 @@ def run_reference(config: str, overrides: list[str], extra: list[str] = ()) -> d
             "wall_s": time.time() - t0,
             "per_epoch": [{k: e[k] for k in ("epoch", "samples_per_s", "step_time_p50_ms", "step_time_p99_ms")}
                           for e in r["per_epoch"]]}
+
+
+def rotated_rounds(arms: list[str], rounds: int):
+    """``(round, arm, 1-min load before it)`` for every arm of every round; each round starts one
+    arm later, so each arm leads in turn and a drift in machine load favours none."""
+    for i in range(rounds):
+        for arm in arms[i % len(arms):] + arms[:i % len(arms)]:
+            yield i, arm, os.getloadavg()[0]
 
 
 def run_raydeep(config: str, overrides: list[str], run_dir: Path, env: dict[str, str], root: Path = ROOT) -> dict:

@@ -122,8 +122,7 @@ def test_trailing_padding_does_not_change_logits(pooling: str) -> None:
     torch.manual_seed(0)
     # Dropout on, to show eval mode switches all of it (attention dropout included) off.
     model = build_model(tiny(pooling=pooling, dropout=0.2), TOKENS).eval()
-    x = padded_tokens(6, 12)
-    longer = torch.cat([x, torch.zeros(6, 20, dtype=x.dtype)], dim=1)
+    x, longer = padded_twice(6, 12, 20)
     with torch.no_grad():
         torch.testing.assert_close(model(longer), model(x), atol=1e-5, rtol=0)
 
@@ -138,6 +137,12 @@ def test_padding_mask_is_what_makes_it_invariant() -> None:
     model.pad_id = 49
     with torch.no_grad():
         assert (model(longer) - model(x)).abs().max() > 1e-3
+
+
+def padded_twice(rows: int, length: int, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same padded rows, and them with ``extra`` more trailing pads (pad id 0)."""
+    x = padded_tokens(rows, length)
+    return x, torch.cat([x, torch.zeros(rows, extra, dtype=x.dtype)], dim=1)
 
 
 def assert_empty_row_trains(model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -314,8 +319,7 @@ def test_lstm_output_shape(task: str) -> None:
 def test_lstm_padding_to_another_length_does_not_change_logits(bidirectional: bool) -> None:
     torch.manual_seed(0)
     model = build_model(tiny_lstm(bidirectional=bidirectional, dropout=0.2), TOKENS).eval()
-    x = padded_tokens(6, 12)
-    longer = torch.cat([x, torch.zeros(6, 20, dtype=x.dtype)], dim=1)
+    x, longer = padded_twice(6, 12, 20)
     with torch.no_grad():
         short_logits, long_logits = model(x), model(longer)
         torch.testing.assert_close(long_logits, short_logits, atol=1e-6, rtol=0)
