@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,53 @@ from raydeep.config import Config, to_yaml
 from raydeep.datasets.storage import resolve_storage
 from raydeep.errors import ConfigError
 from raydeep.fileio import atomic_write_text
-from raydeep.trainers.follow import follow, process_start_time, startup_timeline
+from raydeep.trainers.follow import METRICS, follow, process_start_time, startup_timeline
 from raydeep.trainers.launch import build_trainer
 from raydeep.trainers.plan import plan_data, plan_run
 from raydeep.trainers.progress import ProgressBoard
 from raydeep.trainers.report import SUMMARY, build_summary, print_final, write_plots
 
 
+RUN_FILE = "run.json"  # the run's identity: the name of its folder in Ray Train's storage
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's own state: a run folder holding it resumes
+
+
 def new_run_dir(cfg: Config, root: str = "runs") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{cfg.name}-{stamp}"
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse a run dir that holds another run, unless resuming it is what was asked.
+
+    Ray Train resumes whatever run its storage folder holds, so without this a new config
+    trained into an old run dir silently continued the old run's checkpoints.
+    """
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        return
+    if (run_dir / SUMMARY).exists():
+        raise ConfigError(f"--run-dir {run_dir}: holds a finished run; pick a new directory or use --resume")
+    held = {p.name for p in (run_dir.glob("checkpoint_*") if run_dir.is_dir() else []) if p.is_dir()}
+    held |= {name for name in (SNAPSHOT, METRICS, RUN_FILE) if (run_dir / name).exists()}
+    if held:
+        raise ConfigError(f"--run-dir {run_dir}: holds an interrupted run ({', '.join(sorted(held)[:3])}); "
+                          f"use --resume {run_dir}, or pick a new directory")
+
+
+def storage_name(run_dir: Path, remote: bool) -> str:
+    """The run's folder name in Ray Train's storage, recorded in ``run.json`` so --resume finds it.
+
+    Local runs (no ``run.storage``) are their own folder: the run dir's name under its parent.
+    Under a shared ``run.storage`` the name gets a unique suffix: two run dirs with one basename
+    (``runs/a/exp`` and ``runs/b/exp``) never share Ray's state there.
+    """
+    recorded = run_dir / RUN_FILE
+    if recorded.exists():
+        return json.loads(recorded.read_text())["storage_name"]
+    base = run_dir.resolve().name
+    return f"{base}-{uuid.uuid4().hex[:8]}" if remote else base
 
 
 def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str | None = None,
@@ -43,8 +81,7 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     data = plan_data(cfg)
     marks["data_checked"] = time.time()
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
-    if (run_dir / SUMMARY).exists() and not resume:
-        raise ConfigError(f"--run-dir {run_dir}: holds a finished run; pick a new directory or use --resume")
+    check_run_dir(run_dir, resume)
 
     if cfg.run.storage:  # checked before Ray starts: a missing bucket fails in a second
         storage_path, storage_fs = resolve_storage(cfg.run.storage, cfg.storage, key="run.storage")
@@ -54,20 +91,25 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     marks["ray_ready"] = time.time()
     plan = plan_run(cfg, info, data)
     run_dir.mkdir(parents=True, exist_ok=True)
+    name = storage_name(run_dir, remote=bool(cfg.run.storage))
+    atomic_write_text(run_dir / RUN_FILE, json.dumps({"storage_name": name, "storage": cfg.run.storage}) + "\n")
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     atomic_write_text(run_dir / "deepspeed.json", json.dumps(plan.ds_config, indent=2) + "\n")
     console.print(plan.describe())
-    console.print(f"run dir: {run_dir}" + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""))
+    remote = f"{cfg.run.storage.rstrip('/')}/{name}" if cfg.run.storage else None  # Train's folder there
+    console.print(f"run dir: {run_dir}" + (f"   checkpoints: {remote}" if remote else "")
+                  + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""))
 
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     board = ProgressBoard.remote()
-    trainer = build_trainer(plan, name=run_dir.resolve().name, storage_path=storage_path,
+    trainer = build_trainer(plan, name=name, storage_path=storage_path,
                             storage_filesystem=storage_fs, board=board, verbose=verbose)
     marks["fit_start"] = time.time()
     result = follow(trainer, board, run_dir, cfg.run.epochs, plan.task, console)
     marks["fit_done"] = time.time()
 
     summary = build_summary(plan, result, run_dir, time.time() - t_start, startup_timeline(marks, board), console)
+    summary["run_storage"] = remote
     print_final(console, summary, plan)
     write_plots(run_dir, summary, plan, console)
     atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")  # last: marks the run complete

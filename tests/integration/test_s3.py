@@ -248,7 +248,11 @@ def test_prepare_train_resume_on_s3(s3_server, tmp_path) -> None:  # noqa: F811
     # evaluate, no Ray: ZeRO shards downloaded from S3 to a temporary dir and consolidated there.
     # The S3 run folder -> its latest checkpoint, the one the final metrics came from; the
     # endpoint from the flag, as a user without a config at hand gives it.
-    run_folder = "s3://mlbkt/runs/" + run_dir.name
+    # The run's S3 folder has a unique suffix (two run dirs named "run" never share Ray's state);
+    # run.json and summary.json name it.
+    run_folder = second["run_storage"]
+    assert run_folder == "s3://mlbkt/runs/" + json.loads((run_dir / "run.json").read_text())["storage_name"]
+    assert run_folder.startswith("s3://mlbkt/runs/run-") and run_folder == first["run_storage"]
     (tmp_path / "tmp").mkdir()
     run_cli("evaluate", run_folder, "--data", "s3://mlbkt/prepared/val", "--endpoint-url", s3_server.endpoint,
             "--out", str(tmp_path / "latest.json"), env={**train_env, "TMPDIR": str(tmp_path / "tmp")},
