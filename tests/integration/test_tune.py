@@ -46,7 +46,7 @@ def results(sweep: Path, trial_id: str) -> list[dict]:
     return [json.loads(x) for x in (sweep / "tune" / trial_id / "result.json").read_text().splitlines()]
 
 
-def wait_for_all_cpus_free(timeout: float = 30.0) -> tuple[float, float]:
+def wait_for_all_cpus_free(timeout: float = 90.0) -> tuple[float, float]:
     import ray
 
     deadline = time.time() + timeout
@@ -55,6 +55,16 @@ def wait_for_all_cpus_free(timeout: float = 30.0) -> tuple[float, float]:
         if free == total or time.time() > deadline:
             return free, total
         time.sleep(1)
+
+
+def reserved() -> str:
+    """What still holds CPUs: the live placement groups and actors, for a failed free-CPU check."""
+    from ray.util.state import list_actors, list_placement_groups
+
+    groups = [(g.placement_group_id[:8], g.state, g.creator_job_id, g.name)
+              for g in list_placement_groups(detail=True) if g.state != "REMOVED"]
+    actors = [(a.class_name, a.state, a.job_id, a.name) for a in list_actors(detail=True) if a.state != "DEAD"]
+    return f"placement groups {groups}; actors {actors}"
 
 
 def test_asha_stops_an_absurd_lr_early_ranks_the_rest_frees_every_cpu_and_best_yaml_trains(ray_connected, tmp_path):
@@ -67,7 +77,7 @@ def test_asha_stops_an_absurd_lr_early_ranks_the_rest_frees_every_cpu_and_best_y
 
     # No placement group outlives its trial, including the ones ASHA stopped.
     free, total = wait_for_all_cpus_free()
-    assert free == total, f"{total - free:g} CPUs still reserved after the sweep"
+    assert free == total, f"{total - free:g} CPUs still reserved after the sweep: {reserved()}"
 
     rows = leaderboard(sweep)
     assert len(rows) == 4 and summary["trials"] == 4
@@ -119,7 +129,7 @@ def test_pbt_clone_continues_from_the_donors_checkpoint(ray_connected, tmp_path)
     assert after[0]["global_step"] == 2 * STEPS_PER_EPOCH and after[0]["epoch"] == 1
 
     free, total = wait_for_all_cpus_free()
-    assert free == total
+    assert free == total, f"{total - free:g} CPUs still reserved: {reserved()}"
 
 
 def kill_after_a_finished_trial(raw: dict, tmp_path: Path, address: str) -> tuple[Path, str]:
@@ -173,7 +183,7 @@ def test_resumed_asha_stops_a_bad_trial_against_the_rungs_of_trials_finished_bef
     assert {e["trial_id"] for e in log if e["event"] == "start"} == {r["trial_id"] for r in rows.values()}
     assert rows[1e-2]["rank"] == "1" and (sweep / "best.yaml").is_file()
     free, total = wait_for_all_cpus_free()
-    assert free == total, f"{total - free:g} CPUs still reserved after the resumed sweep"
+    assert free == total, f"{total - free:g} CPUs still reserved after the resumed sweep: {reserved()}"
 
 
 def wait_for_a_finished_trial(sweep: Path, proc: subprocess.Popen, timeout: float) -> str:
