@@ -34,10 +34,10 @@ if TYPE_CHECKING:
 Arrays = dict[str, np.ndarray]
 
 
-def column_array(column: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
+def column_array(column: pa.ChunkedArray | pa.Array, name: str, expected: int | None = None) -> np.ndarray:
     """One block's column as numpy: ``[rows]`` for scalars, ``[rows, width]`` for a list column
-    whose rows all have ``width`` values (the data contract), ``[rows, *shape]`` for Ray's
-    fixed-shape tensor column. Zero-copy where arrow's buffers allow."""
+    whose rows all have ``width`` values (the data contract; ``expected``: and that must be it),
+    ``[rows, *shape]`` for Ray's fixed-shape tensor column. Zero-copy where arrow's buffers allow."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     t = arr.type
     if isinstance(t, pa.ExtensionType):  # ray.data's ArrowTensorType (a cached split)
@@ -54,6 +54,9 @@ def column_array(column: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
             if n and lo != hi:
                 raise DataError(f"column {name!r}: rows hold {lo} to {hi} values; every row needs the same number")
             width = lo or 0
+        if n and expected is not None and width != expected:
+            raise DataError(f"column {name!r}: rows hold {width} values, expected {expected} (the split's width); "
+                            "every row needs the same number")
         flat = pc.list_flatten(arr)  # honours offsets and slices
         if flat.null_count:
             raise DataError(f"column {name!r}: a row holds a null value")
@@ -63,8 +66,18 @@ def column_array(column: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def block_arrays(block: pa.Table) -> Arrays:
-    return {name: column_array(block.column(name), name) for name in block.column_names}
+def block_arrays(block: pa.Table, widths: dict[str, int] | None = None, where: str = "") -> Arrays:
+    """The block's columns as numpy (``column_array``). ``widths``: each list column's width, the
+    plan's where known; a column it lacks takes the first block's, so every later block must match."""
+    try:
+        arrays = {name: column_array(block.column(name), name, (widths or {}).get(name)) for name in block.column_names}
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}" if where else str(exc)) from None
+    if widths is not None:
+        for name, values in arrays.items():
+            if values.ndim == 2:
+                widths.setdefault(name, values.shape[1])
+    return arrays
 
 
 def _rows(arrays: Arrays) -> int:
@@ -153,17 +166,19 @@ def check_limits(arrays: Arrays, limits: dict[str, tuple[int, int, str]], where:
 
 def torch_batches(shard: DataIterator, *, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None,
                   device: Any = None, prefetch_blocks: int = 1, limits: dict[str, tuple[int, int, str]] | None = None,
-                  where: str = "data") -> Iterator[dict[str, torch.Tensor]]:
+                  where: str = "data", widths: dict[str, int] | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """The worker's batches of one epoch of ``shard`` as torch tensors on ``device`` (module doc).
 
     ``shuffle_buffer`` 0 keeps the stream's order; otherwise rows are mixed through the window,
-    reproducibly from ``seed`` for a given block order. ``limits`` bounds columns' values, checked
-    once per block (``check_limits``; ``where`` names the split in its message).
+    reproducibly from ``seed`` for a given block order. ``limits`` bounds columns' values and
+    ``widths`` fixes list columns' widths (the plan's), both checked once per block (``check_limits``,
+    ``block_arrays``; ``where`` names the split in their messages).
     """
     import torch  # deferred: the driver imports this module's siblings without torch; only workers batch
 
     rng = np.random.default_rng(seed) if shuffle_buffer > 0 else None
-    blocks = (check_limits(block_arrays(b), limits or {}, where)
+    widths = dict(widths or {})  # block_arrays adds the first block's widths of the columns it lacks
+    blocks = (check_limits(block_arrays(b, widths, where), limits or {}, where)
               for b in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks)
               if b.num_rows)
     to_gpu = device is not None and torch.device(device).type == "cuda"

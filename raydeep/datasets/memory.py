@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from raydeep.datasets.resample import resampled_rows
 from raydeep.datasets.scan import fits_in_memory
 from raydeep.datasets.schema import LABEL_COLUMN
-from raydeep.datasets.splits import ParquetSplit
+from raydeep.datasets.splits import ParquetSplit, check_feature_rows
 
 BLOCK_BYTES = 8 << 20  # rows handed to the batcher at a time: bounds each epoch's copy of a shard
 
@@ -115,8 +115,13 @@ class InMemoryShard:
 
 
 def read_table(split: ParquetSplit, columns: list[str]) -> pa.Table:
-    """The split's ``columns`` from every file, in memory, with pyarrow."""
+    """The split's ``columns`` from every file, in memory, with pyarrow; each file's feature rows
+    checked (``splits.check_feature_rows``, naming the file) unless the driver's scan did already."""
     tables = [pq.read_table(f, columns=columns, filesystem=split.filesystem, partitioning=None) for f in split.files]
+    feature = split.feature
+    if not split.rows_checked and feature.column in columns:
+        for path, table in zip(split.files, tables):
+            check_feature_rows(table.column(feature.column), feature, feature.width, f"{split.key}: {path}: ")
     return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
 
 

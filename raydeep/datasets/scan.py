@@ -1,8 +1,8 @@
 """Whole-column pyarrow passes over an opened split, and its size in memory from its footers.
 
-Label histogram, regression target summary and finiteness are plain pyarrow scans of one
-column, file by file (RAY_NOTES: 0.1 s per 1M labels, against 7-15 s through Ray Data
-aggregations). ``memory_bytes`` and ``fits_in_memory`` decide which path a split takes to the
+Label histogram, regression target summary and the feature's rows (widths, finiteness) are
+plain pyarrow scans of one column, file by file (RAY_NOTES: 0.1 s per 1M labels, against 7-15 s
+through Ray Data aggregations). ``memory_bytes`` and ``fits_in_memory`` decide which path a split takes to the
 workers: held in memory (``memory.py``) or streamed (``streaming.py``).
 """
 
@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raydeep.datasets.schema import LABEL_COLUMN
-from raydeep.datasets.splits import ParquetSplit, one_line, read_footer
+from raydeep.datasets.splits import (ParquetSplit, check_feature_rows, one_line, read_footer,
+                                     read_row_group_column)
 from raydeep.errors import DataError
 
 
@@ -29,7 +30,9 @@ def _label_column(split: ParquetSplit, path: str) -> pa.ChunkedArray:
 
 
 def label_histogram(split: ParquetSplit, num_classes: int) -> list[int]:
-    """Per-class row counts from a pyarrow scan of the ``label`` column only, file by file."""
+    """Per-class row counts from a pyarrow scan of the ``label`` column, file by file. The driver's
+    one pass over the data before Ray starts, so it checks the feature's rows too (``check_rows``,
+    up to ``SCAN_MAX_BYTES``) after the labels."""
     counts = np.zeros(num_classes, dtype=np.int64)
     for path in split.files:
         labels = _label_column(split, path)
@@ -44,12 +47,14 @@ def label_histogram(split: ParquetSplit, num_classes: int) -> list[int]:
             raise DataError(f"{split.key}: {path}: label {values[np.argmax(bad)]} outside [0, {num_classes}) "
                             f"(model.num_classes = {num_classes})")
         counts += np.bincount(values.astype(np.int64), minlength=num_classes)
+    check_rows(split, SCAN_MAX_BYTES)
     return counts.tolist()
 
 
 def target_summary(split: ParquetSplit) -> dict[str, float]:
     """Rows, mean, std, min and max of a regression split's ``label`` column (one pyarrow scan, file
-    by file); a null or a NaN/inf target is a DataError naming the file."""
+    by file); a null or a NaN/inf target is a DataError naming the file. Checks the feature's rows
+    too, as ``label_histogram`` does."""
     n, total, total_sq = 0, 0.0, 0.0
     lo, hi = math.inf, -math.inf
     shift = None  # sums of (y - shift): no cancellation when the targets' mean dwarfs their spread
@@ -70,6 +75,7 @@ def target_summary(split: ParquetSplit) -> dict[str, float]:
         lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
     if n == 0:
         raise DataError(f"{split.key}: {split.uri}: no targets")
+    check_rows(split, SCAN_MAX_BYTES)
     mean = total / n
     return {"rows": n, "mean": float(shift + mean), "std": float(math.sqrt(max(total_sq / n - mean * mean, 0.0))),
             "min": lo, "max": hi}
@@ -124,28 +130,35 @@ def fits_in_memory(split: ParquetSplit, columns: list[str], max_bytes: int) -> b
     return max_bytes > 0 and memory_bytes(split, columns) <= max_bytes
 
 
+# The driver reads a split's feature column in full (``check_rows``) when it takes at most this
+# much in memory: measured about 1.7 s for 256 MiB of float32 (1M x 64) on a loaded 2-core
+# machine, 90% of it reading. A larger (streamed) split gets the footer checks of ``open_split``
+# and is checked block by block as its read tasks read it (``streaming.ShardReader``).
+SCAN_MAX_BYTES = 256 << 20
+
+
+def check_rows(split: ParquetSplit, max_bytes: int | None = None) -> bool:
+    """Read the split's feature column, a row group at a time, and raise a DataError naming the file,
+    row group and row at the first row that is null, does not hold the split's width of values,
+    or (pixels, numeric features) holds a NaN or inf (``splits.check_feature_rows``).
+
+    ``max_bytes``: do nothing when the column takes more than this in memory (``memory_bytes``).
+    Returns whether every row is checked (``split.rows_checked``: a second call reads nothing)."""
+    if split.rows_checked:
+        return True
+    column = split.feature.column
+    if max_bytes is not None and memory_bytes(split, [column]) > max_bytes:
+        return False
+    for path, md in zip(split.files, footers_of(split)):
+        for g in range(md.num_row_groups):
+            values = read_row_group_column(path, split.filesystem, g, column, key=split.key)
+            check_feature_rows(values, split.feature, split.feature.width, f"{split.key}: {path}: row group {g}, ")
+    split.rows_checked = True
+    return True
+
 
 def check_finite(split: ParquetSplit) -> None:
-    """Raise a DataError naming file, row group and row at the first NaN or inf in an image split's
-    pixels or a numeric split's features (one pyarrow pass over the column, a row group at a time).
+    """``raydeep data inspect``'s check of an image or numeric split: ``check_rows`` over all of it.
     Token splits: no-op."""
-    if split.feature.kind not in ("image", "numeric"):
-        return
-    column = split.feature.column
-    for path in split.files:
-        try:
-            with split.filesystem.open_input_file(path) as f:
-                pf = pq.ParquetFile(f)
-                for g in range(pf.num_row_groups):
-                    values = pf.read_row_group(g, columns=[column]).column(column).combine_chunks()
-                    flat = pc.list_flatten(values)
-                    finite = pc.is_finite(flat) if pa.types.is_floating(flat.type) else None
-                    if finite is None or pc.all(pc.fill_null(finite, False)).as_py():
-                        continue
-                    first = pc.index(pc.fill_null(finite, False), False).as_py()
-                    row = pc.list_parent_indices(values)[first].as_py()
-                    what = "pixel" if split.feature.kind == "image" else "feature value"
-                    raise DataError(f"{split.key}: {path}: row group {g}, row {row}: {column!r} holds "
-                                    f"{flat[first].as_py()} (NaN or inf); every {what} must be finite")
-        except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{split.key}: {path}: cannot read the {column!r} column ({one_line(exc)})") from None
+    if split.feature.kind in ("image", "numeric"):
+        check_rows(split)

@@ -3,6 +3,12 @@
 ``open_split`` runs on the driver before Ray starts and reads only footers, so a missing, empty,
 corrupt or mis-shaped data set fails in milliseconds with one line naming the config key and the
 file, rather than minutes later inside a Ray read task. No Ray here.
+
+From the footers it also checks the feature's rows (``check_footers``): each row group's count of
+values against its rows times the split's width (a ragged row shows), and a float column's min/max
+statistics (an inf shows; a NaN does not: parquet writers leave NaN out of them). Only a row group
+that fails is read, to name the row. ``check_feature_rows`` is the check on the values themselves,
+shared by the driver's scan (``scan.check_rows``), the in-memory path and the streamed read tasks.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -62,6 +69,7 @@ class ParquetSplit:
     footers: list[pq.FileMetaData] | None = field(default=None, repr=False)  # per file, as open_split read them
     task: str | None = None  # the manifest's task ("text_classification", "regression", "causal_lm"), if any
     eos_id: int | None = None  # causal-LM blocks: the id ending every document (the manifest's eos_id)
+    rows_checked: bool = False  # every feature row read and checked (scan.check_rows): no need to again
 
     @property
     def has_ids(self) -> bool:
@@ -286,6 +294,77 @@ def _infer_feature(files: list[str], footers: list[pq.FileMetaData], schema: pa.
     return FeatureSpec(column=column, kind="image", image_shape=(1, side, side))
 
 
+# ---------------------------------------------------------------------------------------------
+# Checking the feature's rows
+
+
+def check_feature_rows(values: pa.Array | pa.ChunkedArray, feature: FeatureSpec, width: int, where: str,
+                       first_row: int = 0) -> None:
+    """Raise a DataError ``"{where}row N: ..."`` at the first row of ``values`` (the feature column,
+    its rows numbered from ``first_row``) that is null or does not hold ``width`` values, or, for
+    pixels and numeric features, holds a NaN or inf. pyarrow compute over the column: no Python per row."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    column = feature.column
+    if len(arr) == 0:
+        return
+    if arr.null_count:
+        row = pc.index(pc.is_null(arr), True).as_py()
+        raise DataError(f"{where}row {first_row + row}: {column!r} is null; every row needs {width} values")
+    if not (pa.types.is_fixed_size_list(arr.type) and arr.type.list_size == width):
+        lengths = pc.list_value_length(arr)
+        wrong = pc.not_equal(lengths, width)
+        if pc.any(wrong).as_py():
+            row = pc.index(wrong, True).as_py()
+            span = pc.min_max(lengths)
+            lo, hi = span["min"].as_py(), span["max"].as_py()
+            held = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            raise DataError(f"{where}row {first_row + row}: {column!r} holds {lengths[row].as_py()} values, expected "
+                            f"{width} (rows here hold {held}); every row needs the same number of values")
+    if feature.kind == "tokens":
+        return
+    flat = pc.list_flatten(arr)  # honours offsets and slices
+    if not pa.types.is_floating(flat.type) and not flat.null_count:
+        return
+    finite = pc.fill_null(pc.is_finite(flat), False) if pa.types.is_floating(flat.type) else pc.is_valid(flat)
+    if pc.all(finite).as_py():
+        return
+    first = pc.index(finite, False).as_py()
+    row = pc.list_parent_indices(arr)[first].as_py()
+    what = "pixel" if feature.kind == "image" else "feature value"
+    raise DataError(f"{where}row {first_row + row}: {column!r} holds {flat[first].as_py()} (NaN or inf); "
+                    f"every {what} must be finite")
+
+
+def read_row_group_column(path: str, fs: pafs.FileSystem, group: int, column: str, *, key: str) -> pa.ChunkedArray:
+    """One row group's ``column`` of one file."""
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).read_row_group(group, columns=[column]).column(column)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{key}: {path}: cannot read the {column!r} column ({one_line(exc)})") from None
+
+
+def check_footers(files: list[str], footers: list[pq.FileMetaData], feature: FeatureSpec, fs: pafs.FileSystem,
+                  *, key: str) -> None:
+    """The feature's rows as far as the footers tell (module doc): a row group whose value count is
+    not rows x width, or whose float statistics hold an inf, is read and checked, naming the row."""
+    width = feature.width
+    for path, md in zip(files, footers):
+        leaf = next((j for j in range(md.num_columns)
+                     if md.schema.column(j).path.split(".", 1)[0] == feature.column), None)
+        if leaf is None:
+            continue
+        for g in range(md.num_row_groups):
+            group = md.row_group(g)
+            chunk = group.column(leaf)
+            stats = chunk.statistics if chunk.is_stats_set else None
+            inf = (feature.kind != "tokens" and chunk.physical_type in ("FLOAT", "DOUBLE") and stats is not None
+                   and stats.has_min_max and not (math.isfinite(stats.min) and math.isfinite(stats.max)))
+            if inf or chunk.num_values != group.num_rows * width:
+                values = read_row_group_column(path, fs, g, feature.column, key=key)
+                check_feature_rows(values, feature, width, f"{key}: {path}: row group {g}, ")
+
+
 def _check_manifest_matches(manifest: dict, where: str, files: list[str], footers: list[pq.FileMetaData],
                             *, key: str) -> None:
     """A manifest must describe exactly the shards on disk: a stale one would mislead row counts
@@ -372,6 +451,7 @@ def _open_listing(uri: str, listing: _Listing, fs: pafs.FileSystem, *, key: str,
     if label_kind == "none" and feature.kind != "tokens":
         raise DataError(f"{key}: {files[0]}: the feature column is {feature.column!r} ({feature.kind}); a task: "
                         "causal_lm run reads token ids from 'input_ids'")
+    check_footers(files, footers, feature, fs, key=key)
     return ParquetSplit(uri=uri, key=key, files=files, filesystem=fs, manifest=manifest, feature=feature,
                         num_rows=num_rows, num_classes=num_classes, label_names=label_names, schema=schema,
                         footers=footers, task=task, eos_id=eos_id)

@@ -22,7 +22,8 @@ from ray.data.context import DataContext
 from raydeep.datasets.reader import epoch_file_order, read_shard, rows_per_block
 from raydeep.datasets.resample import resampled_blocks
 from raydeep.datasets.scan import footers_of, memory_bytes_per_file
-from raydeep.datasets.splits import ParquetSplit
+from raydeep.datasets.schema import FeatureSpec
+from raydeep.datasets.splits import ParquetSplit, check_feature_rows
 
 
 class ShardReader(Datasource):
@@ -38,7 +39,8 @@ class ShardReader(Datasource):
 
     def __init__(self, files: list[str], filesystem: pafs.FileSystem, columns: list[str], rows: list[int],
                  nbytes: list[float], *, schema: pa.Schema | None = None, shuffle_seed: int | None = None,
-                 rates: Sequence[float] | None = None, block_bytes: int):
+                 rates: Sequence[float] | None = None, block_bytes: int,
+                 check: tuple[FeatureSpec, str] | None = None):
         super().__init__()
         if not (len(files) == len(rows) == len(nbytes)):
             raise ValueError("files, rows and nbytes must be the same length")
@@ -48,6 +50,7 @@ class ShardReader(Datasource):
         self._rows, self._nbytes = [int(r) for r in rows], [float(b) for b in nbytes]
         self._schema, self._seed, self._block_bytes = schema, shuffle_seed, int(block_bytes)
         self._rates = None if rates is None else [float(r) for r in rates]
+        self._check = check  # (feature, config key): each block's feature rows checked as read
 
     def get_name(self) -> str:
         return "ParquetShards"  # the operator shows as ReadParquetShards in Ray Data's logs
@@ -72,8 +75,11 @@ class ShardReader(Datasource):
             # Defaults bind this task's values; a closure over self would ship every file's to each task.
             def read(path: str = path, fs: pafs.FileSystem = self._fs, columns: list[str] = self._columns,
                      batch_rows: int = batch_rows, rates: list[float] | None = self._rates,
-                     key: tuple[int | None, ...] = (self._seed, epoch, i)) -> Iterator[pa.Table]:
+                     key: tuple[int | None, ...] = (self._seed, epoch, i),
+                     check: tuple[FeatureSpec, str] | None = self._check) -> Iterator[pa.Table]:
                 blocks = read_shard(path, fs, columns, batch_rows)
+                if check is not None:
+                    blocks = checked_blocks(blocks, path, *check)
                 return blocks if rates is None else resampled_blocks(blocks, rates, key)
 
             # A resampled shard's row count is known only once drawn.
@@ -81,6 +87,16 @@ class ShardReader(Datasource):
                                  input_files=[path], exec_stats=None)
             tasks.append(ReadTask(read, meta, schema=self._schema, per_task_row_limit=per_task_row_limit))
         return tasks
+
+
+def checked_blocks(blocks: Iterator[pa.Table], path: str, feature: FeatureSpec, key: str) -> Iterator[pa.Table]:
+    """``blocks`` of the shard ``path`` as read, each one's feature rows checked
+    (``splits.check_feature_rows``: the error names the file and the row)."""
+    row = 0
+    for block in blocks:
+        check_feature_rows(block.column(feature.column), feature, feature.width, f"{key}: {path}: ", row)
+        row += block.num_rows
+        yield block
 
 
 def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, rates: Sequence[float] | None = None,
@@ -92,6 +108,7 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, rate
     (needs the seed). Blocks hold at most ``block_bytes`` (``data.block_mb``; None: Ray Data's
     128 MiB). Epochs count this dataset's executions, so a resumed run starts again from epoch 0's
     order and draw. Why this shape, measured: benchmarks/BENCHMARKS.md, "The streamed path's shape".
+    A split the driver did not scan in full (``scan.check_rows``) has its feature rows checked as read.
     """
     columns = split.columns  # the feature, and the label unless the split has none (causal LM)
     schema = split.schema
@@ -100,7 +117,8 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, rate
     ds = ray.data.read_datasource(
         ShardReader(split.files, split.filesystem, columns, [md.num_rows for md in footers_of(split)],
                     memory_bytes_per_file(split, columns), schema=schema, shuffle_seed=shuffle_seed, rates=rates,
-                    block_bytes=block_bytes or ray.data.DataContext.get_current().target_max_block_size),
+                    block_bytes=block_bytes or ray.data.DataContext.get_current().target_max_block_size,
+                    check=None if split.rows_checked else (split.feature, split.key)),
         override_num_blocks=max(1, len(split.files)),
     )
     # The feature stays a list column: the worker's batcher makes one array per block (BENCHMARKS.md).
