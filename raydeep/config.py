@@ -217,6 +217,10 @@ class RunSection(Section):
     num_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=-1, description="worker-group restarts; -1 = unlimited")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    on_nonfinite_loss: Literal["stop", "skip_batch"] = Field(
+        "stop", description="a step whose loss is NaN or inf on any worker: stop ends the run with one line naming "
+        "the epoch and step (no retry, exit 1); skip_batch skips that step on every worker (no backward, no optimizer "
+        "step) and counts it in train/skipped_steps. fp16's own overflow skipping stays DeepSpeed's")
 
 
 class Config(Section):

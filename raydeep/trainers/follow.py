@@ -1,5 +1,6 @@
 """Following a run from the driver: the progress bar and epoch lines, metrics.jsonl, the
-start-up timeline, and a failed fit turned into one line.
+start-up timeline, and a failed fit (or one its workers stopped on a non-finite loss) turned
+into one line.
 
 Rank 0 sends step progress and each epoch's metrics to a ``ProgressBoard`` actor
 (``progress.py``); ``follow`` polls it while ``fit`` runs in a thread.
@@ -20,6 +21,7 @@ from rich.console import Console
 from raydeep.errors import RaydeepError
 from raydeep.fileio import atomic_write_text
 from raydeep.trainers.console import epoch_line, new_progress
+from raydeep.trainers.reporting import NONFINITE_LOSS
 from raydeep.trainers.tasks import Task
 
 METRICS = "metrics.jsonl"
@@ -109,6 +111,9 @@ def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Cons
     thread.join()
     if "error" in box:
         raise training_error(box["error"]) from box["error"]
+    stopped = (getattr(box["result"], "return_value", None) or {}).get(NONFINITE_LOSS)
+    if stopped:  # the workers returned (no retry) with the line naming the epoch and step
+        raise RaydeepError(stopped)
     return box["result"]
 
 

@@ -1,7 +1,12 @@
 """What each Ray Train worker runs: the training loop, in one function, and the validation pass.
 
 A step is: set the LR from the schedule, forward, the task's loss, ``engine.backward``,
-``engine.step``. Measurement (``EpochMeter``), early stopping (``EarlyStopping``), the epoch
+``engine.step``. Between loss and backward every rank learns whether the loss is finite on all
+ranks (``finite_everywhere``: one all-reduce of one flag, a host sync per step); if not, every
+rank alike skips the step (``run.on_nonfinite_loss: skip_batch``, counted in
+``train/skipped_steps``) or the run ends, returning the one line the driver prints (``stop``): no
+backward on a NaN loss, no optimizer or schedule step, no checkpoint of the weights, and no
+worker error for Ray Train to retry. Measurement (``EpochMeter``), early stopping (``EarlyStopping``), the epoch
 seed (``epoch_seed``) and save/restore (``checkpoints.py``) sit behind one name each, so the
 loop reads top to bottom.
 
@@ -18,6 +23,7 @@ training on any realistic split.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from typing import Any, Callable, Iterable
@@ -36,7 +42,7 @@ from raydeep.trainers.engine import (create_engine, held_parameter_bytes, input_
 from raydeep.trainers.models import build_model
 from raydeep.trainers.plan import WorkerJob
 from raydeep.trainers.progress import StepTicker
-from raydeep.trainers.reporting import report_epoch, restore
+from raydeep.trainers.reporting import NONFINITE_LOSS, report_epoch, restore
 from raydeep.trainers.schedules import Schedule
 from raydeep.trainers.tasks import Task, task_of
 
@@ -69,26 +75,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     limits, dtype = value_limits(engine.module, feature), input_dtype(engine)
     held = held_parameter_bytes(engine.module)  # rank 0's: ~1/world of the model under ZeRO-3
     metrics: dict[str, Any] = {}
-    stop = False
+    stop, nonfinite = False, None
     for epoch in range(first_epoch, cfg.run.epochs):
         seed = epoch_seed(cfg.run.seed, epoch, rank)
         seed_everything(seed)  # each epoch reproducible on its own: a resumed run draws the same dropout masks
         engine.train()
         meter = EpochMeter(engine.device)
         batches = torch_batches(train_data, batch_size=cfg.data.batch_size, shuffle_buffer=cfg.data.shuffle_buffer,
-                                seed=seed, device=engine.device, limits=limits, where="data.train")
+                                seed=seed, device=engine.device, limits=limits, where="data.train",
+                                widths={feature.column: feature.width})
         for batch in meter.timed(batches):
             x, y = inputs(batch, feature, dtype), task.targets(batch, feature)
             set_lr(engine, schedule(engine.global_steps))
             loss = loss_fn(engine(x).float(), y, epoch)
             if cfg.optim.l1:
                 loss = loss + l1_penalty(engine.module, cfg.optim.l1)
+            if not finite_everywhere(loss):  # all ranks agree: none calls backward or step
+                meter.skip()
+                if cfg.run.on_nonfinite_loss == "skip_batch":
+                    continue
+                nonfinite = nonfinite_line(loss, epoch, cfg, meter.steps, job.steps.per_epoch, engine.global_steps)
+                break
             engine.backward(loss)
             engine.step()
             meter.step(loss, len(y), task.tokens(y))
             marks.setdefault("first_step", time.time())
             ticker.tick(epoch=epoch, step=meter.steps, steps=job.steps.per_epoch,
                         global_step=engine.global_steps, samples_per_s=meter.rate(world))
+        if nonfinite:  # a return, not an error: Ray Train would retry an error
+            break
         marks.setdefault("first_batch", meter.first_batch_at)
         metrics = {"epoch": epoch, "global_step": engine.global_steps, **meter.summary(world), "param_bytes": held,
                    "lr": schedule(max(engine.global_steps - 1, 0)),
@@ -100,7 +115,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                      schedule=schedule, state=stopper.state_dict(epoch + 1) if due else None, job=job)
         if stop:
             break
-    return {**metrics, "resumed_from_step": resumed_from, "stopped_early": stop}
+    final = {**metrics, "resumed_from_step": resumed_from, "stopped_early": stop or bool(nonfinite)}
+    return {**final, NONFINITE_LOSS: nonfinite} if nonfinite else final
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +125,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of one rank's epoch: its dropout masks and its batch order."""
     return seed * 100_003 + epoch * 1_009 + rank
+
+
+def finite_everywhere(loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every rank: one all-reduce (MIN) of a one-element flag."""
+    flag = torch.isfinite(loss.detach()).all().reshape(1).to(torch.int32)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def nonfinite_line(loss: torch.Tensor, epoch: int, cfg: Config, step: int, steps: int, global_step: int) -> str:
+    """The one line a run stopped by a non-finite loss ends with (epochs and steps counted from 1)."""
+    value = float(loss.detach())
+    what = f"is {value}" if not math.isfinite(value) else "is NaN or inf on another worker"
+    return (f"the training loss {what} at epoch {epoch + 1}/{cfg.run.epochs}, step {step}/{steps} (after {global_step} "
+            "optimizer steps); the run stopped (run.on_nonfinite_loss: stop). Lower optim.lr or check the data; "
+            "run.on_nonfinite_loss: skip_batch skips such steps")
 
 
 def seed_everything(seed: int) -> None:
@@ -129,7 +162,8 @@ class EpochMeter:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.seen = 0
         self.tokens = torch.zeros((), dtype=torch.int64, device=device)  # causal_lm: train/tokens_per_s
-        self.steps = 0
+        self.steps = 0  # batches taken, skipped ones included
+        self.skipped = 0  # steps skipped for a non-finite loss (run.on_nonfinite_loss: skip_batch)
         self.t0 = time.perf_counter()
         self.step_ends = [self.t0]
         self.waits: list[float] = []  # per step, getting the batch: is the run input-bound?
@@ -150,6 +184,12 @@ class EpochMeter:
             self.tokens += tokens
         self.steps += 1
 
+    def skip(self) -> None:
+        """A step no rank took (a non-finite loss): its loss and rows count nowhere."""
+        self.step_ends.append(time.perf_counter())
+        self.steps += 1
+        self.skipped += 1
+
     def rate(self, world: int) -> float:
         return self.seen * world / (time.perf_counter() - self.t0)
 
@@ -159,8 +199,9 @@ class EpochMeter:
         loss_total, seen_total, tokens_total = all_reduce_sum(
             [self.loss_sum.item(), float(self.seen), float(self.tokens.item())], self.device)
         return {
-            "train/loss": loss_total / max(seen_total, 1),
+            "train/loss": loss_total / seen_total if seen_total else float("nan"),  # every step skipped: no loss
             "train/samples": int(seen_total),
+            "train/skipped_steps": self.skipped,  # the same on every rank: all skip together
             "samples_per_s": seen_total / train_time,
             **({"train/tokens_per_s": tokens_total / train_time} if tokens_total else {}),
             "epoch_time_s": train_time,
@@ -198,7 +239,9 @@ class EarlyStopping:
         """Record ``metrics`` (adding ``best/<metric>``); True when training should stop."""
         value = metrics.get(self.metric)
         if value is not None:
-            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            # NaN or inf is never better: a first NaN kept as best would stall every later epoch
+            better = math.isfinite(value) and (
+                self.best is None or (value > self.best if self.mode == "max" else value < self.best))
             if better:
                 self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             else:

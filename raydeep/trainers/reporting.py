@@ -18,6 +18,11 @@ import ray.train
 
 from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE
 
+# The key of the worker's return value that holds the one line of a run stopped by a non-finite
+# loss (run.on_nonfinite_loss: stop): the worker returns rather than raises, so Ray Train does not
+# retry it, and the driver (follow.py) turns it into the run's error.
+NONFINITE_LOSS = "nonfinite_loss"
+
 if TYPE_CHECKING:
     from raydeep.trainers.plan import WorkerJob
     from raydeep.trainers.schedules import Schedule

@@ -452,8 +452,10 @@ class Schedule:
 
     def _improved(self, metric: float) -> bool:
         c = self.cfg
+        if not math.isfinite(metric):  # NaN or inf is never better (an inf best would stall the LR)
+            return False
         if self.best is None:
-            return not math.isnan(metric)
+            return True
         best = self.best
         if c.mode == "min":
             bound = best * (1.0 - c.threshold) if c.threshold_mode == "rel" else best - c.threshold
