@@ -225,6 +225,11 @@ def main() -> None:
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    # The tree the runs import (other work may be uncommitted in it): the commit and the changed files.
+    args.git = {"head": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                       text=True).stdout.strip(),
+                "dirty": subprocess.run(["git", "status", "--short", "--", "raydeep"], cwd=ROOT, capture_output=True,
+                                        text=True).stdout.split("\n")[:-1]}
 
     corpus = build_corpus(args.workdir / "debian-sections.jsonl", args.fraction)
     print(f"corpus: {corpus['rows']} descriptions from {corpus['source']} ({corpus['packages']} packages)")
@@ -248,8 +253,9 @@ def main() -> None:
                         ("val_macro_f1", "best_val_macro_f1", "val_accuracy", "wall_s", "train_s")}
     result = {"benchmark": "finetune_encoder", "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
               "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-              "config": str(CONFIG.relative_to(ROOT)), "arms": {a: {"overrides": o, "epochs": args.epochs * t} for a, (o, t) in ARMS.items() if a in args.arms}, "model_dir": str(model),
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "git": args.git,
+              "config": str(CONFIG.relative_to(ROOT)), "model_dir": str(model),
+              "arms": {a: {"overrides": o, "epochs": args.epochs * t} for a, (o, t) in ARMS.items() if a in args.arms},
               "epochs": args.epochs, "max_len": args.max_len, "corpus": corpus, "splits": splits,
               "summary": summary, "runs": runs, "total_wall_s": round(time.time() - started, 1)}
     out = args.out or ROOT / "benchmarks" / "results" / f"finetune-encoder-{time.strftime('%Y-%m-%d')}.json"
