@@ -211,6 +211,22 @@ def test_sweep_ranking_never_ranks_nan_first():
     assert ranked == [("late_nan", 1, 0.5), ("ok", 2, 0.8), ("diverged", None, None), ("inf", None, None)]
 
 
+@pytest.mark.parametrize("order", ["min", "max"])
+def test_checkpoint_ranking_never_ranks_nan_best(order):
+    """launch.py ranks checkpoints with Ray's CheckpointConfig by the epoch's metric; Ray's own key
+    (which Train V2's checkpoint manager inherits) orders NaN below every number. A guard: if a Ray
+    upgrade changed that, launch.py would need its own key."""
+    from ray.train import CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    manager = _CheckpointManager(CheckpointConfig(checkpoint_score_attribute="val/loss", checkpoint_score_order=order))
+    values = [0.5, math.nan, 0.2, 0.9]
+    ranked = sorted(values, key=lambda v: manager._get_checkpoint_score(
+        _TrainingResult(checkpoint=None, metrics={"val/loss": v})))  # worst first, best last
+    assert math.isnan(ranked[0]) and ranked[-1] == (0.2 if order == "min" else 0.9)
+
+
 # ---------------------------------------------------------------------------------------------
 # The worker's step: one flag, the same decision on every rank
 
