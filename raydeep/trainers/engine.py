@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from raydeep.errors import ConfigError
+from raydeep.errors import ConfigError, RaydeepError
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +72,8 @@ def deepspeed_config(cfg: Config, *, world_size: int, device: Device) -> dict[st
                 f"deepspeed.config_file: {path}: remove 'optimizer'/'scheduler'; "
                 "raydeep builds them from the optim: and schedule: sections"
             )
-        return {**user, **batch}
+        # A file that offloads the optimizer gets raydeep's Adam/AdamW as DeepSpeed's own (CPU Adam)
+        return with_offload_optimizer({**user, **batch}, cfg)
 
     precision = resolve_precision(ds.precision, device)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
@@ -80,25 +81,64 @@ def deepspeed_config(cfg: Config, *, world_size: int, device: Device) -> dict[st
         if ds.zero_stage == 0:
             raise ConfigError("deepspeed.offload = 'cpu' needs deepspeed.zero_stage >= 1")
         # On a CPU-only run the optimizer state already lives in host memory; offloading
-        # would only add copies.
+        # would only add copies (and the plan refuses offload on CPU workers).
         if device == "cuda":
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if ds.zero_stage == 3:
         # Small models: gather parameters eagerly rather than per-submodule.
         zero["stage3_param_persistence_threshold"] = 0
-    return {
+    out = {
         **batch,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
-        # raydeep passes its own torch optimizer; DeepSpeed must accept it under ZeRO and
-        # with CPU offload (its fused CPU Adam needs a C++ op build on every machine).
+        # Without offload raydeep passes its own torch optimizer, which DeepSpeed must accept
+        # under ZeRO; with offload, Adam/AdamW come from the "optimizer" section below.
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    return with_offload_optimizer(out, cfg)
+
+
+def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
+    """Whether ZeRO keeps the optimizer state (and its step) in host memory or on NVMe."""
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device") in ("cpu", "nvme")
+
+
+def optimizer_section(cfg: Config) -> dict[str, Any] | None:
+    """DeepSpeed's ``optimizer`` section for ``optim:``: Adam and AdamW, the optimizers DeepSpeed has a
+    host-side C++ op for (``DeepSpeedCPUAdam``); None for the others (sgd, rmsprop), which stay torch
+    optimizers that DeepSpeed steps on the host copy.
+
+    The weight decay here is the default of the two parameter groups ``param_groups`` hands DeepSpeed
+    (matrices decay, biases and norms do not); the LR is the peak LR, and the worker's schedule sets
+    it on the engine's optimizer before every step (``set_lr``), as without offload.
+    """
+    o = cfg.optim
+    if o.name not in ("adam", "adamw"):
+        return None
+    params: dict[str, Any] = {"lr": o.lr, "betas": list(o.betas), "eps": 1e-8, "weight_decay": o.weight_decay}
+    if o.name == "adam":
+        # DeepSpeed turns type "Adam" into AdamW unless told otherwise; torch.optim.Adam (what
+        # raydeep runs without offload) adds weight decay to the gradient (L2).
+        params["adam_w_mode"] = False
+    return {"type": "AdamW" if o.name == "adamw" else "Adam", "params": params}
+
+
+def with_offload_optimizer(ds_config: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """``ds_config`` with DeepSpeed's own optimizer when ZeRO offloads it, so DeepSpeed builds its
+    fused ``DeepSpeedCPUAdam`` (the ``cpu_adam`` C++ op) instead of stepping a torch optimizer on
+    the host. Without offload, or for sgd/rmsprop, ``ds_config`` is returned unchanged."""
+    if not offloads_optimizer(ds_config):
+        return ds_config
+    section = optimizer_section(cfg)
+    if section is None:  # a torch optimizer on the host; DeepSpeed must be told that is intended
+        return {**ds_config, "zero_force_ds_cpu_optimizer": False}
+    return {**ds_config, "optimizer": section}
 
 
 def precision_of(ds_config: dict[str, Any]) -> str:
@@ -142,16 +182,21 @@ def settle_precision(ds_config: dict[str, Any], requested: str, device: Device) 
     return ds_config
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """A torch optimizer; weight decay only on matrices (not biases, norms or the CLS token)."""
-    import torch
-
+def param_groups(cfg: Config, model: torch.nn.Module) -> list[dict[str, Any]]:
+    """Weight decay only on matrices (not biases, norms or the CLS token)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [
+    return [
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """A torch optimizer over ``param_groups``."""
+    import torch
+
+    groups = param_groups(cfg, model)
     o = cfg.optim
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
@@ -168,8 +213,129 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
 def select_accelerator(device: Device) -> None:
     """Tell DeepSpeed which accelerator this worker uses; must run before deepspeed is first
     imported in the process. Set, not defaulted: an inherited ``DS_ACCELERATOR=cpu`` must not
-    win on a GPU worker (nor ``cuda`` on a CPU one)."""
+    win on a GPU worker (nor ``cuda`` on a CPU one). The worker calls it first thing, so a GPU
+    worker that cannot see its GPU fails here, in one line naming its node and rank."""
     os.environ["DS_ACCELERATOR"] = "cpu" if device == "cpu" else "cuda"
+    announce_worker()
+    if device == "cuda":
+        check_gpu_visible()
+
+
+# Ray's internal key-value store (in the GCS, reachable from every node) holds each worker's node,
+# so the driver can name the node of a rank whose error does not say it (a NCCL time-out does not).
+NODE_KV_NAMESPACE = "raydeep"
+
+
+def node_key(run_name: str, rank: int) -> str:
+    return f"node/{run_name}/{rank}"
+
+
+def worker_identity() -> tuple[str, int | None, str | None]:
+    """(node IP or host name, world rank or None, Train run name or None) of this process."""
+    import socket
+    import sys
+
+    rank = int(os.environ["RANK"]) if os.environ.get("RANK", "").isdigit() else None
+    node, run = socket.gethostname(), None
+    if "ray" not in sys.modules:  # a process that never used Ray (a benchmark, a unit test)
+        return node, rank, run
+    try:
+        import ray
+
+        if ray.is_initialized():
+            import ray.train
+            from ray.util import get_node_ip_address
+
+            node = get_node_ip_address()
+
+            ctx = ray.train.get_context()
+            rank, run = ctx.get_world_rank(), ctx.get_experiment_name()
+    except Exception:  # noqa: BLE001 - not inside a Train worker: the host name and RANK will do
+        pass
+    return node, rank, run
+
+
+def where(node: str, rank: int | None) -> str:
+    return f"node {node} rank {rank}" if rank is not None else f"node {node}"
+
+
+def announce_worker() -> None:
+    """Record this worker's node under its run and rank in Ray's key-value store (best effort)."""
+    node, rank, run = worker_identity()
+    if run is None or rank is None:
+        return
+    try:
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        _internal_kv_put(node_key(run, rank), node, overwrite=True, namespace=NODE_KV_NAMESPACE)
+    except Exception:  # noqa: BLE001 - only error messages read it
+        pass
+
+
+def check_gpu_visible() -> None:
+    """A GPU worker that sees no GPU fails at once, in one line naming its node and rank (else
+    DeepSpeed or NCCL fails later with a message that names neither)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return
+    node, rank, _ = worker_identity()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    why = ("this torch has no CUDA (a CPU build)" if torch.version.cuda is None else
+           f"torch.cuda.is_available() is False, device count {torch.cuda.device_count()}, "
+           f"CUDA_VISIBLE_DEVICES={visible!r}")
+    raise RaydeepError(f"GPU worker on {where(node, rank)} cannot see a GPU: {why}; check the node's driver "
+                       "(nvidia-smi) and that Ray gave the worker a GPU (its resources and the image's torch build)")
+
+
+def cpu_adam_problem() -> str | None:
+    """Why DeepSpeed's ``cpu_adam`` op (the C++ Adam ZeRO-Offload steps with) cannot be loaded
+    here, or None: ``ds_report``'s checks. Prebuilt into the install (``DS_BUILD_CPU_ADAM=1``, as
+    cluster/Dockerfile does) it loads as is; else DeepSpeed JIT-builds it, which needs the op's
+    compatibility check to pass, ninja and a C++ compiler."""
+    import shutil
+
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import accelerator_name, installed_ops
+    from deepspeed.ops.op_builder import CPUAdamBuilder
+
+    if installed_ops.get("cpu_adam", False) and accelerator_name == get_accelerator()._name:
+        return None
+    builder = CPUAdamBuilder()
+    try:
+        compatible = builder.is_compatible(verbose=False)
+    except Exception as exc:  # noqa: BLE001 - a probe that fails is an incompatible op (as ds_report says)
+        return f"its compatibility check failed: {exc}"
+    if not compatible:
+        log = "; ".join(str(x) for x in (getattr(builder, "error_log", None) or []) if x)
+        return "DeepSpeed reports it not compatible with this machine" + (f" ({log})" if log else "")
+    from torch.utils.cpp_extension import is_ninja_available
+
+    if not is_ninja_available():
+        return "it is not prebuilt and ninja, which DeepSpeed builds it with, is not installed"
+    compiler = os.environ.get("CXX") or "c++"
+    if shutil.which(compiler) is None:
+        return f"it is not prebuilt and there is no C++ compiler ({compiler!r} not found)"
+    return None
+
+
+def load_cpu_adam() -> None:
+    """Load (building it on first use: ~1 min) DeepSpeed's ``cpu_adam`` op, or fail in one line."""
+    problem = cpu_adam_problem()
+    if problem is None:
+        try:
+            from deepspeed.ops.op_builder import CPUAdamBuilder
+
+            CPUAdamBuilder().load(verbose=False)
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed compile: its last line says why
+            text = str(exc).strip().splitlines()
+            problem = f"building it failed: {type(exc).__name__}: {text[-1] if text else ''}"
+    node, rank, _ = worker_identity()
+    raise RaydeepError(f"deepspeed.offload = 'cpu': DeepSpeed's CPU Adam op (cpu_adam) cannot load on "
+                       f"{where(node, rank)}: {problem}. Prebuild it (DS_BUILD_CPU_ADAM=1 pip install deepspeed, "
+                       "as cluster/Dockerfile does), install ninja and g++ on the workers, or set "
+                       "deepspeed.offload: none")
 
 
 def create_engine(cfg: Config, model: torch.nn.Module, ds_config: dict[str, Any], device: Device,
@@ -192,6 +358,12 @@ def create_engine(cfg: Config, model: torch.nn.Module, ds_config: dict[str, Any]
 
     isolate_extension_builds()
     ds_config = settle_precision(ds_config, cfg.deepspeed.precision, device)
+    if "optimizer" in ds_config:  # ZeRO-Offload: DeepSpeed builds DeepSpeedCPUAdam from the section
+        load_cpu_adam()
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=param_groups(cfg, model), config=ds_config, dist_init_required=False
+        )
+        return engine
     optimizer = build_optimizer(cfg, model)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=ds_config, dist_init_required=False
