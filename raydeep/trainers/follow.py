@@ -9,6 +9,7 @@ Rank 0 sends step progress and each epoch's metrics to a ``ProgressBoard`` actor
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -110,22 +111,123 @@ def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Cons
             time.sleep(0.25)
     thread.join()
     if "error" in box:
-        raise training_error(box["error"]) from box["error"]
+        raise training_error(box["error"], run_name(trainer)) from box["error"]
     stopped = (getattr(box["result"], "return_value", None) or {}).get(NONFINITE_LOSS)
     if stopped:  # the workers returned (no retry) with the line naming the epoch and step
         raise RaydeepError(stopped)
     return box["result"]
 
 
-def training_error(exc: BaseException) -> BaseException:
-    """One line for a failed fit: the first worker's own error, not Ray's wrapper."""
+def training_error(exc: BaseException, run_name: str | None = None) -> BaseException:
+    """One line for a failed fit: the first worker's own error, not Ray's wrapper.
+
+    A NCCL time-out or a GPU the worker cannot see is named as such, with the node and rank it
+    happened on. When several ranks failed, the one whose error is not a collective time-out comes
+    first: the others timed out waiting for it. ``run_name`` (Ray Train's run name) finds the node
+    of a rank whose error does not say it (the workers record theirs at start).
+    """
     worker_errors = getattr(exc, "worker_failures", None) or {}
-    for rank, err in sorted(worker_errors.items()):
-        cause = getattr(err, "cause", None) or err
+    failures = [(rank, getattr(err, "cause", None) or err) for rank, err in sorted(worker_errors.items())]
+    if failures:
+        waiting = [rank for rank, cause in failures if collective_timeout(str(cause))]
+        root = [(rank, cause) for rank, cause in failures if rank not in waiting] or failures
+        rank, cause = root[0]
         if isinstance(cause, RaydeepError):
             return cause
-        return RaydeepError(f"training failed on worker rank {rank}: {type(cause).__name__}: "
-                            f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}")
+        text = str(cause)
+        node = node_of(rank, text, run_name)
+        line = device_error_line(text, rank, node)
+        if line is None:
+            last = text.strip().splitlines()[-1] if text.strip() else ""
+            line = f"training failed on worker rank {rank}{f' (node {node})' if node else ''}: {type(cause).__name__}: {last}"
+        others = [r for r in waiting if r != rank]
+        if others and rank not in waiting:
+            line += f" (then rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} timed out waiting for it)"
+        return RaydeepError(line)
     if isinstance(exc, (RaydeepError, KeyboardInterrupt)):
         return exc
-    return RaydeepError(f"training failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if type(exc).__name__ == "NCCLHangError":  # Ray Train's NCCL RAS hang detector (no worker failures)
+        message = getattr(exc, "_error_message", "") or first
+        return RaydeepError(f"NCCL hang: {message.strip().splitlines()[0]} (raydeep train --debug sets NCCL_DEBUG=INFO)")
+    return RaydeepError(f"training failed: {type(exc).__name__}: {first}")
+
+
+# What torch's ProcessGroupNCCL says (torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp, NCCLUtils.cpp):
+#   [Rank 2] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=6463, OpType=ALLREDUCE,
+#     NumelIn=1, NumelOut=1, Timeout(ms)=1800000) ran for 1800017 milliseconds before timing out.
+#   (raised in Python as "NCCL communicator was aborted on rank 2.  Original reason for failure was: ...",
+#   or logged as "... Process group watchdog thread terminated with exception: ..." before the abort)
+#   [PG ID 0 PG GUID 0(default_pg) Rank 2] Work WorkNCCL(...) timed out in blocking wait.
+_WORK = r"WorkNCCL\((?:[^()]|\([^()]*\))*\)"
+_NCCL_TIMEOUT = re.compile(rf"Watchdog caught collective operation timeout: (?P<work>{_WORK}) ran for (?P<ms>\d+) "
+                           rf"milliseconds|Work (?P<work2>{_WORK}) timed out in blocking wait")
+_NCCL_ABORTED = re.compile(r"NCCL communicator was aborted on rank (\d+)")
+_GLOO_TIMEOUT = re.compile(r"Timed out waiting (\d+)ms for (\w+) operation to complete")  # gloo (CPU workers)
+# torch and the CUDA driver when a process sees no usable GPU
+_NO_GPU = re.compile(r"No CUDA GPUs are available|Found no NVIDIA driver on your system|no CUDA-capable device is "
+                     r"detected|CUDA driver version is insufficient|CUDA driver initialization failed|"
+                     r"invalid device ordinal", re.IGNORECASE)
+
+
+def collective_timeout(text: str) -> bool:
+    return bool(_NCCL_TIMEOUT.search(text) or _NCCL_ABORTED.search(text) or _GLOO_TIMEOUT.search(text))
+
+
+def _field(work: str, name: str) -> str | None:
+    m = re.search(rf"\b{re.escape(name)}=([^,)]+)", work)
+    return m.group(1) if m else None
+
+
+def device_error_line(text: str, rank: int, node: str | None) -> str | None:
+    """One line for a NCCL (or gloo) collective time-out or an invisible GPU in ``text``, else None."""
+    at = f"node {node} rank {rank}" if node else f"rank {rank} (node unknown)"
+    m = _NCCL_TIMEOUT.search(text)
+    if m:
+        work = m.group("work") or m.group("work2")
+        op, seq, limit = _field(work, "OpType"), _field(work, "SeqNum"), _field(work, "Timeout(ms)")
+        waited = f" after {int(m.group('ms')) / 1000:.0f} s" if m.group("ms") else ""
+        limit_s = f" (limit {int(limit) / 1000:.0f} s)" if limit and limit.isdigit() else ""
+        return (f"NCCL time-out on {at}: collective {op or '?'} #{seq or '?'} did not complete{waited}{limit_s}; "
+                "another rank stopped joining collectives (crashed, hung, or took another code path) or the "
+                "nodes cannot reach each other. Look at the other ranks' first error; raydeep train --debug sets "
+                "NCCL_DEBUG=INFO")
+    m = _NCCL_ABORTED.search(text)
+    if m:
+        return (f"NCCL communicator aborted on {at}: {text.strip().splitlines()[0][:300]}; "
+                "raydeep train --debug sets NCCL_DEBUG=INFO")
+    m = _GLOO_TIMEOUT.search(text)
+    if m:
+        return (f"collective time-out (gloo) on {at}: a {m.group(2)} waited {int(m.group(1)) / 1000:.0f} s; "
+                "another rank stopped joining collectives or the nodes cannot reach each other")
+    m = _NO_GPU.search(text)
+    if m:
+        return (f"GPU worker on {at} cannot see a GPU: {m.group(0)}; check the node's driver (nvidia-smi) and that "
+                "Ray gave the worker a GPU")
+    return None
+
+
+def node_of(rank: int, text: str, run_name: str | None) -> str | None:
+    """The node a failed rank ran on: from Ray's error text (a dead worker's ``node_ip='...'``, a task
+    error's ``ip=...``), else from what the worker recorded at start (``engine.announce_worker``)."""
+    m = re.search(r"node_ip='([^']+)'", text) or re.search(r"\bip=([0-9a-fA-F.:]+)", text)
+    if m:
+        return m.group(1)
+    if run_name is None:
+        return None
+    try:
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+        from raydeep.trainers.engine import NODE_KV_NAMESPACE, node_key
+
+        if not _internal_kv_initialized():
+            return None
+        value = _internal_kv_get(node_key(run_name, rank), namespace=NODE_KV_NAMESPACE)
+        return value.decode() if value else None
+    except Exception:  # noqa: BLE001 - the line names the rank alone
+        return None
+
+
+def run_name(trainer) -> str | None:
+    """Ray Train's name for the run ``trainer`` fits (the workers record their nodes under it)."""
+    return getattr(getattr(trainer, "run_config", None), "name", None)
