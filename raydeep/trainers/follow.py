@@ -22,6 +22,7 @@ from rich.console import Console
 from raydeep.errors import RaydeepError
 from raydeep.fileio import atomic_write_text
 from raydeep.trainers.console import epoch_line, new_progress
+from raydeep.trainers.engine import NODE_KV_NAMESPACE, node_key
 from raydeep.trainers.reporting import NONFINITE_LOSS
 from raydeep.trainers.tasks import Task
 
@@ -217,8 +218,6 @@ def node_of(rank: int, text: str, run_name: str | None) -> str | None:
         return None
     try:
         from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
-
-        from raydeep.trainers.engine import NODE_KV_NAMESPACE, node_key
 
         if not _internal_kv_initialized():
             return None
