@@ -15,6 +15,23 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="override a config value by dotted key, e.g. --set model.layers=6 (repeatable)")
 
 
+WAIT_DEFAULT_S = 1800.0  # --wait-for-resources alone: cloud GPU nodes take minutes to boot and pull images
+
+
+def _add_wait_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait-for-resources", nargs="?", type=float, const=WAIT_DEFAULT_S, metavar="SECONDS",
+                   help="when the cluster has fewer GPUs/CPUs than the run asks for, wait for an autoscaler to add "
+                        f"them (countdown shown) instead of refusing; default {WAIT_DEFAULT_S:g} s. A cluster whose "
+                        "autoscaler reports itself gets 900 s without the flag")
+
+
+def _apply_wait_flag(args: argparse.Namespace) -> None:
+    if getattr(args, "wait_for_resources", None) is not None:
+        from raydeep.cluster.resources import WAIT_ENV
+
+        os.environ[WAIT_ENV] = f"{args.wait_for_resources:g}"
+
+
 def _add_tune_command(sub) -> None:
     p = sub.add_parser("tune", help="sweep a config's tune: section with Ray Tune (each trial a DeepSpeed run)",
                        description="Ray Tune sweep: every trial trains the config with its own parameters; "
@@ -25,6 +42,7 @@ def _add_tune_command(sub) -> None:
     p.add_argument("--resume", metavar="SWEEP_DIR",
                    help="continue an interrupted sweep; finished trials are not rerun")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
+    _add_wait_flag(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted or finished run from its latest checkpoint "
                         "(its config.yaml, plus any --set, e.g. --set run.epochs=10)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
+    _add_wait_flag(p)
 
     _add_tune_command(sub)
     _add_cluster_commands(sub)
@@ -96,6 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from raydeep.config import load_config
     from raydeep.trainers.driver import train
 
+    _apply_wait_flag(args)
     if args.resume:
         if args.config:
             raise RaydeepError("train: give either CONFIG or --resume RUN_DIR, not both")
@@ -162,6 +182,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from raydeep.config import load_config
     from raydeep.sweeps.runner import resume_sweep, run_sweep
 
+    _apply_wait_flag(args)
     if args.resume:
         if args.config or args.overrides:
             raise RaydeepError("tune: --resume SWEEP_DIR continues a sweep with its own config; "
@@ -287,6 +308,7 @@ def _add_cluster_commands(sub) -> None:
                         "its value is never printed or stored in the job's metadata (repeatable)")
     p.add_argument("--wait", action="store_true",
                    help="stream the job's logs until it ends; exit 0 only if it SUCCEEDED")
+    _add_wait_flag(p)
 
     p = sub.add_parser("jobs", help="list, inspect, follow and stop Ray Jobs on a cluster")
     jsub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
@@ -310,7 +332,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.mode == "tune" and cfg.tune is None:
         raise ConfigError(f"{args.config}: has no tune: section, which `raydeep submit CONFIG tune` needs")
     spec = build_job(args.config, args.mode, name=cfg.name, overrides=args.overrides,
-                     working_dir=args.working_dir, image=args.image, pip=args.pip, env_names=args.env)
+                     working_dir=args.working_dir, image=args.image, pip=args.pip, env_names=args.env,
+                     wait_for_resources=args.wait_for_resources)
     if cfg.run.storage is None:
         print("note: run.storage is unset, so outputs and checkpoints stay on the head node, inside the "
               "job's working dir; on a multi-node cluster set run.storage to shared storage (s3://... or NFS)")

@@ -246,8 +246,9 @@ def _pip_requirements(pip: list[str]) -> list[str] | str:
 def build_job(config: str | os.PathLike, command: str = "train", *, name: str = "run",
               overrides: list[str] = (), working_dir: str | os.PathLike | None = None,
               image: str | None = None, pip: list[str] = (), env_names: list[str] = (),
-              environ: dict[str, str] | None = None) -> JobSpec:
-    """Work out the entrypoint, runtime env and metadata of one run; nothing is sent."""
+              environ: dict[str, str] | None = None, wait_for_resources: float | None = None) -> JobSpec:
+    """Work out the entrypoint, runtime env and metadata of one run; nothing is sent.
+    ``wait_for_resources``: the job's command waits that many seconds for an autoscaler."""
     if command not in COMMANDS:
         raise JobsError(f"submit: unknown command {command!r}; one of {', '.join(COMMANDS)}")
     if image and pip:
@@ -280,6 +281,8 @@ def build_job(config: str | os.PathLike, command: str = "train", *, name: str = 
                         "copy it to configs/")
 
     args = [command, rel, *(a for o in overrides for a in ("--set", o))]
+    if wait_for_resources is not None:
+        args += ["--wait-for-resources", f"{wait_for_resources:g}"]
     module = "raydeep.cluster.job_env" if names else "raydeep.cli"
     entrypoint = shlex.join(["python", "-m", module, *args])
     runtime_env: dict[str, Any] = {}

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from raydeep.cluster.connect import ClusterInfo
-from raydeep.cluster.resources import cpus_per_worker
+from raydeep.cluster.connect import ClusterInfo, describe
+from raydeep.cluster.resources import ResourceShortage, ResourceWait, cpus_per_worker, wait_budget
 from raydeep.config import Config
 from raydeep.datasets.schema import FeatureSpec
 from raydeep.datasets.splits import ParquetSplit, open_split
-from raydeep.errors import ConfigError, DataError, RaydeepError
+from raydeep.errors import ConfigError, DataError
 from raydeep.trainers.class_weights import class_weights, expected_sampled_counts, sampling_rates
 from raydeep.trainers.engine import deepspeed_config, precision_of
 from raydeep.trainers.models import build_model, count_parameters
@@ -161,21 +161,44 @@ def resolve_workers(requested: int | str, *, use_gpu: bool, gpus: float, gpus_pe
         if not use_gpu:
             return CPU_WORKERS
         if gpus < gpus_per_worker:
-            raise RaydeepError(f"scaling: a GPU worker needs {gpus_per_worker:g} GPU(s); the cluster has {gpus:g}")
+            raise ResourceShortage(f"scaling: a GPU worker needs {gpus_per_worker:g} GPU(s); the cluster has {gpus:g}",
+                                   f"{gpus_per_worker:g} GPU(s); the cluster has {gpus:g}",
+                                   ({"GPU": gpus_per_worker, "CPU": 1.0},))
         return int(gpus // gpus_per_worker)
     n = int(requested)
     if use_gpu and gpus < n * gpus_per_worker:
-        raise RaydeepError(f"scaling.num_workers = {n} GPU workers need {n * gpus_per_worker:g} GPUs; the cluster "
-                           f"has {gpus:g} (num_workers: auto takes one per GPU)")
+        raise ResourceShortage(f"scaling.num_workers = {n} GPU workers need {n * gpus_per_worker:g} GPUs; the "
+                               f"cluster has {gpus:g} (num_workers: auto takes one per GPU)",
+                               f"{n * gpus_per_worker:g} GPUs for {n} workers; the cluster has {gpus:g}",
+                               ({"GPU": gpus_per_worker, "CPU": 1.0},) * n)
     return n
 
 
 def plan_run(cfg: Config, info: ClusterInfo, data: DataPlan | None = None) -> RunPlan:
     """Resolve resources, DeepSpeed JSON and step counts for ``cfg`` on the cluster ``info``.
 
-    ``data`` lets a sweep open and count the data once for all its trials.
+    ``data`` lets a sweep open and count the data once for all its trials. A cluster with too few
+    GPUs or CPUs *now* is refused, unless an autoscaler could add them (``--wait-for-resources``, or
+    an autoscaler the cluster reports): then the plan waits for them, with a countdown.
     """
     data = data or plan_data(cfg)
+    wait: ResourceWait | None = None
+    while True:
+        try:
+            return _plan_run(cfg, info, data)
+        except ResourceShortage as short:
+            if wait is None:
+                if info.address is None:  # the local Ray this process started: nothing will join it
+                    raise
+                budget = wait_budget()
+                if budget is None:
+                    raise ResourceShortage(f"{short}; if an autoscaler can add it, use --wait-for-resources",
+                                           short.need, short.bundles) from None
+                wait = ResourceWait(*budget)
+            info = wait.grown(short, info, lambda: describe(info.address))
+
+
+def _plan_run(cfg: Config, info: ClusterInfo, data: DataPlan) -> RunPlan:
     weights = None if cfg.imbalance.weighting == "none" else class_weights(
         data.class_counts, cfg.imbalance.weighting, cfg.imbalance.beta, cfg.imbalance.zero_count)
     use_gpu = info.gpus > 0 if cfg.scaling.use_gpu == "auto" else bool(cfg.scaling.use_gpu)

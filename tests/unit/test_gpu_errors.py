@@ -131,3 +131,108 @@ def test_worker_identity_outside_ray_is_the_host_and_rank(monkeypatch):
     assert rank == 3 and node  # inside Ray: the node IP and Train's world rank and run name
     if run is None:
         assert node == socket.gethostname()
+
+
+# ---------------------------------------------------------------------------------------------
+# Too few GPUs now: refused, unless an autoscaler can add them (--wait-for-resources, or one the
+# cluster reports); then the plan waits with a countdown. (Here: the GPU count the issue names.)
+
+import io
+import pickle
+from dataclasses import replace
+
+from raydeep.cluster import resources as R
+from raydeep.cluster.connect import ClusterInfo
+from raydeep.trainers import plan as P
+
+
+def cluster(gpus=0.0, cpus=8.0, nodes=1, address="10.0.0.1:6379") -> ClusterInfo:
+    return ClusterInfo(address=address, cpus=cpus, gpus=gpus, nodes=nodes, max_node_cpus=cpus, dashboard_url=None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+def test_wait_budget_from_the_flag_or_a_detected_autoscaler():
+    assert R.wait_budget({R.WAIT_ENV: "600"}, detect=lambda: False) == (600.0, "--wait-for-resources")
+    assert R.wait_budget({R.WAIT_ENV: "0"}, detect=lambda: True) is None  # 0: refuse at once, whatever is detected
+    assert R.wait_budget({}, detect=lambda: True) == (R.AUTOSCALER_WAIT_S, "the cluster has an autoscaler")
+    assert R.wait_budget({}, detect=lambda: False) is None
+    with pytest.raises(R.ResourceError, match="expected seconds"):
+        R.wait_budget({R.WAIT_ENV: "soon"})
+
+
+@pytest.mark.parametrize("report, launches", [
+    ({"active_nodes": {"node_9f2c01": 1, "node_77aa10": 1}}, False),  # `ray start` by hand: a read-only mirror
+    ({"active_nodes": {"ray.head.default": 1}}, False),
+    ({"active_nodes": {"head": 1}, "idle_nodes": {}, "pending_launches": {}}, True),  # cluster-launcher types
+    ({"active_nodes": {}, "pending_launches": {"gpu-g5": 2}}, True),
+    ({"active_nodes": {"node_1": 1}, "pending_nodes": [["10.0.0.9", "gpu-g5", "launching"]]}, True),
+])
+def test_an_autoscaler_that_can_launch_is_told_from_rays_readonly_mirror(report, launches):
+    assert R.autoscaler_report_can_launch({"autoscaler_report": report}) is launches
+    assert R.autoscaler_report_can_launch({}) is False
+
+
+def test_the_wait_returns_once_gpus_join_keeping_what_the_caller_took_off():
+    clock, out = Clock(), io.StringIO()
+    seen = iter([cluster(0), cluster(0), cluster(0), cluster(1, cpus=16, nodes=2)])
+    short = R.ResourceShortage("scaling: a GPU worker needs 1 GPU(s); the cluster has 0", "1 GPU(s); the cluster has 0")
+    wait = R.ResourceWait(120, "--wait-for-resources", clock=clock, sleep=clock.sleep, out=out)
+    trial = replace(cluster(0), cpus=7.9)  # a sweep's trial keeps a token CPU back
+    info = wait.grown(short, trial, lambda: next(seen))
+    assert (info.gpus, info.cpus, info.nodes) == (1.0, pytest.approx(15.9), 2)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "waiting for resources (--wait-for-resources): 1 GPU(s); the cluster has 0; 2:00 left (Ctrl-C stops)"
+    assert lines[-1] == "the cluster now has 1 GPUs, 16 CPUs on 2 node(s)"
+
+
+def test_the_wait_ends_at_its_deadline_in_one_line_with_the_time_waited():
+    clock, out = Clock(), io.StringIO()
+    short = R.ResourceShortage("scaling.num_workers = 2 GPU workers need 2 GPUs; the cluster has 0", "2 GPUs")
+    wait = R.ResourceWait(30, "the cluster has an autoscaler", clock=clock, sleep=clock.sleep, out=out)
+    with pytest.raises(R.ResourceShortage) as info:
+        wait.grown(short, cluster(0), lambda: cluster(0))
+    assert str(info.value) == ("scaling.num_workers = 2 GPU workers need 2 GPUs; the cluster has 0 (waited 30 s for "
+                               "it: the cluster has an autoscaler)")
+    assert info.value.exit_code == 2
+    assert len(out.getvalue().splitlines()) == 2  # a countdown line every 15 s, not every poll
+    again = pickle.loads(pickle.dumps(info.value))  # errors cross Ray's process boundaries
+    assert (str(again), again.need, again.bundles) == (str(info.value), info.value.need, info.value.bundles)
+
+
+def fake_plan(monkeypatch, seen):
+    """plan_run's loop around a plan that only resolves the GPU workers, on clusters from ``seen``."""
+    monkeypatch.setattr(P, "_plan_run", lambda cfg, info, data: P.resolve_workers(
+        2, use_gpu=True, gpus=info.gpus, gpus_per_worker=1))
+    monkeypatch.setattr(P, "describe", lambda address: next(seen))
+    monkeypatch.setattr(R, "autoscaler_can_add_nodes", lambda: False)
+    monkeypatch.setattr("time.sleep", lambda s: None)  # ResourceWait polls every 5 s
+
+
+def test_an_explicit_gpu_count_that_does_not_fit_is_refused_with_the_way_out(monkeypatch):
+    monkeypatch.delenv(R.WAIT_ENV, raising=False)
+    fake_plan(monkeypatch, iter([]))
+    with pytest.raises(R.ResourceShortage) as info:
+        P.plan_run(None, cluster(1), data=object())
+    assert str(info.value) == ("scaling.num_workers = 2 GPU workers need 2 GPUs; the cluster has 1 (num_workers: auto "
+                               "takes one per GPU); if an autoscaler can add it, use --wait-for-resources")
+    assert info.value.exit_code == 2
+    with pytest.raises(R.ResourceShortage) as info:  # the local Ray this process started never grows
+        P.plan_run(None, cluster(1, address=None), data=object())
+    assert "--wait-for-resources" not in str(info.value)
+
+
+def test_with_the_flag_the_plan_waits_for_the_gpus(monkeypatch, capsys):
+    monkeypatch.setenv(R.WAIT_ENV, "60")
+    fake_plan(monkeypatch, iter([cluster(1), cluster(1), cluster(2, nodes=2)]))
+    assert P.plan_run(None, cluster(1), data=object()) == 2
+    assert "waiting for resources (--wait-for-resources): 2 GPUs for 2 workers; the cluster has 1" in capsys.readouterr().err
