@@ -9,7 +9,8 @@
 #   1 env        nvidia-smi, torch / CUDA / NCCL / DeepSpeed versions, ds_report
 #   2 demo       configs/digits-lt.yaml as shipped (num_workers: auto), macro-F1 printed
 #   3 zero       ZeRO 0, 1, 2, 3 in bf16, and ZeRO-1 in fp16 once, 2 epochs each, on a small Transformer
-#   4 offload    offload: cpu at ZeRO-2 and ZeRO-3
+#   4 offload    offload: cpu at ZeRO-2 and ZeRO-3 (DeepSpeed's own AdamW section in deepspeed.json, so it
+#                steps with DeepSpeedCPUAdam); tests/unit/test_offload.py builds that optimizer in-process
 #   5 mfu        GPT-2 medium's 24 layers (d=1024) with a 4k vocabulary (~306M parameters, bf16) through `raydeep train`:
 #                tokens/s and MFU from its metrics.jsonl; then benchmarks/gpu_mfu.py (the bare step)
 #   6 sweep      a 3-trial sweep (trials share the GPU only if gpus_per_worker says so)
@@ -67,6 +68,8 @@ if torch.cuda.is_available():
     print("nccl", torch.cuda.nccl.version(), "device", torch.cuda.get_device_name(), "capability",
           torch.cuda.get_device_capability())
 print("deepspeed", deepspeed.__version__, "ray", ray.__version__, "transformers", transformers.__version__)
+from raydeep.trainers.engine import cpu_adam_problem
+print("cpu_adam (offload's optimizer op):", cpu_adam_problem() or "prebuilt or buildable here")
 EOF
   if [[ "$DRY" != "--dry-run" ]]; then "$(dirname "$PY")/ds_report"; fi
 }
@@ -92,6 +95,9 @@ zero_stages() {
 step 3 zero zero_stages
 
 offload() {
+  # DeepSpeedCPUAdam from raydeep's config, the LR schedule driving it and a resume (the op runs on the
+  # host whatever the accelerator, so this part is the same on CPUs; it builds cpu_adam once, ~1-3 min)
+  "$PY" -m pytest -q -p no:cacheprovider tests/unit/test_offload.py
   if [[ "$DRY" == "--dry-run" ]]; then
     # on CPU workers offload is refused at load, with one line: check that instead
     ! "${RD[@]}" train benchmarks/text-small.yaml --run-dir "$OUT/runs/offload-cpu" \
@@ -101,6 +107,13 @@ offload() {
   for z in 2 3; do
     "${RD[@]}" train benchmarks/text-small.yaml --run-dir "$OUT/runs/offload$z" --set run.epochs=$EPOCHS \
       --set deepspeed.zero_stage=$z --set deepspeed.offload=cpu --set scaling.num_workers=auto
+    "$PY" - "$OUT/runs/offload$z/deepspeed.json" <<'EOF'
+import json, sys
+ds = json.load(open(sys.argv[1]))
+assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu", ds["zero_optimization"]
+assert ds["optimizer"]["type"] in ("AdamW", "Adam"), ds.get("optimizer")  # DeepSpeed builds DeepSpeedCPUAdam
+print("offload:", sys.argv[1], "optimizer", ds["optimizer"])
+EOF
   done
 }
 step 4 offload offload
