@@ -23,6 +23,7 @@ from raydeep.config import Config, to_yaml
 from raydeep.datasets.storage import resolve_storage
 from raydeep.errors import ConfigError
 from raydeep.fileio import atomic_write_text
+from raydeep.trainers.checkpoints import SNAPSHOT, registered
 from raydeep.trainers.follow import METRICS, follow, process_start_time, startup_timeline
 from raydeep.trainers.launch import build_trainer
 from raydeep.trainers.plan import plan_data, plan_run
@@ -31,7 +32,6 @@ from raydeep.trainers.report import SUMMARY, build_summary, print_final, write_p
 
 
 RUN_FILE = "run.json"  # the run's identity: the name of its folder in Ray Train's storage
-SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's own state: a run folder holding it resumes
 
 
 def new_run_dir(cfg: Config, root: str = "runs") -> Path:
@@ -56,6 +56,30 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     if held:
         raise ConfigError(f"--run-dir {run_dir}: holds an interrupted run ({', '.join(sorted(held)[:3])}); "
                           f"use --resume {run_dir}, or pick a new directory")
+
+
+def drop_unregistered(fs, folder: str, console: Console) -> None:
+    """Remove the ``checkpoint_*`` folders of a run that Ray Train never registered before it resumes.
+
+    Ray registers a checkpoint once every rank has uploaded its part, so an unregistered folder is
+    what a crash mid-upload left (some ranks' shards missing); ``evaluate`` and ``export`` skip
+    them, and here they go, so nothing can mistake one for the run's latest checkpoint.
+    """
+    import pyarrow.fs as pafs
+
+    fs = fs or pafs.LocalFileSystem()
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    folders = {i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")}
+    keep: set[str] = set()
+    if any(i.base_name == SNAPSHOT for i in infos):
+        with fs.open_input_stream(f"{folder}/{SNAPSHOT}") as f:
+            keep = set(registered(f.read().decode())[0])
+    garbage = sorted(folders - keep)
+    for name in garbage:
+        fs.delete_dir(f"{folder}/{name}")
+    if garbage:
+        console.print(f"[yellow]removed {len(garbage)} checkpoint folder(s) Ray Train never registered (an upload "
+                      f"cut short): {', '.join(garbage)}")
 
 
 def storage_name(run_dir: Path, remote: bool) -> str:
@@ -87,6 +111,8 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         storage_path, storage_fs = resolve_storage(cfg.run.storage, cfg.storage, key="run.storage")
     else:  # Ray Train's run folder is <storage>/<name>: by default the run directory itself
         storage_path, storage_fs = str(run_dir.resolve().parent), None
+    if resume:
+        drop_unregistered(storage_fs, f"{storage_path}/{storage_name(run_dir, remote=bool(cfg.run.storage))}", console)
     info = connect(address, verbose=verbose)
     marks["ray_ready"] = time.time()
     plan = plan_run(cfg, info, data)

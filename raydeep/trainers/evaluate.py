@@ -29,7 +29,7 @@ from raydeep.datasets.splits import open_split
 from raydeep.datasets.storage import StorageConfig, check_bucket, is_s3, s3_errors, s3_filesystem, strip_s3
 from raydeep.errors import DataError, RaydeepError
 from raydeep.fileio import atomic_write_text
-from raydeep.trainers.checkpoints import STATE_FILE, find_checkpoint, load_state_dict
+from raydeep.trainers.checkpoints import SNAPSHOT, STATE_FILE, find_checkpoint, load_state_dict, registered
 from raydeep.trainers.models import build_model
 from raydeep.trainers.tasks import task_of
 
@@ -97,18 +97,28 @@ def _find_s3_checkpoint(fs: Any, uri: str) -> str:
     check_bucket(fs, uri)  # a missing bucket or bad credentials: raised here, turned into one line
     if fs.isfile(f"{base}/{STATE_FILE}"):
         return base
-    # Ray names checkpoint folders checkpoint_<timestamp>: the last in name order is the newest.
-    found = sorted(p.rsplit("/", 1)[0] for p in fs.glob(f"{base}/checkpoint_*/{STATE_FILE}"))
-    if found:
-        return found[-1]
+    # A run folder: Ray's latest *registered* checkpoint (every rank uploaded); a checkpoint_*
+    # folder it never registered is what a crash mid-upload left.
+    if fs.isfile(f"{base}/{SNAPSHOT}"):
+        _, latest = registered(fs.cat_file(f"{base}/{SNAPSHOT}").decode())
+        if latest and fs.isfile(f"{base}/{latest}/{STATE_FILE}"):
+            return f"{base}/{latest}"
+    if fs.glob(f"{base}/checkpoint_*/{STATE_FILE}"):
+        raise DataError(f"{KEY}: {uri}: its checkpoint_* folders were never registered by Ray Train (a crash during "
+                        f"their upload: some ranks' shards may be missing); pass one folder explicitly to try it")
     raise DataError(f"{KEY}: {uri}: no raydeep checkpoint there (no {STATE_FILE}, no checkpoint_*/{STATE_FILE})")
 
 
 def _download(fs: Any, base: str, dest: Path) -> None:
+    """Copy every object under ``base`` into ``dest``, refusing a key that would land outside it
+    (``..`` in an object key: a shared bucket's contents are not trusted)."""
     remote = [p for p in fs.find(base) if not p.endswith("/")]
     local = []
+    root = dest.resolve()
     for p in remote:
-        target = dest / p[len(base):].lstrip("/")
+        target = (dest / p[len(base):].lstrip("/")).resolve()
+        if not target.is_relative_to(root):
+            raise DataError(f"{KEY}: s3://{p}: refused: the object key leaves the checkpoint folder")
         target.parent.mkdir(parents=True, exist_ok=True)
         local.append(str(target))
     fs.get(remote, local)

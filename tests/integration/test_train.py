@@ -55,12 +55,30 @@ def test_zero_stage_trains_and_checkpoints_every_shard(ray_connected, tmp_path, 
 
 
 def test_resume_continues_from_saved_epoch_and_step(ray_connected, tmp_path):
+    import shutil
+
+    from raydeep.errors import RaydeepError
+
     run_dir = tmp_path / "run"
     first = train(validate(tiny_config(), "test"), run_dir=run_dir, address=ray_connected.address)
     steps_per_epoch = first["final"]["global_step"]
 
+    # What a crash between rank 0's and rank 1's upload leaves: a newer checkpoint_* folder, rank 1's
+    # ZeRO shard missing, that Ray never registered; and no summary (the run did not finish).
+    registered = Path(first["latest_checkpoint"])
+    torn = run_dir / "checkpoint_2099-01-01_00-00-00.000000"
+    shutil.copytree(registered, torn)
+    (torn / "engine" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    (run_dir / "summary.json").unlink()
+    val = SYNTH.format(split="val", rows=400)
+    result = evaluate_command(str(run_dir), val, out=str(tmp_path / "eval.json"))
+    assert result["checkpoint"] == str(registered)  # the registered one, not the newer torn folder
+    with pytest.raises(RaydeepError, match=r"incomplete checkpoint: rank 1's optimizer shard .* is missing"):
+        evaluate_command(str(torn), val, out=str(tmp_path / "torn.json"))
+
     cfg = validate(tiny_config(run={"epochs": 2, "seed": 0}), "test")
     second = train(cfg, run_dir=run_dir, address=ray_connected.address, resume=True)
+    assert not torn.exists()  # removed before the resume
 
     assert second["final"]["resumed_from_step"] == steps_per_epoch
     assert second["final"]["epoch"] == 1
