@@ -99,15 +99,16 @@ def _fmt(v: Any) -> str:
 
 
 def write_leaderboard(s: Sweep, rows: list[TrialRow], path: Path) -> None:
-    """``leaderboard.csv``: every trial, best first, with its parameters ('' where one does not apply)."""
+    """``leaderboard.csv``: every trial, best first, with its parameters ('' where one does not apply)
+    and, last, the line a failed trial ended with."""
     keys = list(s.cfg.tune.space)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["rank", "trial_id", s.cfg.tune.metric, "best_epoch", "epochs_run", "status", *keys])
+    w.writerow(["rank", "trial_id", s.cfg.tune.metric, "best_epoch", "epochs_run", "status", *keys, "error"])
     for row in rows:
         w.writerow([row.rank or "", row.trial_id, "" if row.best is None else f"{row.best:.6g}",
                     row.best_epoch or "", row.epochs, row.status,
-                    *("" if row.params.get(k) is None else row.params[k] for k in keys)])
+                    *("" if row.params.get(k) is None else row.params[k] for k in keys), row.error or ""])
     atomic_write_text(path, buf.getvalue())
 
 

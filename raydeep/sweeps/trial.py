@@ -37,6 +37,7 @@ from raydeep.errors import ConfigError
 from raydeep.sweeps.space import Distribution, SchedulerConfig, apply_params
 from raydeep.trainers.launch import build_trainer
 from raydeep.trainers.plan import DataPlan, RunPlan, plan_run
+from raydeep.trainers.reporting import finished
 
 try:  # private: trials keep running if it moves (see pin_cluster_address)
     from ray.train.v2._internal import constants as _train_constants
@@ -154,8 +155,9 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         run_segments(plan, ctx, trial_id)
     else:
         # Named after the trial: a trial restarted by --resume continues its own Train run.
-        build_trainer(plan, name=trial_id, storage_path=ctx.trials.root, storage_filesystem=ctx.trials.fs,
-                      callbacks=[TuneReportCallback()]).fit()
+        # A loss gone NaN or inf raises: the trial shows as an error with the line naming the step.
+        finished(build_trainer(plan, name=trial_id, storage_path=ctx.trials.root, storage_filesystem=ctx.trials.fs,
+                               callbacks=[TuneReportCallback()]).fit().return_value)
 
 
 def pin_cluster_address() -> None:
@@ -212,8 +214,8 @@ def run_segments(plan: RunPlan, ctx: TrialContext, trial_id: str) -> None:
             store.move(carry, run_dir)  # Train V2 resumes a run whose folder holds a snapshot
         seg_cfg = plan.cfg.model_copy(update={"run": plan.cfg.run.model_copy(update={"epochs": end})})
         seg_plan = replace(plan, cfg=seg_cfg)  # total_steps stays the whole run's: one LR schedule
-        final = build_trainer(seg_plan, name=run_dir.rsplit("/", 1)[1], storage_path=store.root,
-                              storage_filesystem=store.fs).fit().return_value or {}
+        final = finished(build_trainer(seg_plan, name=run_dir.rsplit("/", 1)[1], storage_path=store.root,
+                                       storage_filesystem=store.fs).fit().return_value)
         store.write_json(f"{run_dir}/{SEGMENT_FILE}",
                          {"trial_id": trial_id, "epochs_done": end, "global_step": final.get("global_step")})
         metrics = {k: v for k, v in final.items() if k != "val/confusion"}

@@ -16,12 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 import ray.train
 
+from raydeep.errors import RaydeepError
 from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE
 
 # The key of the worker's return value that holds the one line of a run stopped by a non-finite
 # loss (run.on_nonfinite_loss: stop): the worker returns rather than raises, so Ray Train does not
 # retry it, and the driver (follow.py) turns it into the run's error.
 NONFINITE_LOSS = "nonfinite_loss"
+
+
+def finished(return_value: dict | None) -> dict:
+    """A fit's return value, or the RaydeepError of a run its workers stopped on a non-finite loss."""
+    value = return_value or {}
+    if value.get(NONFINITE_LOSS):
+        raise RaydeepError(value[NONFINITE_LOSS])
+    return value
+
 
 if TYPE_CHECKING:
     from raydeep.trainers.plan import WorkerJob

@@ -4,8 +4,10 @@ retry, or with ``run.on_nonfinite_loss: skip_batch`` is skipped on every worker 
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import re
 import time
 from types import SimpleNamespace
 
@@ -89,3 +91,29 @@ def test_skip_batch_skips_on_every_worker_and_counts(ray_connected, tmp_path):
     assert epochs[0]["train/samples"] == 2 * 10 and math.isfinite(epochs[0]["train/loss"])  # the first step's
     assert math.isnan(epochs[1]["train/loss"])  # nothing trained in epoch 2
     assert summary["final"]["epoch"] == 1 and summary["final"]["global_step"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["none", "pbt"])
+def test_a_diverging_trial_is_an_error_in_the_leaderboard_and_the_sweep_goes_on(ray_connected, tmp_path, scheduler):
+    """A trial whose loss goes non-finite fails with the line naming its step; the other trial
+    finishes and ranks. (Under PBT a segment's NaN once crashed the whole sweep: its report
+    lacked the metric.)"""
+    from raydeep.sweeps.runner import run_sweep
+
+    raw = diverging_config()
+    raw["scaling"] = {**raw.get("scaling", {}), "num_workers": 2, "cpus_per_worker": 0.5}  # two trials at once
+    sched = scheduler if scheduler == "none" else {"name": "pbt", "perturbation_interval": 1,
+                                                   "quantile_fraction": 0.5, "resample_probability": 0.0}
+    raw["tune"] = {"space": {"optim.lr": {"grid": [1.0e30, 1.0e-3]}}, "search": "grid", "metric": "val/rmse",
+                   "mode": "min", "max_concurrent_trials": 2, "scheduler": sched}
+    sweep = tmp_path / "sweep"
+    summary = run_sweep(validate(raw, "sweep.yaml"), source="sweep.yaml", run_dir=sweep,
+                        address=ray_connected.address)
+    rows = {float(r["optim.lr"]): r for r in csv.DictReader(open(sweep / "leaderboard.csv"))}
+    assert rows[1e30]["status"] == "error", rows
+    # (a PBT segment's run ends at its own last epoch: "epoch 1/1" there)
+    assert re.search(r"the training loss is inf at epoch 1/[12], step 2/10", rows[1e30]["error"]), rows
+    assert rows[1e-3]["status"] == "finished" and rows[1e-3]["rank"] == "1", rows
+    assert math.isfinite(float(rows[1e-3]["val/rmse"]))
+    assert summary["errors"] == 1 and summary["best"]["trial_id"] == rows[1e-3]["trial_id"]
