@@ -378,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"raydeep: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("raydeep: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"raydeep: interrupted{f'; {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place that turns surprises into one line
         if args.debug:

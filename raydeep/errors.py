@@ -30,3 +30,7 @@ class ResourceError(RaydeepError):
     """A run that cannot fit the cluster (or would starve Ray Data of CPU)."""
 
     exit_code = 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, once its workers are stopped; the message says how to continue (exit 130)."""

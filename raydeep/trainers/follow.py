@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -19,11 +20,11 @@ import psutil  # a Ray dependency
 import ray
 from rich.console import Console
 
-from raydeep.errors import RaydeepError
+from raydeep.errors import Interrupted, RaydeepError
 from raydeep.fileio import atomic_write_text
 from raydeep.trainers.console import epoch_line, new_progress
 from raydeep.trainers.engine import NODE_KV_NAMESPACE, node_key
-from raydeep.trainers.reporting import NONFINITE_LOSS
+from raydeep.trainers.reporting import finished
 from raydeep.trainers.tasks import Task
 
 METRICS = "metrics.jsonl"
@@ -66,17 +67,34 @@ def startup_timeline(marks: dict[str, float | None], board) -> dict[str, Any]:
 
 
 def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Console):
-    """Fit in a thread; meanwhile draw progress from the board and keep metrics.jsonl current."""
-    box: dict[str, Any] = {}
+    """Fit on the main thread; meanwhile a thread draws progress from the board and keeps
+    metrics.jsonl current.
 
-    def fit() -> None:
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as exc:  # re-raised on the main thread
-            box["error"] = exc
+    ``fit`` must own the main thread: Ray Train installs its Ctrl-C handler only there, and that
+    handler aborts the controller, which stops the workers and removes their placement group. A
+    Ctrl-C then ends here as ``Interrupted`` (exit 130, no summary), naming how to resume.
+    """
+    done = threading.Event()
+    drawer = threading.Thread(target=draw, args=(board, run_dir, epochs, task, console, done),
+                              name="raydeep-progress", daemon=True)
+    drawer.start()
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        result = trainer.fit()
+    except (KeyboardInterrupt, SystemExit):  # Ray's handler ends with sys.exit once the run is aborted
+        raise Interrupted(f"the workers were stopped; continue with: raydeep train --resume {run_dir}") from None
+    except BaseException as exc:
+        raise training_error(exc, run_name(trainer)) from exc
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Ray's handler would abort a controller that is gone
+        done.set()
+        drawer.join()  # the last epochs reach metrics.jsonl before anything else happens
+    finished(getattr(result, "return_value", None))  # a run stopped on a non-finite loss raises
+    return result
 
-    thread = threading.Thread(target=fit, name="raydeep-fit", daemon=True)
-    thread.start()
+
+def draw(board, run_dir: Path, epochs: int, task: Task, console: Console, done: threading.Event) -> None:
+    """Until ``done`` (and once more after it): the progress bar, epoch lines, metrics.jsonl."""
     by_epoch: dict[int, dict] = {}
     if (run_dir / METRICS).exists():  # a resumed run keeps the epochs it already has
         for line in (run_dir / METRICS).read_text().splitlines():
@@ -86,7 +104,7 @@ def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Cons
     with new_progress(console) as progress:
         bar = None
         while True:
-            alive = thread.is_alive()
+            last = done.is_set()
             try:
                 live, new_epochs, events = ray.get(board.poll.remote(seen_epochs, seen_events), timeout=10)
             except Exception:
@@ -107,16 +125,9 @@ def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Cons
                 if bar is None:
                     bar = progress.add_task("train", total=live["steps"], epoch=desc, rate=rate)
                 progress.update(bar, completed=live["step"], total=live["steps"], epoch=desc, rate=rate)
-            if not alive:
+            if last:
                 break
-            time.sleep(0.25)
-    thread.join()
-    if "error" in box:
-        raise training_error(box["error"], run_name(trainer)) from box["error"]
-    stopped = (getattr(box["result"], "return_value", None) or {}).get(NONFINITE_LOSS)
-    if stopped:  # the workers returned (no retry) with the line naming the epoch and step
-        raise RaydeepError(stopped)
-    return box["result"]
+            done.wait(0.25)
 
 
 def training_error(exc: BaseException, run_name: str | None = None) -> BaseException:

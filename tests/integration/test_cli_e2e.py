@@ -71,6 +71,25 @@ def test_model_that_cannot_read_the_data_is_refused_before_training(ray_head, tm
     assert not (tmp_path / "out").exists()
 
 
+def wait_for_registered(run_dir, n: int, proc: subprocess.Popen, timeout: float = 240, log=None) -> list[str]:
+    """Until Ray Train's snapshot in ``run_dir`` lists ``n`` registered checkpoints (every rank uploaded)."""
+    from raydeep.trainers.checkpoints import registered
+
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, (f"the run ended before {n} checkpoints registered"
+                                     + (f": {log.read_text()[-3000:]}" if log else ""))
+        try:
+            names = registered(snapshot.read_text())[0]
+        except (OSError, ValueError):  # not written yet, or caught mid-write
+            names = []
+        if len(names) >= n:
+            return names
+        assert time.time() < deadline, f"{len(names)} of {n} checkpoints registered after {timeout:.0f} s"
+        time.sleep(0.5)
+
+
 def _worker_pids(dashboard_url: str) -> list[int]:
     from ray.util.state import list_actors
 
@@ -101,8 +120,7 @@ def test_killed_worker_run_resumes_from_last_checkpoint(ray_connected, tmp_path)
                 break
             time.sleep(0.5)
         assert proc.poll() is None, "run ended before the kill"
-        # Let the epoch-2 checkpoint register (reports are polled every ~2 s; RAY_NOTES).
-        time.sleep(4)
+        wait_for_registered(run_dir, 2, proc)  # the kill must find a checkpoint to resume from
         pids = _worker_pids(ray_connected.dashboard_url)
         assert len(pids) == 2, pids
         os.kill(pids[1], signal.SIGKILL)
@@ -120,3 +138,59 @@ def test_killed_worker_run_resumes_from_last_checkpoint(ray_connected, tmp_path)
     assert summary["final"]["epoch"] == epochs - 1
     assert summary["final"]["global_step"] == epochs * spe
     assert summary["final"]["resumed_from_step"] == step
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_writes_no_summary_and_resume_finishes(ray_connected, tmp_path):
+    """SIGINT mid-run (issue 19 item 8): Ray Train's abort stops the workers and removes their
+    placement group, the driver exits 130 naming how to resume, and --resume finishes the run."""
+    from ray.util.state import list_placement_groups
+
+    epochs = 12
+    cfg = tiny_config(data={"train": SYNTH.format(split="train", rows=3000), "val": SYNTH.format(split="val", rows=3000)},
+                      run={"epochs": epochs, "seed": 0, "checkpoint_every": 1})
+    run_dir = tmp_path / "run"
+
+    def live_groups() -> set[str]:
+        return {g.placement_group_id for g in list_placement_groups(address=ray_connected.dashboard_url)
+                if g.state != "REMOVED"}
+
+    before = live_groups()  # another test's, if any: not this run's to judge
+    log_out, log_err = tmp_path / "out.log", tmp_path / "err.log"
+    with open(log_out, "w") as out_f, open(log_err, "w") as err_f:
+        proc = subprocess.Popen([str(BIN / "raydeep"), "train", str(write_config(tmp_path / "run.yaml", cfg)),
+                                 "--address", ray_connected.address, "--run-dir", str(run_dir)],
+                                stdout=out_f, stderr=err_f, cwd=ROOT, env=os.environ.copy())
+        try:
+            wait_for_registered(run_dir, 1, proc, log=log_err)
+            assert _worker_pids(ray_connected.dashboard_url), "no worker alive before the Ctrl-C"
+            t0 = time.time()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    out, err = log_out.read_text(), log_err.read_text()
+    stopped_in = time.time() - t0
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    ours = [x for x in err.splitlines() if x.startswith("raydeep:")]  # workers' log lines may trail it
+    assert ours == [f"raydeep: interrupted; the workers were stopped; continue with: "
+                    f"raydeep train --resume {run_dir}"], err[-3000:]
+    assert not (run_dir / "summary.json").exists()
+
+    deadline = time.time() + 90  # Ray's state changes take seconds on a loaded 2-core machine
+    while True:
+        workers = _worker_pids(ray_connected.dashboard_url)
+        groups = live_groups() - before
+        if not workers and not groups:
+            break
+        assert time.time() < deadline, f"after the Ctrl-C: workers {workers}, placement groups {groups}"
+        time.sleep(0.5)
+    print(f"\nstopped {stopped_in:.1f} s after SIGINT")
+
+    resumed = run_cli("train", "--resume", str(run_dir), "--address", ray_connected.address, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert re.search(r"resumed at epoch [1-9]", resumed.stdout), resumed.stdout[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"]["epoch"] == epochs - 1 and summary["final"]["resumed_from_step"] > 0
