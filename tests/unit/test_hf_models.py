@@ -243,3 +243,31 @@ def test_a_relative_model_path_reaches_the_workers_absolute(model_dirs, monkeypa
     monkeypatch.chdir(model_dirs["bert"].parent)
     cfg = ModelConfig(kind="hf", path="bert", num_classes=2)
     assert cfg.path == str(model_dirs["bert"])
+
+
+def test_a_pretrained_load_prints_one_line_naming_the_new_head_and_no_load_report(model_dirs, capsys, caplog):
+    """transformers would print a weight-loading bar and a LOAD REPORT table on every worker; raydeep
+    prints one line: what the checkpoint did not hold (a classifier head on a base checkpoint)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        build_model(hf(model_dirs["bert"]), tokens())
+    out, err = capsys.readouterr()
+    lines = [x for x in out.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"raydeep: model.path {model_dirs['bert']}: newly initialised"), out
+    assert "classifier.weight" in lines[0] and "classifier.bias" in lines[0], lines
+    assert "LOAD REPORT" not in out + err + caplog.text and "Loading weights" not in err
+    # the causal LM's checkpoint holds every weight: nothing to say
+    build_model(hf(model_dirs["gpt2"], task="causal_lm"), tokens(pad_id=-1))
+    assert capsys.readouterr().out.strip() == ""
+
+
+def test_loading_line_names_missing_mismatched_and_unused_keys():
+    from raydeep.trainers.models.hf import loading_line
+
+    assert loading_line("m", {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()}) is None
+    info = {"missing_keys": {f"k{i}" for i in range(6)}, "unexpected_keys": {"pooler.dense.bias"},
+            "mismatched_keys": {("score.weight", (2, 8), (3, 8))}}
+    assert loading_line("m", info) == (
+        "raydeep: model.path m: newly initialised (not in the checkpoint): k0, k1, k2, k3 and 2 more; "
+        "re-initialised (shape differs): score.weight; unused from the checkpoint: pooler.dense.bias")

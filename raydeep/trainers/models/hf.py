@@ -18,7 +18,10 @@ fitting the model's vocabulary and its sequence length fitting the position tabl
 
 from __future__ import annotations
 
+import contextlib
+
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -151,10 +154,15 @@ def build_hf(cfg: ModelConfig, feature: FeatureSpec, ds_config: dict[str, Any] |
     zero3_construction(None if on_meta else ds_config)
     if cfg.pretrained and not on_meta:
         try:
-            model = auto.from_pretrained(resolve(cfg.path or ""), config=hf_config, dtype=torch.float32)
-        except (OSError, ValueError) as exc:
+            with quiet_transformers():
+                model, info = auto.from_pretrained(resolve(cfg.path or ""), config=hf_config, dtype=torch.float32,
+                                                   output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a weight's shape differs
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ValueError(f"model.path = {cfg.path!r}: transformers cannot load its weights ({first})") from None
+        line = loading_line(cfg.path or "", info)
+        if line:
+            print(line, flush=True)  # one line per worker (Ray folds identical ones)
     else:
         model = auto.from_config(hf_config, dtype=torch.float32)
     if cfg.gradient_checkpointing:
@@ -162,6 +170,40 @@ def build_hf(cfg: ModelConfig, feature: FeatureSpec, ds_config: dict[str, Any] |
     if cfg.lora is not None:
         model = with_lora(model, cfg)
     return HFModel(model, feature.pad_id, cfg.task)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers at ERROR, without progress bars, for a load: each worker otherwise prints a
+    weight-loading bar and a multi-line LOAD REPORT table (``loading_line`` says what matters)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def loading_line(path: str, info: dict[str, Any]) -> str | None:
+    """One line for what ``from_pretrained`` did not take from the checkpoint (a new head's
+    weights, typically) and what of the checkpoint it left unused; None when it matched."""
+    def names(keys: Any) -> str:
+        keys = sorted(keys or [])
+        return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+    parts = []
+    if info.get("missing_keys"):
+        parts.append(f"newly initialised (not in the checkpoint): {names(info['missing_keys'])}")
+    if info.get("mismatched_keys"):
+        parts.append(f"re-initialised (shape differs): {names(k for k, *_ in info['mismatched_keys'])}")
+    if info.get("unexpected_keys"):
+        parts.append(f"unused from the checkpoint: {names(info['unexpected_keys'])}")
+    return f"raydeep: model.path {path}: " + "; ".join(parts) if parts else None
 
 
 def with_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
@@ -173,9 +215,17 @@ def with_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
         raise ValueError("model.lora needs peft, which is not installed: pip install 'raydeep[lora]'") from None
     lora = cfg.lora
     task = TaskType.CAUSAL_LM if cfg.task == "causal_lm" else TaskType.SEQ_CLS
+    from transformers.pytorch_utils import Conv1D
+
+    # GPT-2-style models keep their projections in transformers' Conv1D (weights stored transposed):
+    # peft needs fan_in_fan_out for them, and warns once per module when it has to guess.
+    transposed = any(isinstance(m, Conv1D) for m in model.modules())
     try:
-        return get_peft_model(model, LoraConfig(task_type=task, r=lora.r, lora_alpha=lora.alpha,
-                                                lora_dropout=lora.dropout, target_modules=lora.target_modules))
+        with warnings.catch_warnings():  # peft reads a property transformers 5 deprecates
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            return get_peft_model(model, LoraConfig(task_type=task, r=lora.r, lora_alpha=lora.alpha,
+                                                    lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                                                    fan_in_fan_out=transposed))
     except ValueError as exc:  # e.g. a target module name the model does not have
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"model.lora: {first}") from None
