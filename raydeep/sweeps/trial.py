@@ -21,7 +21,6 @@ sweep on ``s3://`` runs the same code as a local one.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,11 +37,6 @@ from raydeep.sweeps.space import Distribution, SchedulerConfig, apply_params
 from raydeep.trainers.launch import build_trainer
 from raydeep.trainers.plan import DataPlan, RunPlan, plan_run
 from raydeep.trainers.reporting import finished
-
-try:  # private: trials keep running if it moves (see pin_cluster_address)
-    from ray.train.v2._internal import constants as _train_constants
-except ImportError:
-    _train_constants = None
 
 SEGMENT_FILE = "segment.json"
 
@@ -146,7 +140,6 @@ class TrialContext:
 def run_trial(config: dict, ctx: TrialContext) -> None:
     """The Tune function trainable: one trial, the same TorchTrainer ``raydeep train`` fits."""
     ray.data.DataContext.get_current().enable_progress_bars = False
-    pin_cluster_address()
     trial_id = tune.get_context().get_trial_id()
     params = trial_params(config)
     cfg, _ = trial_config(ctx.base, ctx.space, params)
@@ -158,27 +151,6 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         # A loss gone NaN or inf raises: the trial shows as an error with the line naming the step.
         finished(build_trainer(plan, name=trial_id, storage_path=ctx.trials.root, storage_filesystem=ctx.trials.fs,
                                callbacks=[TuneReportCallback()]).fit().return_value)
-
-
-def pin_cluster_address() -> None:
-    """Make Train's PlacementGroupCleaner find this cluster.
-
-    When Tune stops a trial early it kills the trial's actor, and with it the Train controller;
-    the workers' placement group outlives them (it belongs to the job) until Train's detached
-    PlacementGroupCleaner notices the dead controller. The cleaner looks the controller up
-    through the state API with no address, which resolves RAY_ADDRESS, else the one Ray
-    instance on the host: with several instances on one host (shared CI machines) and no
-    RAY_ADDRESS, its monitor thread dies with "Found multiple active Ray instances", the
-    group leaks, and later trials wait for CPUs forever. Train passes the variables in
-    ENV_VARS_TO_PROPAGATE from the trial to its controller, whose runtime env the cleaner
-    inherits: add this cluster's address there. (tests/conftest.py gives its test heads
-    RAY_ADDRESS for the same reason; this covers clusters started without it.)
-    """
-    try:
-        _train_constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
-    except AttributeError:  # the private module moved (None) or changed
-        return
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def read_segment(checkpoint: tune.Checkpoint) -> dict[str, Any]:

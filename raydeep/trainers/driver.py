@@ -25,7 +25,7 @@ from raydeep.errors import ConfigError
 from raydeep.fileio import atomic_write_text
 from raydeep.trainers.checkpoints import SNAPSHOT, registered
 from raydeep.trainers.follow import METRICS, follow, process_start_time, startup_timeline
-from raydeep.trainers.launch import build_trainer
+from raydeep.trainers.launch import build_trainer, cluster_address_pinned
 from raydeep.trainers.plan import plan_data, plan_run
 from raydeep.trainers.progress import ProgressBoard
 from raydeep.trainers.report import SUMMARY, build_summary, print_final, write_plots
@@ -131,7 +131,8 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     trainer = build_trainer(plan, name=name, storage_path=storage_path,
                             storage_filesystem=storage_fs, board=board, verbose=verbose)
     marks["fit_start"] = time.time()
-    result = follow(trainer, board, run_dir, cfg.run.epochs, plan.task, console)
+    with cluster_address_pinned():
+        result = follow(trainer, board, run_dir, cfg.run.epochs, plan.task, console)
     marks["fit_done"] = time.time()
 
     summary = build_summary(plan, result, run_dir, time.time() - t_start, startup_timeline(marks, board), console)

@@ -6,8 +6,11 @@ with no Ray Data in the run; the rest stream through Ray Data (``datasets/stream
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
+import ray
 from ray.data import DataContext, ExecutionOptions
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
 from ray.train import DataConfig as RayDataConfig
@@ -19,6 +22,11 @@ from raydeep.datasets.memory import in_memory_split
 from raydeep.datasets.streaming import to_ray_dataset
 from raydeep.trainers.loop import train_loop_per_worker
 from raydeep.trainers.plan import RunPlan, worker_job
+
+try:  # private: runs go on if it moves (see pin_cluster_address)
+    from ray.train.v2._internal import constants as _train_constants
+except ImportError:
+    _train_constants = None
 
 
 def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesystem=None, board=None,
@@ -62,6 +70,37 @@ def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesy
         dataset_config=RayDataConfig(datasets_to_split=[n for n in ("train",) if n in datasets],
                                      execution_options=ingest_options(cfg.data.read_ahead_mb)),
     )
+
+
+@contextlib.contextmanager
+def cluster_address_pinned():
+    """Make Train's PlacementGroupCleaner find this cluster.
+
+    When a run ends abnormally (Tune stops a trial early and kills its actor, or Ctrl-C aborts it),
+    the workers' placement group can outlive the Train controller until Train's detached
+    PlacementGroupCleaner notices the dead controller. The cleaner looks the controller up
+    through the state API with no address, which resolves RAY_ADDRESS, else the one Ray
+    instance on the host: with several instances on one host (shared CI machines) and no
+    RAY_ADDRESS, its monitor thread dies with "Found multiple active Ray instances", the
+    group leaks, and later trials wait for CPUs forever. Train passes the variables in
+    ENV_VARS_TO_PROPAGATE from the trial to its controller, whose runtime env the cleaner
+    inherits: add this cluster's address there. (tests/conftest.py gives its test heads
+    RAY_ADDRESS for the same reason; this covers clusters started without it, and the embedded
+    local Ray of ``raydeep train``, whose raylet the driver started before RAY_ADDRESS was set.)
+    Only while the fit runs: a driver that later starts another local Ray must not find this
+    one's address in RAY_ADDRESS.
+    """
+    before = os.environ.get("RAY_ADDRESS")
+    try:
+        _train_constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    except AttributeError:  # the private module moved (None) or changed
+        pass
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_ADDRESS", None)
 
 
 def ingest_options(read_ahead_mb: float | None) -> ExecutionOptions | None:
