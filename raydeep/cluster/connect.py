@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import os
+import secrets
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+from urllib.parse import urlsplit
 
 from raydeep.errors import RaydeepError
 
@@ -43,8 +50,9 @@ def disconnect() -> None:
 def connect(address: str | None = None, *, num_cpus: int | None = None, verbose: bool = False) -> ClusterInfo:
     """Connect to ``address`` (else ``RAY_ADDRESS``), or start a local Ray on this machine.
 
-    A local Ray binds its dashboard to 127.0.0.1 (Ray Tune needs the dashboard to clean up
-    the placement groups of early-stopped trials; see RAY_NOTES).
+    A local Ray listens on 127.0.0.1 only, dashboard and node services alike (see
+    ``loopback_only``); Ray Tune needs the dashboard to clean up the placement groups of
+    early-stopped trials (RAY_NOTES).
     """
     import ray
 
@@ -60,16 +68,56 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, verbose:
         try:
             if address:
                 ray.init(address=address, **common)
+                # a cluster that let in a driver sending no token runs without token auth
+                warning = auth_disabled_warning(address, None if sends_auth_token() else "disabled")
+                if warning:
+                    warn_once(warning)
             else:
                 # Ray starts worker processes at niceness 15, so on a machine doing anything else
                 # the training workers yield to it (benchmarks/overhead.py on a loaded 2-core VM:
                 # 146 -> 207 samples/s; on a quiet one +4%, within noise). The local Ray started
                 # here runs them at the command's own priority; a cluster keeps its own setting.
                 os.environ.setdefault("RAY_worker_niceness", "0")
-                ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True, **common)
+                ensure_local_auth_token()
+                with loopback_only():
+                    ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True, **common)
         except ConnectionError as exc:
             raise RaydeepError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     return describe(address)
+
+
+# Ray treats a node whose IP is 127.0.0.1 as a one-machine cluster and binds every service
+# (GCS, raylet, object manager, agents, workers) to loopback. It picks that IP only where
+# multi-node clusters are off (macOS and Windows by default): on Linux it advertises the
+# routable address and listens on all interfaces, and ray.init(_node_ip_address="127.0.0.1")
+# does not help because Ray replaces a loopback address with the routable one
+# (services.resolve_ip_for_localhost). Measured with Ray 2.60 on Linux: 8 listening sockets
+# on 0.0.0.0/:: or the node's IP without this, all on 127.0.0.1 with it.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Start a local Ray inside this block and all of its services listen on 127.0.0.1 only.
+
+    The variable reaches the processes Ray starts (they read it when they import Ray); this
+    process read it when it imported Ray, so Ray's cached flag is set here too, for the block.
+    """
+    from ray._private import ray_constants
+
+    saved_env = {k: os.environ.get(k) for k in LOOPBACK_ENV}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(LOOPBACK_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def job_env(verbose: bool) -> dict[str, str]:
@@ -110,6 +158,94 @@ def auth_token_available() -> bool:
         return True
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
     return os.path.isfile(path)
+
+
+def sends_auth_token() -> bool:
+    """Whether Ray in this process sends a token: RAY_AUTH_MODE=token and a token to send."""
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and auth_token_available()
+
+
+def ensure_local_auth_token(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Write ``~/.ray/auth_token`` (mode 0600) where the local ``ray.init()`` is about to write one.
+
+    A new local Ray turns token auth on and, finding no token, writes one to
+    ``~/.ray/auth_token`` with the default mode (0644 under the usual umask: every user of the
+    machine could read it). Writing it first, owner-only, leaves Ray nothing to write.
+    Returns the path written, or None when Ray would write nothing (token auth off, a token
+    in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, or the file already there).
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return None
+    if environ.get("RAY_AUTH_TOKEN") or environ.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    path = Path.home() / ".ray" / "auth_token"
+    if path.exists():
+        return None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process wrote one just now
+        return None
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # what Ray's own generator writes
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Warnings: one line each on stderr, once per process
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        print(f"raydeep: warning: {message}", file=sys.stderr)
+
+
+def address_host(address: str) -> str | None:
+    """The host of a Ray address (``HOST:6379``, ``ray://HOST:10001``, ``http://HOST:8265``)."""
+    address = address.strip()
+    if not address or address in ("auto", "local"):
+        return None
+    parts = urlsplit(address if "://" in address else "//" + address)
+    return parts.hostname
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: not resolved here, so treated as remote
+
+
+def auth_disabled_warning(address: str, auth_mode: str | None) -> str | None:
+    """The warning for a cluster without token auth at a non-loopback ``address``, else None.
+
+    ``auth_mode``: the cluster's (what its dashboard reports), else what this process uses.
+    """
+    host = address_host(address)
+    if (auth_mode or "").lower() != "disabled" or host is None or is_loopback(host):
+        return None
+    return (f"token auth is disabled (RAY_AUTH_MODE=disabled) for the Ray cluster at {host}: anyone who "
+            f"can reach its ports can run code on it; start it with RAY_AUTH_MODE=token "
+            f"(docs/cluster.md, Security)")
+
+
+def plain_http_token_warning(url: str, sends_token: bool) -> str | None:
+    """The warning for a bearer token about to travel unencrypted to another machine, else None."""
+    parts = urlsplit(url)
+    if not sends_token or parts.scheme != "http" or is_loopback(parts.hostname):
+        return None
+    return (f"--address {parts.scheme}://{parts.netloc}: the Ray auth token is sent over plain http to a "
+            f"non-loopback host, readable on the network; tunnel it (ssh -L 8265:localhost:8265 HEAD, then "
+            f"--address http://127.0.0.1:8265) or put the dashboard behind https")
 
 
 def describe(address: str | None) -> ClusterInfo:

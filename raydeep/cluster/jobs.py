@@ -35,9 +35,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
-from raydeep.cluster.connect import auth_token_available, prepare_auth_env
+from raydeep.cluster.connect import (
+    auth_disabled_warning,
+    auth_token_available,
+    plain_http_token_warning,
+    prepare_auth_env,
+    warn_once,
+)
 from raydeep.cluster.job_env import SETUP_HOOK, write_package
-from raydeep.errors import RaydeepError
+from raydeep.errors import ConfigError, RaydeepError
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -148,9 +154,15 @@ def jobs_client(address: str | None = None) -> JobSubmissionClient:
     mode = _probe(url)
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
-    if mode == "token" and not (is_token_auth_enabled() and auth_token_available()):
+    sends_token = is_token_auth_enabled() and auth_token_available()
+    if mode == "token" and not sends_token:
         raise JobsError(f"the Ray cluster at {url} requires an auth token and none is sent (401); "
                         + _missing_token_hint())
+    # the cluster's own mode when its dashboard reports one, else this shell's
+    for warning in (auth_disabled_warning(url, mode or os.environ.get("RAY_AUTH_MODE")),
+                    plain_http_token_warning(url, sends_token)):
+        if warning:
+            warn_once(warning)
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -232,13 +244,50 @@ def _job_name(name: str, command: str) -> str:
     return f"raydeep-{command}-{safe}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+_PLACEHOLDER = re.compile(r"^(\$\{[A-Za-z_][A-Za-z0-9_]*\}|:)*$")  # pip expands ${VAR} on the cluster
+
+
+def url_credentials(text: str) -> str | None:
+    """The first URL in ``text`` carrying credentials, with them masked (``https://***@host/...``).
+
+    Credentials: a password, or any user name on an http(s) URL (a token often travels as the
+    user: ``https://TOKEN@github.com/...``). ``ssh://git@host`` names a user, not a secret, and
+    ``${VAR}`` placeholders are expanded by pip on the cluster, so both pass.
+    """
+    for match in _URL.finditer(text):
+        parts = urlsplit(match.group(0))
+        userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+        if not userinfo or _PLACEHOLDER.match(userinfo):
+            continue
+        # the scheme ends in http(s) also when pip flags are glued on: "-ihttps://..."
+        if ":" in userinfo or parts.scheme.lower().endswith(("http", "https")):
+            return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2], query="", fragment=""))
+    return None
+
+
+def _refuse_pip_credentials(where: str, text: str) -> None:
+    masked = url_credentials(text)
+    if masked:
+        raise ConfigError(
+            f"--pip{' ' + where if where else ''}: {masked} carries credentials, and the job's pip list "
+            "is shown on the dashboard; expected an index or package URL without them: configure the index's credentials on the cluster "
+            "(pip.conf, ~/.netrc, the image, or ${VAR} placeholders pip expands there) and forward secrets "
+            "the job reads with --env NAME")
+
+
 def _pip_requirements(pip: list[str]) -> list[str] | str:
     if len(pip) == 1 and Path(pip[0]).is_file():
-        return str(Path(pip[0]).resolve())  # Ray reads a local requirements file at submission
+        # Ray sends the file's lines, comments included, as the job's pip list
+        path = Path(pip[0]).resolve()
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            _refuse_pip_credentials(f"{pip[0]} line {n}", line)
+        return str(path)
     reqs: list[str] = []
     for item in pip:
         if Path(item).is_file():
             raise JobsError(f"--pip {item}: give a requirements file alone, or package specs")
+        _refuse_pip_credentials("", item)
         reqs += item.split()  # not on commas: "torch>=2.4,<3" is one requirement
     return reqs
 
