@@ -44,7 +44,8 @@ def test_demo_config_end_to_end_then_evaluate(ray_head, tmp_path):
     proc = run_cli("evaluate", str(run_dir), "--data", DIGITS_TEST, "--out", str(out), check=True)
     assert "confusion matrix" in proc.stdout
     result = json.loads(out.read_text())
-    assert result["rows"] == 300 and 0.0 <= result["macro_f1"] <= 1.0
+    # 10 digits, chance 0.1; two epochs on the 100:1 long tail measured 0.24 (2026-12-03)
+    assert result["rows"] == 300 and result["accuracy"] > 0.1 + 0.08, result
     assert len(result["confusion"]) == 10
 
 

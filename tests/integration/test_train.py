@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,9 @@ def test_zero_stage_trains_and_checkpoints_every_shard(ray_connected, tmp_path, 
     final = summary["final"]
     assert final["epoch"] == 0
     assert final["global_step"] > 0
-    assert 0.0 <= final["val/macro_f1"] <= 1.0
+    # learned, not merely ran: one epoch of 400 rows beats chance (4 balanced val classes) clearly
+    assert math.isfinite(final["train/loss"]) and final["train/loss"] < math.log(4), final
+    assert final["val/accuracy"] > 0.25 + 0.1, final
     files = checkpoint_files(summary)
     prefix = "bf16_" if precision == "bf16" else ""  # DeepSpeed prefixes bf16 optimizer shards
     if stage == 0:
