@@ -20,6 +20,9 @@ from raydeep.errors import RaydeepError
 
 ENGINE_TAG = "engine"  # DeepSpeed tag: one fixed name; Ray versions the checkpoint directories
 STATE_FILE = "raydeep.json"
+# Each rank's micro-batches of the gradient accumulation window the checkpoint cut (loop.AccumulationWindow):
+# what a resumed worker replays; absent when no window was open. Training state only: evaluate never reads it.
+WINDOW_FILE = "accum_window_r{rank}.pt"
 
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's registry of a run's checkpoints

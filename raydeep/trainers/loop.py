@@ -1,13 +1,17 @@
 """What each Ray Train worker runs: the training loop, in one function, and the validation pass.
 
 A step is: set the LR from the schedule, forward, the task's loss, ``engine.backward``,
-``engine.step``. Between loss and backward every rank learns whether the loss is finite on all
-ranks (``finite_everywhere``: one all-reduce of one flag, a host sync per step); if not, every
-rank alike skips the step (``run.on_nonfinite_loss: skip_batch``, counted in
-``train/skipped_steps``) or the run ends, returning the one line the driver prints (``stop``): no
-backward on a NaN loss, no optimizer or schedule step, no checkpoint of the weights, and no
-worker error for Ray Train to retry. Measurement (``EpochMeter``), early stopping (``EarlyStopping``), the epoch
-seed (``epoch_seed``) and save/restore (``checkpoints.py``) sit behind one name each, so the
+``engine.step``. Before each batch the ranks agree that every one of them has it (``lockstep``:
+one all-reduce of one flag), and between loss and backward that the loss is finite on all of
+them (``finite_everywhere``: another, a host sync per step). A failure that would recur on a
+retry (a block of data failing its checks as it is read, a non-finite loss under
+``run.on_nonfinite_loss: stop``) is thus met by every rank together, and ends the run with a
+*return* holding its one line (``StopRun``), which the driver raises: Ray Train retries an
+error (``max_failures``), and would wait forever for a rank left in a collective. A non-finite
+loss under ``skip_batch`` is skipped by every rank alike (``train/skipped_steps``): no backward
+on a NaN loss, no optimizer or schedule step. Measurement (``EpochMeter``), early stopping
+(``EarlyStopping``), the epoch seed (``epoch_seed``), the accumulation window a checkpoint cuts
+(``AccumulationWindow``) and save/restore (``reporting.py``) sit behind one name each, so the
 loop reads top to bottom.
 
 Validation is NOT split across workers: every worker reads all of it. We chose this over
@@ -26,7 +30,8 @@ import logging
 import math
 import random
 import time
-from typing import Any, Callable, Iterable
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import ray.train
@@ -37,18 +42,26 @@ from ray.train.v2._internal.execution import context as train_context
 from raydeep.config import Config, EarlyStoppingConfig
 from raydeep.datasets.batches import torch_batches
 from raydeep.datasets.schema import FeatureSpec
+from raydeep.errors import RaydeepError
 from raydeep.trainers.engine import (create_engine, held_parameter_bytes, input_dtype, l1_penalty,
                                      select_accelerator, set_lr)
 from raydeep.trainers.models import build_model
 from raydeep.trainers.plan import WorkerJob
 from raydeep.trainers.progress import StepTicker
-from raydeep.trainers.reporting import NONFINITE_LOSS, report_epoch, restore
+from raydeep.trainers.reporting import STOPPED, report_epoch, restore
 from raydeep.trainers.schedules import Schedule
 from raydeep.trainers.tasks import Task, task_of
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    job: WorkerJob = config["job"]
+    """Ray Train's worker function: the last epoch's metrics, or the one line of a stopped run."""
+    try:
+        return train_worker(config["job"])
+    except StopRun as stop:  # a return, not an error: Ray Train would retry an error
+        return {STOPPED: str(stop)}
+
+
+def train_worker(job: WorkerJob) -> dict[str, Any]:
     marks = {"loop_entry": time.time()}  # rank 0's start-up timeline, for summary.json's "startup"
     cfg, task, feature = job.config, task_of(job.config), job.feature
     if not job.verbose:  # Ray Train logs every report at INFO, with the whole metrics dict, on every rank
@@ -62,8 +75,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     marks["engine_ready"] = time.time()
     schedule = Schedule(cfg.schedule, cfg.optim.lr, job.steps.total, job.steps.optimizer_per_epoch)
     loss_fn = task.loss(cfg, job.class_weights)
-    stopper = EarlyStopping(cfg.run.early_stopping)
-    saved = restore(engine, schedule)
+    forward = partial(forward_loss, engine, schedule, loss_fn, cfg)
+    stopper, window = EarlyStopping(cfg.run.early_stopping), AccumulationWindow(engine)
+    saved = restore(engine, schedule, window)
+    for x, y, epoch in window.replay():  # the micro-batches of a window the checkpoint cut: gradients again
+        engine.backward(forward(x, y, epoch))
+        engine.step()
     first_epoch = stopper.load_state_dict(saved) if saved else 0
     resumed_from = int(engine.global_steps) if saved else None
     board = job.board if rank == 0 else None  # None in Tune trials: Tune draws its own table
@@ -75,7 +92,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     limits, dtype = value_limits(engine.module, feature), input_dtype(engine)
     held = held_parameter_bytes(engine.module)  # rank 0's: ~1/world of the model under ZeRO-3
     metrics: dict[str, Any] = {}
-    stop, nonfinite = False, None
+    stop = False
     for epoch in range(first_epoch, cfg.run.epochs):
         seed = epoch_seed(cfg.run.seed, epoch, rank)
         seed_everything(seed)  # each epoch reproducible on its own: a resumed run draws the same dropout masks
@@ -84,26 +101,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         batches = torch_batches(train_data, batch_size=cfg.data.batch_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                 seed=seed, device=engine.device, limits=limits, where="data.train",
                                 widths={feature.column: feature.width})
-        for batch in meter.timed(batches):
+        for batch in meter.timed(lockstep(batches, engine.device)):
             x, y = inputs(batch, feature, dtype), task.targets(batch, feature)
-            set_lr(engine, schedule(engine.global_steps))
-            loss = loss_fn(engine(x).float(), y, epoch)
-            if cfg.optim.l1:
-                loss = loss + l1_penalty(engine.module, cfg.optim.l1)
+            window.before_forward()
+            loss = forward(x, y, epoch)
             if not finite_everywhere(loss):  # all ranks agree: none calls backward or step
                 meter.skip()
                 if cfg.run.on_nonfinite_loss == "skip_batch":
                     continue
-                nonfinite = nonfinite_line(loss, epoch, cfg, meter.steps, job.steps.per_epoch, engine.global_steps)
-                break
+                raise StopRun(nonfinite_line(loss, epoch, cfg, meter.steps, job.steps.per_epoch, engine.global_steps))
             engine.backward(loss)
             engine.step()
+            window.took(x, y, epoch)
             meter.step(loss, len(y), task.tokens(y))
             marks.setdefault("first_step", time.time())
             ticker.tick(epoch=epoch, step=meter.steps, steps=job.steps.per_epoch,
                         global_step=engine.global_steps, samples_per_s=meter.rate(world))
-        if nonfinite:  # a return, not an error: Ray Train would retry an error
-            break
         marks.setdefault("first_batch", meter.first_batch_at)
         metrics = {"epoch": epoch, "global_step": engine.global_steps, **meter.summary(world), "param_bytes": held,
                    "lr": schedule(max(engine.global_steps - 1, 0)),
@@ -112,11 +125,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         stop = stopper.update(metrics, epoch)
         due = stop or epoch + 1 == cfg.run.epochs or (epoch + 1) % cfg.run.checkpoint_every == 0
         report_epoch(metrics, board=board, startup=marks if epoch == first_epoch else None, engine=engine,
-                     schedule=schedule, state=stopper.state_dict(epoch + 1) if due else None, job=job)
+                     schedule=schedule, state=stopper.state_dict(epoch + 1) if due else None, job=job,
+                     window=window)
         if stop:
             break
-    final = {**metrics, "resumed_from_step": resumed_from, "stopped_early": stop or bool(nonfinite)}
-    return {**final, NONFINITE_LOSS: nonfinite} if nonfinite else final
+    return {**metrics, "resumed_from_step": resumed_from, "stopped_early": stop}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,6 +155,151 @@ def nonfinite_line(loss: torch.Tensor, epoch: int, cfg: Config, step: int, steps
     return (f"the training loss {what} at epoch {epoch + 1}/{cfg.run.epochs}, step {step}/{steps} (after {global_step} "
             "optimizer steps); the run stopped (run.on_nonfinite_loss: stop). Lower optim.lr or check the data; "
             "run.on_nonfinite_loss: skip_batch skips such steps")
+
+
+def forward_loss(engine, schedule: Schedule, loss_fn: Callable, cfg: Config, x: torch.Tensor, y: torch.Tensor,
+                 epoch: int) -> torch.Tensor:
+    """One micro-batch's loss, with the LR of the optimizer step it counts towards set first."""
+    set_lr(engine, schedule(engine.global_steps))
+    loss = loss_fn(engine(x).float(), y, epoch)
+    return loss + l1_penalty(engine.module, cfg.optim.l1) if cfg.optim.l1 else loss
+
+
+class StopRun(Exception):
+    """A deterministic end every rank reached together (a non-finite loss, a bad block of data): the
+    worker returns its one line under ``reporting.STOPPED``, which the driver raises, instead of
+    raising it for Ray Train's ``max_failures`` to retry the same failure."""
+
+
+T = TypeVar("T")
+READ_FAILED, ENDED, READY = 0, 1, 2
+
+
+def lockstep(batches: Iterable[T], device: torch.device) -> Iterator[T]:
+    """``batches``, taken by every rank together: before each batch one all-reduce (MIN) of whether
+    this rank has it (``READY``), has reached its end (``ENDED``) or could not read it
+    (``READ_FAILED``: a RaydeepError, e.g. a bad block of a streamed split that the driver did not
+    scan, checked as it is read). All ranks end together at the first end; on a failure every rank
+    raises ``StopRun`` with the failing rank's line, so no rank returns while another waits in a
+    collective (Ray Train waits for every worker: that would hang), and nothing is retried.
+    Other errors propagate: Ray Train stops the whole group on a worker's error."""
+    it = iter(batches)
+    while True:
+        batch, status, line = None, READY, None
+        try:
+            batch = next(it)
+        except StopIteration:
+            status = ENDED
+        except Exception as exc:
+            line = raydeep_line(exc)
+            if line is None:
+                raise
+            status = READ_FAILED
+        agreed = all_reduce_min(status, device)
+        if agreed == READ_FAILED:
+            raise StopRun(first_line(line))
+        if agreed == ENDED:
+            return
+        yield batch
+
+
+def raydeep_line(exc: BaseException) -> str | None:
+    """The line of the RaydeepError behind ``exc``: itself, or what it wraps (a Ray Data read task's
+    error reaches the worker wrapped in Ray's task and user-code errors), else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)  # RayTaskError: an instance of the cause's class, with a traceback text
+        if isinstance(exc, RaydeepError) and not isinstance(cause, BaseException):
+            return str(exc)
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+    return None
+
+
+def all_reduce_min(value: int, device: torch.device) -> int:
+    flag = torch.tensor([value], dtype=torch.int32, device=device)  # NCCL reduces only CUDA tensors
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return int(flag.item())
+
+
+def first_line(line: str | None) -> str:
+    """The line of the lowest rank that has one (every rank calls this: a collective)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return line or ""
+    lines: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(lines, line)
+    return next(x for x in lines if x)
+
+
+class AccumulationWindow:
+    """What a DeepSpeed checkpoint lacks of gradient accumulation (``optim.grad_accum`` > 1).
+
+    An epoch's micro-batches need not be a multiple of ``grad_accum`` (``plan.Steps``: a window can
+    span epochs), so an epoch's checkpoint can cut a window: DeepSpeed saves neither the gradients
+    summed so far nor its ``micro_steps``, and a resumed worker opened a new window, stepping at
+    other micro-batches with other gradients. This keeps the open window's micro-batches (at most
+    ``grad_accum - 1``, on the host in the checkpoint, one file per rank) and the RNG state before
+    each forward (dropout); a resumed worker replays them (``replay``): the same gradients and
+    the same boundaries as a run never stopped.
+    """
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.accum = int(engine.gradient_accumulation_steps())
+        self.rng: dict[str, torch.Tensor] | None = None
+        self.open: list[dict[str, Any]] = []
+        self.saved: dict[str, Any] | None = None
+
+    def before_forward(self) -> None:
+        if self.accum > 1:
+            self.rng = rng_state(self.engine.device)
+
+    def took(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
+        """After ``engine.step()``: keep the micro-batch while its window is open."""
+        if self.accum == 1:
+            return
+        if self.engine.micro_steps % self.accum == 0:  # that step closed the window: the optimizer stepped
+            self.open = []
+        else:
+            self.open.append({"x": x, "y": y, "epoch": epoch, "rng": self.rng})
+
+    def state_dict(self) -> dict[str, Any] | None:
+        if not self.open:
+            return None
+        return {"micro_steps": int(self.engine.micro_steps),
+                "batches": [{**b, "x": b["x"].cpu(), "y": b["y"].cpu()} for b in self.open]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.saved = state
+
+    def replay(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The saved window's micro-batches, each after restoring its RNG state, with DeepSpeed's
+        counter set back so that stepping them (backward and step) brings it to where it was."""
+        saved, self.saved = self.saved, None
+        if not saved:
+            return
+        device = self.engine.device
+        self.engine.micro_steps = saved["micro_steps"] - len(saved["batches"])
+        for b in saved["batches"]:
+            set_rng_state(b["rng"], device)
+            self.rng = b["rng"]
+            x, y = b["x"].to(device), b["y"].to(device)
+            yield x, y, b["epoch"]
+            self.took(x, y, b["epoch"])
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def seed_everything(seed: int) -> None:
@@ -288,8 +446,9 @@ def validation_pass(engine, data, task: Task, cfg: Config, loss_fn: Callable, ep
     engine.eval()
     acc = task.accumulator(cfg)
     loss_sum, n = 0.0, 0
-    for batch in torch_batches(data, batch_size=max(cfg.data.batch_size, 256), device=engine.device,
-                               limits=value_limits(engine.module, feature), where="data.val"):
+    batches = torch_batches(data, batch_size=max(cfg.data.batch_size, 256), device=engine.device,
+                            limits=value_limits(engine.module, feature), where="data.val")
+    for batch in lockstep(batches, engine.device):  # ZeRO-3: each forward is a collective
         y = task.targets(batch, feature)
         out = engine(inputs(batch, feature, dtype)).float()
         loss_sum += float(loss_fn(out, y, epoch)) * len(y)

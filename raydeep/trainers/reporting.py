@@ -2,8 +2,11 @@
 
 ``report_epoch`` is the one way an epoch's metrics leave the loop: rank 0's progress board (the
 driver's live console and metrics.jsonl) and ``ray.train.report`` (Ray's checkpoint ranking, and
-a Tune trial's result), with every rank's checkpoint shard when one is due. The loop's return
-value is the last epoch's metrics again, for ``TorchTrainer.fit().return_value``.
+a Tune trial's result), with every rank's checkpoint shard when one is due, and each rank's
+micro-batches of a gradient accumulation window the checkpoint cuts (``loop.AccumulationWindow``:
+``window``, anything with ``state_dict``/``load_state_dict``). The loop's return value is the
+last epoch's metrics again, for ``TorchTrainer.fit().return_value``, or the one line of a run its
+workers stopped (``STOPPED``).
 """
 
 from __future__ import annotations
@@ -17,19 +20,20 @@ from typing import TYPE_CHECKING, Any
 import ray.train
 
 from raydeep.errors import RaydeepError
-from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE
+from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE, WINDOW_FILE
 
-# The key of the worker's return value that holds the one line of a run stopped by a non-finite
-# loss (run.on_nonfinite_loss: stop): the worker returns rather than raises, so Ray Train does not
-# retry it, and the driver (follow.py) turns it into the run's error.
-NONFINITE_LOSS = "nonfinite_loss"
+# The key of the worker's return value that holds the one line of a run its workers ended together
+# on a deterministic error (a non-finite loss under run.on_nonfinite_loss: stop, a block of data
+# failing its checks as it is read): the worker returns rather than raises, so Ray Train does not
+# retry it, and the driver (follow.py) and a Tune trial raise it with ``finished``.
+STOPPED = "stopped"
 
 
 def finished(return_value: dict | None) -> dict:
-    """A fit's return value, or the RaydeepError of a run its workers stopped on a non-finite loss."""
+    """A fit's return value, or the RaydeepError of a run its workers stopped with one line."""
     value = return_value or {}
-    if value.get(NONFINITE_LOSS):
-        raise RaydeepError(value[NONFINITE_LOSS])
+    if value.get(STOPPED):
+        raise RaydeepError(value[STOPPED])
     return value
 
 
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
 
 
 def report_epoch(metrics: dict[str, Any], *, board, startup: dict[str, float] | None, engine,
-                 schedule: "Schedule", state: dict[str, Any] | None, job: "WorkerJob") -> None:
+                 schedule: "Schedule", state: dict[str, Any] | None, job: "WorkerJob", window: Any = None) -> None:
     """Publish one epoch: to ``board`` (rank 0's, None elsewhere and in Tune trials, with the
     start-up timeline after the first epoch) and to Ray, saving a checkpoint when ``state`` (the
     loop's own state: epoch, early-stopping bests) is given."""
@@ -50,11 +54,11 @@ def report_epoch(metrics: dict[str, Any], *, board, startup: dict[str, float] | 
     if state is None:
         ray.train.report(metrics)
     else:
-        save_and_report(engine, schedule, state, metrics, job)
+        save_and_report(engine, schedule, state, metrics, job, window)
 
 
 def save_and_report(engine, schedule: "Schedule", state: dict[str, Any], metrics: dict[str, Any],
-                    job: "WorkerJob") -> None:
+                    job: "WorkerJob", window: Any = None) -> None:
     """Every rank saves its ZeRO shard and reports the directory; Ray merges them into one.
 
     ``state`` and the schedule's state ride in DeepSpeed's client state, so one
@@ -66,6 +70,11 @@ def save_and_report(engine, schedule: "Schedule", state: dict[str, Any], metrics
     try:
         engine.save_checkpoint(str(tmp), tag=ENGINE_TAG,
                                client_state={"raydeep": {**state, "schedule": schedule.state_dict()}})
+        open_window = window.state_dict() if window is not None else None
+        if open_window is not None:  # this rank's own file: DeepSpeed's client state is rank 0's alone
+            import torch
+
+            torch.save(open_window, tmp / WINDOW_FILE.format(rank=rank))
         if rank == 0:
             (tmp / STATE_FILE).write_text(json.dumps({
                 "config": job.config.model_dump(mode="json"), "feature": job.feature.to_dict(),
@@ -78,15 +87,21 @@ def save_and_report(engine, schedule: "Schedule", state: dict[str, Any], metrics
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def restore(engine, schedule: "Schedule") -> dict[str, Any] | None:
+def restore(engine, schedule: "Schedule", window: Any = None) -> dict[str, Any] | None:
     """The saved loop state from Ray's latest checkpoint (weights, optimizer and schedule restored
-    into ``engine`` and ``schedule``), or None for a fresh run. The RNG needs no saving: each
-    epoch reseeds from (seed, epoch, rank)."""
+    into ``engine`` and ``schedule``, this rank's open accumulation window into ``window``), or
+    None for a fresh run. The RNG needs no saving: each epoch reseeds from (seed, epoch, rank), and
+    the window's micro-batches carry the state each forward started from."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
         _, client = engine.load_checkpoint(d, tag=ENGINE_TAG)
+        mine = Path(d) / WINDOW_FILE.format(rank=ray.train.get_context().get_world_rank())
+        if window is not None and mine.is_file():
+            import torch
+
+            window.load_state_dict(torch.load(mine, map_location="cpu", weights_only=True))  # tensors and ints
     saved = dict(client["raydeep"])
     schedule.load_state_dict(saved.pop("schedule"))
     return saved
