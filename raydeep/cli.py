@@ -65,11 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_commands(sub)
     _add_data_command(sub)
 
-    p = sub.add_parser("config", help="inspect configs")
+    p = sub.add_parser("config", help="show a config as raydeep reads it (base: files, --set, defaults)")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    show = csub.add_parser("show", help="print the resolved config (defaults filled, overrides applied)")
+    show = csub.add_parser("show", help="print the resolved config: base: files merged, --set applied, defaults "
+                                        "filled, validated")
     show.add_argument("config")
     _add_overrides(show)
+    show.add_argument("--origin", action="store_true",
+                      help="name after each value the file (or --set, or default) that set it")
 
     p = sub.add_parser("schedules", help="learning-rate schedules")
     ssub = p.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
@@ -131,9 +134,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from raydeep.config import load_config, to_yaml
+    from raydeep.config import load_config_with_origins, to_yaml, to_yaml_with_origins
 
-    sys.stdout.write(to_yaml(load_config(args.config, args.overrides)))
+    loaded = load_config_with_origins(args.config, args.overrides)
+    sys.stdout.write(to_yaml_with_origins(loaded) if args.origin else to_yaml(loaded.config))
     return 0
 
 
