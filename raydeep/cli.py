@@ -1,4 +1,4 @@
-"""``raydeep`` command line: parses arguments, loads the config, calls one function per command."""
+"""The raydeep command line: parses arguments, loads the config, calls one function per command."""
 
 from __future__ import annotations
 
@@ -45,10 +45,43 @@ def _add_tune_command(sub) -> None:
     _add_wait_flag(p)
 
 
+ABOUT = "raydeep trains models on Ray with DeepSpeed, from one YAML config, on a laptop or a cluster."
+
+EXAMPLES = """\
+examples:
+  raydeep train configs/digits-lt.yaml                                # the demo, on an embedded local Ray
+  raydeep tune configs/sweep-digits-lt.yaml                           # the demo sweep (Ray Tune, ASHA)
+  raydeep submit configs/digits-lt.yaml --address http://HEAD:8265    # the demo as a Ray Job on a cluster
+"""
+
+
+class _TopParser(argparse.ArgumentParser):
+    """The top-level parser: its help opens with what raydeep is, then the usage."""
+
+    def format_help(self) -> str:
+        return f"{ABOUT}\n\n{super().format_help()}"
+
+
+def version() -> str:
+    """The installed package's version, else ``raydeep.__version__``, else ``unknown``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("raydeep")
+    except PackageNotFoundError:
+        import raydeep
+
+        return getattr(raydeep, "__version__", "unknown")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raydeep", description=__doc__.split(":")[0])
+    parser = _TopParser(prog="raydeep", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"raydeep {version()}",
+                        help="print raydeep's version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and Ray's own logs")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=argparse.ArgumentParser)
 
     p = sub.add_parser("train", help="train one config on Ray (embedded local Ray unless --address)",
                        description="Train one config: Ray Data -> DeepSpeed workers -> metrics, checkpoints.")
@@ -291,7 +324,7 @@ COMMANDS["data"] = cmd_data
 
 
 def _add_cluster_commands(sub) -> None:
-    p = sub.add_parser("submit", help="run `raydeep train|tune CONFIG` on a Ray cluster as a Ray Job",
+    p = sub.add_parser("submit", help="run raydeep train (or tune) CONFIG on a Ray cluster, as a Ray Job",
                        description="Submit `raydeep train` (or `tune`) as a Ray Job: the project is uploaded as "
                                    "the job's working dir; prints the submission id and the dashboard URL.")
     p.add_argument("config", help="run config YAML, inside the working dir")
