@@ -34,3 +34,23 @@ def tiny_config(**sections) -> dict:
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def read_tensorboard(logdir) -> dict:
+    """What TensorBoard's own reader finds in ``logdir`` (one run): {"scalars": {tag: [(step, value)]},
+    "text": {tag: str}, "images": {tag: (width, height)}}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.text import metadata as text_metadata
+    from tensorboard.util import tensor_util
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags.get("scalars", [])}
+    text = {}
+    for t in tags.get("tensors", []):
+        if acc.SummaryMetadata(t).plugin_data.plugin_name == text_metadata.PLUGIN_NAME:
+            value = tensor_util.make_ndarray(acc.Tensors(t)[-1].tensor_proto)
+            text[t.removesuffix("/text_summary")] = value.reshape(-1)[0].decode()
+    images = {t: (acc.Images(t)[-1].width, acc.Images(t)[-1].height) for t in tags.get("images", [])}
+    return {"scalars": scalars, "text": text, "images": images}

@@ -41,6 +41,7 @@ from raydeep.sweeps.schedulers import EPOCHS_DONE, EpochASHA, ResumableFIFO, Res
 from raydeep.sweeps.space import SELECTORS, Distribution, apply_params, canonical, pbt_mutable, why_not_applied
 from raydeep.sweeps.trial import run_trial, trial_config, trial_params
 from raydeep.trainers.plan import plan_data
+from raydeep.trainers.tracking import TENSORBOARD, EventLog, trial_dirname
 
 SWEEP_FILE = "sweep.json"
 
@@ -57,6 +58,7 @@ class SweepLog:
 
     def __init__(self, sweep_dir: str, base: dict, space: dict[str, Distribution]) -> None:
         self.sweep_dir, self.base, self.space = sweep_dir, base, space
+        self.events: dict[str, EventLog] = {}  # per running trial: SWEEP/tensorboard/<id,params>
 
     # What Tune hands ray.tune.Callback, without Tune's signatures (SweepLogCallback wraps it),
     # so that the log can be driven and tested without a Tuner.
@@ -65,17 +67,28 @@ class SweepLog:
         cfg, ignored = trial_config(self.base, self.space, params)
         write_trial_config(Path(self.sweep_dir) / "trials" / f"{trial.trial_id}.yaml", cfg, params, ignored,
                            trial.trial_id)
-        self.event(trial.trial_id, "start", params=canonical(self.base, params))
+        shown = canonical(self.base, params)
+        self.event(trial.trial_id, "start", params=shown)
+        if trial.trial_id not in self.events:
+            log = EventLog(Path(self.sweep_dir) / TENSORBOARD / trial_dirname(trial.trial_id, shown))
+            log.text("config", to_yaml(cfg), fence="yaml")
+            self.events[trial.trial_id] = log
 
     def on_trial_result(self, trial, result: dict) -> None:
         if result.get("cloned_from"):  # PBT: this segment continued another trial's checkpoint
             self.event(trial.trial_id, "clone", donor=result["cloned_from"], epochs_done=result.get("from_epochs"),
                        global_step=result.get("resumed_from_step"))
+        if trial.trial_id in self.events:  # the workers' metrics, not Tune's own counters
+            self.events[trial.trial_id].epoch({k: v for k, v in result.items()
+                                               if "/" in k or k in ("lr", "epoch", "global_step")})
 
     def on_trial_end(self, trial, status: str) -> None:
         last = trial.last_result or {}
         self.event(trial.trial_id, "end", status=status, epoch=last.get("epoch"),
                    epochs_done=last.get("epochs_done"), global_step=last.get("global_step"))
+        log = self.events.pop(trial.trial_id, None)
+        if log is not None:
+            log.close()
 
     def event(self, trial_id: str, event: str, **fields: Any) -> None:
         line = json.dumps({"time": round(time.time(), 3), "trial_id": trial_id, "event": event, **fields},

@@ -29,6 +29,7 @@ from raydeep.trainers.launch import build_trainer, cluster_address_pinned
 from raydeep.trainers.plan import plan_data, plan_run
 from raydeep.trainers.progress import ProgressBoard
 from raydeep.trainers.report import SUMMARY, build_summary, print_final, write_plots
+from raydeep.trainers.tracking import TENSORBOARD, EventLog
 
 
 RUN_FILE = "run.json"  # the run's identity: the name of its folder in Ray Train's storage
@@ -111,13 +112,13 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         storage_path, storage_fs = resolve_storage(cfg.run.storage, cfg.storage, key="run.storage")
     else:  # Ray Train's run folder is <storage>/<name>: by default the run directory itself
         storage_path, storage_fs = str(run_dir.resolve().parent), None
+    name = storage_name(run_dir, remote=bool(cfg.run.storage))  # run.json's on --resume, else a new one
     if resume:
-        drop_unregistered(storage_fs, f"{storage_path}/{storage_name(run_dir, remote=bool(cfg.run.storage))}", console)
+        drop_unregistered(storage_fs, f"{storage_path}/{name}", console)
     info = connect(address, verbose=verbose)
     marks["ray_ready"] = time.time()
     plan = plan_run(cfg, info, data)
     run_dir.mkdir(parents=True, exist_ok=True)
-    name = storage_name(run_dir, remote=bool(cfg.run.storage))
     atomic_write_text(run_dir / RUN_FILE, json.dumps({"storage_name": name, "storage": cfg.run.storage}) + "\n")
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     atomic_write_text(run_dir / "deepspeed.json", json.dumps(plan.ds_config, indent=2) + "\n")
@@ -130,14 +131,21 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     board = ProgressBoard.remote()
     trainer = build_trainer(plan, name=name, storage_path=storage_path,
                             storage_filesystem=storage_fs, board=board, verbose=verbose)
-    marks["fit_start"] = time.time()
-    with cluster_address_pinned():
-        result = follow(trainer, board, run_dir, cfg.run.epochs, plan.task, console)
-    marks["fit_done"] = time.time()
+    events = EventLog(run_dir / TENSORBOARD)  # tensorboard --logdir runs/
+    events.text("config", to_yaml(cfg), fence="yaml")
+    events.text("deepspeed", json.dumps(plan.ds_config, indent=2), fence="json")
+    try:
+        marks["fit_start"] = time.time()
+        with cluster_address_pinned():
+            result = follow(trainer, board, run_dir, cfg.run.epochs, plan.task, console, events)
+        marks["fit_done"] = time.time()
 
-    summary = build_summary(plan, result, run_dir, time.time() - t_start, startup_timeline(marks, board), console)
-    summary["run_storage"] = remote
-    print_final(console, summary, plan)
-    write_plots(run_dir, summary, plan, console)
+        summary = build_summary(plan, result, run_dir, time.time() - t_start, startup_timeline(marks, board), console)
+        summary["run_storage"] = remote
+        print_final(console, summary, plan)
+        write_plots(run_dir, summary, plan, console)
+        events.image("confusion_matrix", run_dir / "confusion.png", step=summary["final"].get("global_step") or 0)
+    finally:
+        events.close()
     atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")  # last: marks the run complete
     return summary

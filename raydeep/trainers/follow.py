@@ -26,6 +26,7 @@ from raydeep.trainers.console import epoch_line, new_progress
 from raydeep.trainers.engine import NODE_KV_NAMESPACE, node_key
 from raydeep.trainers.reporting import finished
 from raydeep.trainers.tasks import Task
+from raydeep.trainers.tracking import EventLog
 
 METRICS = "metrics.jsonl"
 
@@ -66,7 +67,7 @@ def startup_timeline(marks: dict[str, float | None], board) -> dict[str, Any]:
             "marks": marks}
 
 
-def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Console):
+def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Console, events: EventLog | None = None):
     """Fit on the main thread; meanwhile a thread draws progress from the board and keeps
     metrics.jsonl current.
 
@@ -75,7 +76,7 @@ def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Cons
     Ctrl-C then ends here as ``Interrupted`` (exit 130, no summary), naming how to resume.
     """
     done = threading.Event()
-    drawer = threading.Thread(target=draw, args=(board, run_dir, epochs, task, console, done),
+    drawer = threading.Thread(target=draw, args=(board, run_dir, epochs, task, console, done, events),
                               name="raydeep-progress", daemon=True)
     drawer.start()
     sigint = signal.getsignal(signal.SIGINT)
@@ -93,8 +94,10 @@ def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Cons
     return result
 
 
-def draw(board, run_dir: Path, epochs: int, task: Task, console: Console, done: threading.Event) -> None:
-    """Until ``done`` (and once more after it): the progress bar, epoch lines, metrics.jsonl."""
+def draw(board, run_dir: Path, epochs: int, task: Task, console: Console, done: threading.Event,
+         tensorboard: EventLog | None = None) -> None:
+    """Until ``done`` (and once more after it): the progress bar, epoch lines, metrics.jsonl and
+    the TensorBoard scalars."""
     by_epoch: dict[int, dict] = {}
     if (run_dir / METRICS).exists():  # a resumed run keeps the epochs it already has
         for line in (run_dir / METRICS).read_text().splitlines():
@@ -116,6 +119,8 @@ def draw(board, run_dir: Path, epochs: int, task: Task, console: Console, done: 
             for m in new_epochs:
                 by_epoch[m["epoch"]] = {k: v for k, v in m.items() if k != "val/confusion"}
                 progress.console.print(epoch_line(m, epochs, task.quality(m)), soft_wrap=True)
+                if tensorboard is not None:
+                    tensorboard.epoch(m)
             if new_epochs:
                 lines = [json.dumps(by_epoch[e]) for e in sorted(by_epoch)]
                 atomic_write_text(run_dir / METRICS, "\n".join(lines) + "\n")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import BIN, ROOT, run_cli
-from tests.helpers import SYNTH, tiny_config, write_config
+from tests.helpers import SYNTH, read_tensorboard, tiny_config, write_config
 
 pytestmark = pytest.mark.ray
 
@@ -39,6 +39,12 @@ def test_demo_config_end_to_end_then_evaluate(ray_head, tmp_path):
     assert "samples/s (data " in proc.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final"]["epoch"] == 1 and summary["best"]["checkpoint"]
+    # tensorboard --logdir: each epoch's metrics at its optimizer step, the config, the confusion matrix
+    tb = read_tensorboard(run_dir / "tensorboard")
+    assert tb["scalars"]["val/macro_f1"] == [(m["global_step"], pytest.approx(m["val/macro_f1"])) for m in epochs]
+    assert [step for step, _ in tb["scalars"]["train/loss"]] == [m["global_step"] for m in epochs]
+    assert "imbalance_ratio=100" in tb["text"]["config"] and '"zero_optimization"' in tb["text"]["deepspeed"]
+    assert tb["images"]["confusion_matrix"][0] > 100
 
     out = tmp_path / "eval.json"
     proc = run_cli("evaluate", str(run_dir), "--data", DIGITS_TEST, "--out", str(out), check=True)
