@@ -12,11 +12,14 @@ workers stopped (``STOPPED``).
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil  # a Ray dependency
 import ray.train
 
 from raydeep.errors import RaydeepError
@@ -66,7 +69,7 @@ def save_and_report(engine, schedule: "Schedule", state: dict[str, Any], metrics
     """
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    tmp = Path(tempfile.mkdtemp(prefix=f"raydeep-ckpt-r{rank}-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{CKPT_PREFIX}r{rank}-p{os.getpid()}-"))
     try:
         engine.save_checkpoint(str(tmp), tag=ENGINE_TAG,
                                client_state={"raydeep": {**state, "schedule": schedule.state_dict()}})
@@ -87,11 +90,30 @@ def save_and_report(engine, schedule: "Schedule", state: dict[str, Any], metrics
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+CKPT_PREFIX = "raydeep-ckpt-"  # a rank's checkpoint on its way to storage: <tmp>/raydeep-ckpt-r<rank>-p<pid>-*
+_OWNER = re.compile(re.escape(CKPT_PREFIX) + r"r\d+-p(\d+)-")
+
+
+def remove_stale_checkpoint_dirs(tmp: str | None = None) -> list[str]:
+    """Remove the temporary checkpoint folders of workers that died mid-save (a killed worker, a
+    Ctrl-C): each names the process that made it; one whose process is gone is removed, one whose
+    process lives (another run's worker on this node, saving now) is left alone."""
+    removed = []
+    for path in Path(tmp or tempfile.gettempdir()).glob(f"{CKPT_PREFIX}*"):
+        owner = _OWNER.match(path.name)
+        if owner is None or psutil.pid_exists(int(owner.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    return removed
+
+
 def restore(engine, schedule: "Schedule", window: Any = None) -> dict[str, Any] | None:
     """The saved loop state from Ray's latest checkpoint (weights, optimizer and schedule restored
     into ``engine`` and ``schedule``, this rank's open accumulation window into ``window``), or
     None for a fresh run. The RNG needs no saving: each epoch reseeds from (seed, epoch, rank), and
     the window's micro-batches carry the state each forward started from."""
+    remove_stale_checkpoint_dirs()  # what a worker killed mid-save on this node left behind
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None

@@ -5,6 +5,7 @@ and a folder missing a rank's shard is named as incomplete."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import fsspec
@@ -82,3 +83,23 @@ def test_an_object_key_that_leaves_the_download_folder_is_refused(tmp_path):
     fs.rm("bkt/ck/engine/../../../escaped.txt")
     _download(fs, "/bkt/ck", tmp_path / "dl" / "checkpoint")
     assert (tmp_path / "dl" / "checkpoint" / "raydeep.json").read_bytes() == b"{}"
+
+
+def test_stale_checkpoint_dirs_of_dead_workers_are_removed_and_live_ones_kept(tmp_path):
+    """A worker killed mid-save (SIGKILL, Ctrl-C) leaves its temporary checkpoint folder; the next
+    worker on the node removes it, but never one whose process still lives (another run saving)."""
+    import subprocess
+    import sys
+
+    from raydeep.trainers.reporting import CKPT_PREFIX, remove_stale_checkpoint_dirs
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # exited: its pid is free (reuse within the test is vanishingly unlikely)
+    stale = tmp_path / f"{CKPT_PREFIX}r1-p{dead_pid}-abc123"
+    live = tmp_path / f"{CKPT_PREFIX}r0-p{os.getpid()}-def456"
+    other = tmp_path / f"{CKPT_PREFIX}unrelated"  # not ours to judge
+    for d in (stale, live, other):
+        (d / "engine").mkdir(parents=True)
+        (d / "engine" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"partial")
+    assert remove_stale_checkpoint_dirs(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.exists() and other.exists()
