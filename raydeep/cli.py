@@ -149,13 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from raydeep.config import load_config
-    from raydeep.trainers.driver import train
+    from raydeep.trainers.driver import check_run_dir, train
 
     _apply_wait_flag(args)
     if args.resume:
         if args.config:
             raise RaydeepError("train: give either CONFIG or --resume RUN_DIR, not both")
         run_dir = Path(args.resume)
+        check_run_dir(run_dir, resume=True)  # "not a run directory" rather than a missing config file
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         train(cfg, run_dir=run_dir, address=args.address, resume=True, verbose=args.debug)
         return 0

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, verbose:
         )
         try:
             if address:
+                check_reachable(address)  # ray.init would retry an address nothing answers at forever
                 ray.init(address=address, **common)
                 # a cluster that let in a driver sending no token runs without token auth
                 warning = auth_disabled_warning(address, None if sends_auth_token() else "disabled")
@@ -84,6 +86,27 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, verbose:
         except ConnectionError as exc:
             raise RaydeepError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     return describe(address)
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Refuse, in one line, a cluster address that nothing answers at (TCP connect to its host and
+    port). Ray's own ``ray.init`` retries such an address without end, printing only C++ warnings."""
+    if address in ("auto", "local") or address.startswith("anyscale://"):
+        return
+    parts = urlsplit(address if "://" in address else "//" + address)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number
+        raise RaydeepError(f"cannot connect to the Ray cluster at {address}: expected HOST:PORT "
+                           "(e.g. 10.0.0.5:6379, or ray://HOST:10001)") from None
+    if not host or port is None:
+        return  # Ray's own parsing decides (e.g. a bare "HOST" it completes itself)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__.replace("Error", " error").lower()
+        raise RaydeepError(f"cannot connect to the Ray cluster at {address}: nothing answers at {host}:{port} "
+                           f"({why}); is its head running? (`ray start --head` prints the address to use)") from None
 
 
 # Ray treats a node whose IP is 127.0.0.1 as a one-machine cluster and binds every service

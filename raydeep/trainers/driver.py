@@ -53,7 +53,9 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     if (run_dir / SUMMARY).exists():
         raise ConfigError(f"--run-dir {run_dir}: holds a finished run; pick a new directory or use --resume")
     held = {p.name for p in (run_dir.glob("checkpoint_*") if run_dir.is_dir() else []) if p.is_dir()}
-    held |= {name for name in (SNAPSHOT, METRICS, RUN_FILE) if (run_dir / name).exists()}
+    held |= {name for name in (SNAPSHOT, METRICS) if (run_dir / name).exists()}
+    if (run_dir / RUN_FILE).exists() and json.loads((run_dir / RUN_FILE).read_text()).get("storage"):
+        held.add(RUN_FILE)  # its checkpoints are in run.storage (a local run's would be here)
     if held:
         raise ConfigError(f"--run-dir {run_dir}: holds an interrupted run ({', '.join(sorted(held)[:3])}); "
                           f"use --resume {run_dir}, or pick a new directory")

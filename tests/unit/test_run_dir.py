@@ -20,6 +20,8 @@ def test_a_run_dir_holding_an_interrupted_run_is_refused_without_resume(tmp_path
     (run_dir / "config.yaml").write_text("name: old\n")
     if held.startswith("checkpoint_0"):
         (run_dir / held).mkdir()
+    elif held == RUN_FILE:  # checkpoints in run.storage, not here
+        (run_dir / held).write_text(json.dumps({"storage_name": "run-1a2b3c4d", "storage": "s3://bkt/runs"}))
     else:
         (run_dir / held).write_text("{}\n")
     with pytest.raises(ConfigError, match=rf"holds an interrupted run \({held}\); use --resume {run_dir}"):
@@ -31,6 +33,10 @@ def test_new_empty_or_config_only_run_dirs_are_accepted_and_resume_needs_a_run(t
     check_run_dir(tmp_path / "new", resume=False)
     (tmp_path / "started").mkdir()
     (tmp_path / "started" / "config.yaml").write_text("name: x\n")  # failed before its first epoch
+    check_run_dir(tmp_path / "started", resume=False)
+    # a local run stopped before its first checkpoint (a NaN in epoch 1): nothing to resume, so a rerun
+    # with a lower LR may use the directory; its run.json names no storage
+    (tmp_path / "started" / RUN_FILE).write_text(json.dumps({"storage_name": "started", "storage": None}))
     check_run_dir(tmp_path / "started", resume=False)
     with pytest.raises(ConfigError, match="not a run directory"):
         check_run_dir(tmp_path / "new", resume=True)

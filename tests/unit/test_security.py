@@ -315,3 +315,37 @@ def test_docs_name_rays_package_lifetimes_as_ray_defines_them():
     assert "`RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S`, default 600" in doc
     cache_var = f"RAY_RUNTIME_ENV_{PyModulesPlugin.name}_CACHE_SIZE_GB".upper()  # plugin.py's rule
     assert f"`{cache_var}=0`" in doc and "passes 10 GiB" in doc
+
+
+def test_an_address_nothing_answers_at_is_refused_in_one_line_at_once():
+    """ray.init retries such an address forever (printing only C++ warnings); raydeep names it."""
+    import time
+
+    from raydeep.cluster.connect import check_reachable
+    from raydeep.errors import RaydeepError
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there
+    t0 = time.perf_counter()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(RaydeepError) as exc:
+            check_reachable(address)
+        assert str(exc.value) == (f"cannot connect to the Ray cluster at {address}: nothing answers at "
+                                  f"127.0.0.1:{port} (Connection refused); is its head running? "
+                                  "(`ray start --head` prints the address to use)")
+    assert time.perf_counter() - t0 < 5
+    with pytest.raises(RaydeepError, match="expected HOST:PORT"):
+        check_reachable("127.0.0.1:sixty")
+    check_reachable("auto")  # Ray's own lookup: not probed
+
+
+def test_train_against_an_address_nothing_answers_at_exits_with_one_line(tmp_path):
+    from tests.conftest import free_port, run_cli
+    from tests.helpers import tiny_config, write_config
+    from tests.unit.test_cli_errors import assert_one_line_error
+
+    address = f"127.0.0.1:{free_port()}"
+    proc = run_cli("train", str(write_config(tmp_path / "run.yaml", tiny_config())), "--address", address,
+                   "--run-dir", str(tmp_path / "run"), timeout=120)
+    assert_one_line_error(proc, f"cannot connect to the Ray cluster at {address}: nothing answers at", code=1)
+    assert not (tmp_path / "run").exists()
