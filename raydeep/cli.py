@@ -363,15 +363,16 @@ def _add_cluster_commands(sub) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from raydeep.cluster.jobs import build_job, submit
-    from raydeep.config import load_config
+    from raydeep.config import load_config, read_chain
     from raydeep.errors import ConfigError
 
     cfg = load_config(args.config, args.overrides)  # a bad value fails here, not minutes into the job
     if args.mode == "tune" and cfg.tune is None:
         raise ConfigError(f"{args.config}: has no tune: section, which `raydeep submit CONFIG tune` needs")
+    bases = [name for name, _ in read_chain(args.config)[1:]]  # the job reads them too
     spec = build_job(args.config, args.mode, name=cfg.name, overrides=args.overrides,
                      working_dir=args.working_dir, image=args.image, pip=args.pip, env_names=args.env,
-                     wait_for_resources=args.wait_for_resources)
+                     wait_for_resources=args.wait_for_resources, bases=bases)
     if cfg.run.storage is None:
         print("note: run.storage is unset, so outputs and checkpoints stay on the head node, inside the "
               "job's working dir; on a multi-node cluster set run.storage to shared storage (s3://... or NFS)")

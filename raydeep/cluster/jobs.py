@@ -292,12 +292,27 @@ def _pip_requirements(pip: list[str]) -> list[str] | str:
     return reqs
 
 
+def uploaded_path(config: str | os.PathLike, root: Path, what: str = "") -> str:
+    """``config``'s path inside the uploaded working dir ``root``, or the one line why the job could not read it."""
+    try:
+        rel = Path(config).resolve().relative_to(root).as_posix()
+    except ValueError:
+        raise JobsError(f"{config}{what}: outside the working dir {root}, so the job could not read it; "
+                        "move it inside or pass --working-dir") from None
+    if any(rel.startswith(p.rstrip("/") + "/") for p in EXCLUDES if p.endswith("/") and "*" not in p):
+        raise JobsError(f"{config}{what}: inside an excluded directory ({rel.split('/')[0]}/), so it is not "
+                        "uploaded; copy it to configs/")
+    return rel
+
+
 def build_job(config: str | os.PathLike, command: str = "train", *, name: str = "run",
               overrides: list[str] = (), working_dir: str | os.PathLike | None = None,
               image: str | None = None, pip: list[str] = (), env_names: list[str] = (),
-              environ: dict[str, str] | None = None, wait_for_resources: float | None = None) -> JobSpec:
+              environ: dict[str, str] | None = None, wait_for_resources: float | None = None,
+              bases: list[str | os.PathLike] = ()) -> JobSpec:
     """Work out the entrypoint, runtime env and metadata of one run; nothing is sent.
-    ``wait_for_resources``: the job's command waits that many seconds for an autoscaler."""
+    ``wait_for_resources``: the job's command waits that many seconds for an autoscaler.
+    ``bases``: the files the config's ``base:`` chain names, which the job must read too."""
     if command not in COMMANDS:
         raise JobsError(f"submit: unknown command {command!r}; one of {', '.join(COMMANDS)}")
     if image and pip:
@@ -319,15 +334,9 @@ def build_job(config: str | os.PathLike, command: str = "train", *, name: str = 
     root = Path(working_dir).resolve() if working_dir else project_dir()
     if not root.is_dir():
         raise JobsError(f"--working-dir {root}: not a directory")
-    cfg_path = Path(config).resolve()
-    try:
-        rel = cfg_path.relative_to(root).as_posix()
-    except ValueError:
-        raise JobsError(f"{config}: outside the working dir {root}, so the job could not read it; "
-                        "move it inside or pass --working-dir") from None
-    if any(rel.startswith(p.rstrip("/") + "/") for p in EXCLUDES if p.endswith("/") and "*" not in p):
-        raise JobsError(f"{config}: inside an excluded directory ({rel.split('/')[0]}/), so it is not uploaded; "
-                        "copy it to configs/")
+    rel = uploaded_path(config, root)
+    for base in bases:
+        uploaded_path(base, root, f" (the base: of {config})")
 
     args = [command, rel, *(a for o in overrides for a in ("--set", o))]
     if wait_for_resources is not None:

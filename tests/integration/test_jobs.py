@@ -320,3 +320,16 @@ def test_token_auth_errors_are_one_clear_line(jobs_head, env, needles):
 def test_unknown_job_id(jobs_head):
     proc = run_cli("jobs", "status", "raysubmit_nope", "--address", jobs_head.dashboard_url, timeout=60)
     assert_one_line_error(proc, "no such job", "raysubmit_nope")
+
+
+def test_a_base_outside_the_uploaded_dir_is_refused_before_submitting(tmp_path):
+    """A config whose ``base:`` lies outside the working dir loads here and would fail on the head:
+    refused in one line naming the base, before anything is sent (an unreachable address)."""
+    project = tmp_path / "project"
+    (project / "configs").mkdir(parents=True)
+    (tmp_path / "shared.yaml").write_text((ROOT / "configs" / "digits-lt.yaml").read_text())
+    (project / "configs" / "exp.yaml").write_text("base: ../../shared.yaml\nrun: {epochs: 1}\n")
+    proc = run_cli("submit", str(project / "configs" / "exp.yaml"), "--working-dir", str(project),
+                   "--address", f"http://127.0.0.1:{free_port()}", timeout=60)
+    assert_one_line_error(proc, f"{tmp_path / 'shared.yaml'} (the base: of "
+                                f"{project / 'configs' / 'exp.yaml'}): outside the working dir {project}")
