@@ -12,7 +12,6 @@ import json
 import re
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 

@@ -23,7 +23,7 @@ from raydeep.datasets.streaming import to_ray_dataset
 from raydeep.trainers.loop import train_loop_per_worker
 from raydeep.trainers.plan import RunPlan, worker_job
 
-try:  # private: runs go on if it moves (see pin_cluster_address)
+try:  # private: runs go on if it moves (see cluster_address_pinned)
     from ray.train.v2._internal import constants as _train_constants
 except ImportError:
     _train_constants = None
