@@ -31,6 +31,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import math
 import os
 import random
 import shlex
@@ -743,10 +744,18 @@ def _(s: Session) -> Outcome:
     d = s.nan_stopped
     if d is None:
         raise RuntimeError("needs the non-finite case first")
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--set", "optim.lr=0.001", "--run-dir", "run")
-    return refused("a new run into the dir a non-finite run stopped in", r, before,
-                   intact_note="case dir unchanged (the stopped run's dir as it was)")
+    # The stopped run saved no checkpoint (it stopped in epoch 1), so there is nothing to resume:
+    # the rerun trains in the same directory and finishes.
+    r = s.run(d, "train", "run.yaml", "--set", "optim.lr=0.001", "--run-dir", "run", timeout=900, ray=True)
+    summary = d / "run" / "summary.json"
+    ok = "" if summary.is_file() else "no summary.json: the rerun did not finish"
+    if not ok:
+        final = json.loads(summary.read_text())["final"]
+        if not all(math.isfinite(final.get(k, float("nan"))) for k in ("train/loss", "val/rmse")):
+            ok = f"the rerun's losses are not finite: {final}"
+    return recovered("a new run into the dir a non-finite run stopped in (nothing to resume)", r, ok, True,
+                     "the stopped run's dir reused: it held no checkpoint",
+                     seen=next((x.strip() for x in reversed(r.out.splitlines()) if x.startswith("wall time")), ""))
 
 
 # ---------------------------------------------------------------------------------------------
