@@ -48,7 +48,7 @@ from raydeep.trainers.engine import (create_engine, held_parameter_bytes, input_
 from raydeep.trainers.models import build_model
 from raydeep.trainers.plan import WorkerJob
 from raydeep.trainers.progress import StepTicker
-from raydeep.trainers.reporting import STOPPED, report_epoch, restore
+from raydeep.trainers.reporting import STOPPED, STOPPED_KIND, report_epoch, restore
 from raydeep.trainers.schedules import Schedule
 from raydeep.trainers.tasks import Task, task_of
 
@@ -58,7 +58,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     try:
         return train_worker(config["job"])
     except StopRun as stop:  # a return, not an error: Ray Train would retry an error
-        return {STOPPED: str(stop)}
+        return {STOPPED: str(stop), STOPPED_KIND: stop.kind}
 
 
 def train_worker(job: WorkerJob) -> dict[str, Any]:
@@ -168,7 +168,12 @@ def forward_loss(engine, schedule: Schedule, loss_fn: Callable, cfg: Config, x: 
 class StopRun(Exception):
     """A deterministic end every rank reached together (a non-finite loss, a bad block of data): the
     worker returns its one line under ``reporting.STOPPED``, which the driver raises, instead of
-    raising it for Ray Train's ``max_failures`` to retry the same failure."""
+    raising it for Ray Train's ``max_failures`` to retry the same failure. ``kind``: the class of
+    the RaydeepError behind it (DataError: exit 2), which the driver raises again."""
+
+    def __init__(self, line: str, kind: str = "RaydeepError") -> None:
+        super().__init__(line)
+        self.kind = kind
 
 
 T = TypeVar("T")
@@ -185,35 +190,42 @@ def lockstep(batches: Iterable[T], device: torch.device) -> Iterator[T]:
     Other errors propagate: Ray Train stops the whole group on a worker's error."""
     it = iter(batches)
     while True:
-        batch, status, line = None, READY, None
+        batch, status, error = None, READY, None
         try:
             batch = next(it)
         except StopIteration:
             status = ENDED
         except Exception as exc:
-            line = raydeep_line(exc)
-            if line is None:
+            error = raydeep_error(exc)
+            if error is None:
                 raise
             status = READ_FAILED
         agreed = all_reduce_min(status, device)
         if agreed == READ_FAILED:
-            raise StopRun(first_line(line))
+            line, kind = first_line((str(error), type(error).__name__) if error is not None else None)
+            raise StopRun(line, kind)
         if agreed == ENDED:
             return
         yield batch
 
 
-def raydeep_line(exc: BaseException) -> str | None:
-    """The line of the RaydeepError behind ``exc``: itself, or what it wraps (a Ray Data read task's
-    error reaches the worker wrapped in Ray's task and user-code errors), else None."""
+def raydeep_error(exc: BaseException) -> RaydeepError | None:
+    """The RaydeepError behind ``exc``: itself, or what it wraps (a Ray Data read task's error
+    reaches the worker wrapped in Ray's task and user-code errors), else None."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         cause = getattr(exc, "cause", None)  # RayTaskError: an instance of the cause's class, with a traceback text
         if isinstance(exc, RaydeepError) and not isinstance(cause, BaseException):
-            return str(exc)
+            return exc
         exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
     return None
+
+
+def raydeep_line(exc: BaseException) -> str | None:
+    """The line of the RaydeepError behind ``exc`` (``raydeep_error``), else None."""
+    error = raydeep_error(exc)
+    return None if error is None else str(error)
 
 
 def all_reduce_min(value: int, device: torch.device) -> int:
@@ -223,11 +235,11 @@ def all_reduce_min(value: int, device: torch.device) -> int:
     return int(flag.item())
 
 
-def first_line(line: str | None) -> str:
-    """The line of the lowest rank that has one (every rank calls this: a collective)."""
+def first_line(line: tuple[str, str] | None) -> tuple[str, str]:
+    """(line, error class) of the lowest rank that has one (every rank calls this: a collective)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return line or ""
-    lines: list[str | None] = [None] * dist.get_world_size()
+        return line or ("", "RaydeepError")
+    lines: list[tuple[str, str] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(lines, line)
     return next(x for x in lines if x)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import psutil  # a Ray dependency
 import ray.train
 
-from raydeep.errors import RaydeepError
+from raydeep.errors import ConfigError, DataError, RaydeepError, ResourceError
 from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE, WINDOW_FILE
 
 # The key of the worker's return value that holds the one line of a run its workers ended together
@@ -30,13 +30,15 @@ from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE, WINDOW_FILE
 # failing its checks as it is read): the worker returns rather than raises, so Ray Train does not
 # retry it, and the driver (follow.py) and a Tune trial raise it with ``finished``.
 STOPPED = "stopped"
+STOPPED_KIND = "stopped_kind"  # the RaydeepError class behind it: DataError exits 2, as on the driver
+_KINDS = {cls.__name__: cls for cls in (RaydeepError, DataError, ConfigError, ResourceError)}
 
 
 def finished(return_value: dict | None) -> dict:
     """A fit's return value, or the RaydeepError of a run its workers stopped with one line."""
     value = return_value or {}
     if value.get(STOPPED):
-        raise RaydeepError(value[STOPPED])
+        raise _KINDS.get(value.get(STOPPED_KIND, ""), RaydeepError)(value[STOPPED])
     return value
 
 

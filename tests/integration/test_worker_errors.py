@@ -66,7 +66,7 @@ def test_a_bad_block_only_a_worker_reads_ends_the_run_in_one_line_without_a_retr
                  "--address", ray_connected.address])
     wall = time.perf_counter() - t0
     out, err = capsys.readouterr()
-    assert code == 1, (out, err)
+    assert code == 2, (out, err)  # a DataError, found by a worker: the exit code of data errors
     own = [x for x in (out + err).splitlines() if not RAY_ACTOR_LOG.match(x)]  # not Ray's forwarded actor logs
     errors = [x for x in own if x.startswith("raydeep: error:")]
     assert len(errors) == 1, own

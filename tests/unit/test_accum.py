@@ -13,7 +13,7 @@ import ray.exceptions
 
 from raydeep.errors import DataError, RaydeepError
 from raydeep.trainers.loop import StopRun, lockstep, raydeep_line
-from raydeep.trainers.reporting import STOPPED, finished
+from raydeep.trainers.reporting import STOPPED, STOPPED_KIND, finished
 
 
 def test_finished_raises_the_line_of_a_stopped_run_and_passes_a_result():
@@ -169,3 +169,20 @@ def test_a_replayed_window_resumes_exactly_where_dropping_it_does_not(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [x for x in proc.stdout.splitlines() if x.startswith("replay=")]
     assert lines == ["replay=True global_steps=3 same=True", "replay=False global_steps=2 same=False"], proc.stdout
+
+
+def test_a_stopped_runs_error_keeps_its_class():
+    """A DataError a worker found exits 2 like one the driver found: its class crosses the return."""
+    with pytest.raises(DataError, match="^data.train: f.parquet: row 3: bad$"):
+        finished({STOPPED: "data.train: f.parquet: row 3: bad", STOPPED_KIND: "DataError"})
+    with pytest.raises(RaydeepError) as exc:
+        finished({STOPPED: "the training loss is nan", STOPPED_KIND: "SomethingElse"})
+    assert type(exc.value) is RaydeepError
+
+    def bad():
+        raise DataError("data.val: v.parquet: row 9: bad")
+        yield  # a generator
+
+    with pytest.raises(StopRun) as stop:
+        list(lockstep(bad(), "cpu"))
+    assert stop.value.kind == "DataError" and str(stop.value) == "data.val: v.parquet: row 9: bad"
