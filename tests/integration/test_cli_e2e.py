@@ -108,7 +108,7 @@ def _worker_pids(dashboard_url: str) -> list[int]:
 
 @pytest.mark.slow
 def test_killed_worker_run_resumes_from_last_checkpoint(ray_connected, tmp_path):
-    epochs = 40  # ~1 s each once running: ample time to find and kill a worker mid-run
+    epochs = 15  # ~1 s each once running: the kill comes at epoch 2 or 3, well before the end
     cfg = tiny_config(
         data={"train": SYNTH.format(split="train", rows=3000), "val": SYNTH.format(split="val", rows=3000)},
         run={"epochs": epochs, "seed": 0, "max_failures": 1, "checkpoint_every": 1},
@@ -153,8 +153,8 @@ def test_ctrl_c_stops_the_workers_writes_no_summary_and_resume_finishes(ray_conn
     placement group, the driver exits 130 naming how to resume, and --resume finishes the run."""
     from ray.util.state import list_placement_groups
 
-    epochs = 12
-    cfg = tiny_config(data={"train": SYNTH.format(split="train", rows=3000), "val": SYNTH.format(split="val", rows=3000)},
+    epochs = 8
+    cfg = tiny_config(data={"train": SYNTH.format(split="train", rows=2000), "val": SYNTH.format(split="val", rows=1000)},
                       run={"epochs": epochs, "seed": 0, "checkpoint_every": 1})
     run_dir = tmp_path / "run"
 

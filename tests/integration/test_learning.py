@@ -91,23 +91,23 @@ def test_early_stopping_fires_after_patience_epochs_without_improvement(ray_conn
 
 
 def test_optuna_tpe_search_runs_trials_and_ranks_them(ray_connected, tmp_path):
-    """``tune.search: optuna`` in a real Tune run (optuna is in the test extras: no skip): three
-    trials with LRs TPE drew from the range, each trained, ranked by macro-F1; best.yaml trains."""
+    """``tune.search: optuna`` in a real Tune run (optuna is in the test extras: no skip): two
+    trials with LRs Optuna drew from the range, each trained, ranked by macro-F1; best.yaml holds the best."""
     from raydeep.sweeps.runner import run_sweep
 
     raw = tiny_config(scaling={"num_workers": 2, "cpus_per_worker": 0.5}, run={"epochs": 1, "seed": 0})
     raw["tune"] = {"space": {"optim.lr": {"loguniform": [1.0e-3, 1.0e-2]}},
-                   "search": {"name": "optuna", "num_samples": 3}, "scheduler": "none", "max_concurrent_trials": 2}
+                   "search": {"name": "optuna", "num_samples": 2}, "scheduler": "none", "max_concurrent_trials": 2}
     sweep = tmp_path / "sweep"
     summary = run_sweep(validate(raw, "sweep.yaml"), source="sweep.yaml", run_dir=sweep,
                         address=ray_connected.address)
 
     with open(sweep / "leaderboard.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and summary["trials"] == 3 and summary["errors"] == 0, rows
+    assert len(rows) == 2 and summary["trials"] == 2 and summary["errors"] == 0, rows
     lrs = [float(r["optim.lr"]) for r in rows]
-    assert len(set(lrs)) == 3 and all(1.0e-3 <= x <= 1.0e-2 for x in lrs), lrs
-    assert [r["status"] for r in rows] == ["finished"] * 3 and [r["rank"] for r in rows] == ["1", "2", "3"]
+    assert len(set(lrs)) == 2 and all(1.0e-3 <= x <= 1.0e-2 for x in lrs), lrs
+    assert [r["status"] for r in rows] == ["finished"] * 2 and [r["rank"] for r in rows] == ["1", "2"]
     scores = [float(r["val/macro_f1"]) for r in rows]
     # one epoch of 400 rows: 0.37-0.47 measured (2026-12-03); chance is 0.25
     assert scores == sorted(scores, reverse=True) and scores[0] > CHANCE + 0.1, rows

@@ -116,7 +116,8 @@ def test_asha_stops_an_absurd_lr_early_ranks_the_rest_frees_every_cpu_and_best_y
 
 
 def test_pbt_clone_continues_from_the_donors_checkpoint(ray_connected, tmp_path):
-    cfg = validate(sweep_raw({"optim.lr": {"grid": [1.0e-2, 1.0e3]}}, epochs=2,
+    # A slow LR, not an absurd one: no step is skipped, so the step counts below are exact.
+    cfg = validate(sweep_raw({"optim.lr": {"grid": [1.0e-2, 1.0e-5]}}, epochs=2,
                              scheduler={"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
                                         "resample_probability": 0.0, "synch": True}), "sweep.yaml")
     sweep = tmp_path / "sweep"
@@ -130,7 +131,11 @@ def test_pbt_clone_continues_from_the_donors_checkpoint(ray_connected, tmp_path)
     clones = [e for e in log if e["event"] == "clone"]
     assert clones, f"no exploit happened: {log}"
     clone = clones[0]
-    assert first_lr[clone["trial_id"]] == 1e3 and first_lr[clone["donor"]] == 1e-2  # the bad one clones the good
+    # the trial that scored lower after the first epoch clones the one that scored higher (after one
+    # epoch of 8 steps both are near chance, so which LR that is varies between machines)
+    first = {t: results(sweep, t)[0]["val/macro_f1"] for t in (clone["trial_id"], clone["donor"])}
+    assert first[clone["trial_id"]] <= first[clone["donor"]], first
+    assert {first_lr[clone["trial_id"]], first_lr[clone["donor"]]} == {1e-2, 1e-5}
     assert clone["epochs_done"] == 1 and clone["global_step"] == STEPS_PER_EPOCH
 
     # The clone's next segment resumed at the donor's step and went on from there.
