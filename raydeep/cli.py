@@ -363,7 +363,8 @@ def _add_cluster_commands(sub) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from raydeep.cluster.jobs import build_job, submit
-    from raydeep.config import load_config, read_chain
+    from raydeep.config import load_config
+    from raydeep.config_files import read_chain
     from raydeep.errors import ConfigError
 
     cfg = load_config(args.config, args.overrides)  # a bad value fails here, not minutes into the job
@@ -381,12 +382,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from raydeep.cluster import jobs
+    from raydeep.cluster.dashboard import dashboard_address
 
     if args.jobs_command == "list":
         sys.stdout.write(jobs.format_jobs(jobs.list_jobs(args.address)))
     elif args.jobs_command == "status":
         info = jobs.job_info(args.id, args.address)
-        sys.stdout.write(jobs.format_job(info, jobs.dashboard_address(args.address)))
+        sys.stdout.write(jobs.format_job(info, dashboard_address(args.address)))
     elif args.jobs_command == "logs":
         jobs.logs(args.id, args.address, follow_logs=args.follow)
     else:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from raydeep.cluster import jobs
+from raydeep.cluster import dashboard, jobs
 from raydeep.cluster.job_env import PACKAGE, load, write_package
 from raydeep.errors import RaydeepError
 from tests.conftest import BIN, ROOT, free_port, isolated_port_flags, run_cli, start_head, stop_head
@@ -85,13 +85,13 @@ def test_pip_takes_a_requirements_file_or_package_specs(tmp_path):
 def test_dashboard_address(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(RaydeepError, match="--address http://HEAD:8265 or export RAY_ADDRESS"):
-        jobs.dashboard_address(None)
-    assert jobs.dashboard_address("head") == "http://head:8265"
-    assert jobs.dashboard_address("https://head.example/") == "https://head.example:8265"
+        dashboard.dashboard_address(None)
+    assert dashboard.dashboard_address("head") == "http://head:8265"
+    assert dashboard.dashboard_address("https://head.example/") == "https://head.example:8265"
     monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.1:9999")
-    assert jobs.dashboard_address(None) == "http://10.0.0.1:9999"
+    assert dashboard.dashboard_address(None) == "http://10.0.0.1:9999"
     with pytest.raises(RaydeepError, match="Ray Client address"):
-        jobs.dashboard_address("ray://head:10001")
+        dashboard.dashboard_address("ray://head:10001")
 
 
 def test_forwarded_package_loads_into_the_environment(tmp_path, monkeypatch):
@@ -194,7 +194,7 @@ def finished_job(jobs_head, workdir, new_user_home):
     else:
         raise AssertionError("".join(first))
     # While it runs: the job's driver process was started with the value in its environment.
-    client = jobs.jobs_client(jobs_head.dashboard_url)
+    client = dashboard.jobs_client(jobs_head.dashboard_url)
     driver_env = b""
     deadline = time.time() + 300
     while time.time() < deadline and not driver_env:

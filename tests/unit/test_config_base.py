@@ -9,15 +9,13 @@ import pytest
 import yaml
 
 from raydeep.config import (
-    SET,
     load_config,
     load_config_with_origins,
-    load_raw,
-    merge,
     to_yaml,
     to_yaml_with_origins,
     validate,
 )
+from raydeep.config_files import SET, load_raw, merge
 from raydeep.errors import ConfigError
 from tests.conftest import run_cli
 from tests.helpers import tiny_config, write_config

@@ -153,24 +153,24 @@ def test_jobs_client_warns_for_a_token_over_http_and_a_cluster_without_auth(monk
     import ray.job_submission
     from ray._private.authentication import authentication_utils
 
-    from raydeep.cluster import jobs
+    from raydeep.cluster import dashboard
 
     monkeypatch.setattr(connect, "_warned", set())
     # Ray reads RAY_AUTH_MODE once per process; here it follows the environment
     monkeypatch.setattr(authentication_utils, "is_token_auth_enabled", lambda: os.environ["RAY_AUTH_MODE"] == "token")
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", lambda url: url)
-    monkeypatch.setattr(jobs, "_probe", lambda url: "token")
+    monkeypatch.setattr(dashboard, "_probe", lambda url: "token")
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # as prepare_auth_env leaves it with a token around
     monkeypatch.setenv("RAY_AUTH_TOKEN", "t" * 64)
-    jobs.jobs_client("http://10.0.0.5:8265")
-    jobs.jobs_client("http://10.0.0.5:8265")
+    dashboard.jobs_client("http://10.0.0.5:8265")
+    dashboard.jobs_client("http://10.0.0.5:8265")
     err = capsys.readouterr().err.splitlines()
     assert err == [f"raydeep: warning: {plain_http_token_warning('http://10.0.0.5:8265', True)}"]
 
-    monkeypatch.setattr(jobs, "_probe", lambda url: "disabled")
+    monkeypatch.setattr(dashboard, "_probe", lambda url: "disabled")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_AUTH_TOKEN")
-    jobs.jobs_client("http://10.0.0.6:8265")
+    dashboard.jobs_client("http://10.0.0.6:8265")
     assert capsys.readouterr().err.splitlines() == [
         f"raydeep: warning: {auth_disabled_warning('http://10.0.0.6:8265', 'disabled')}"]
 
