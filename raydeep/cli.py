@@ -45,6 +45,21 @@ def _add_tune_command(sub) -> None:
     _add_wait_flag(p)
 
 
+def _add_plan_command(sub) -> None:
+    p = sub.add_parser("plan", help="what a config would take: workers, parameters, memory per ZeRO stage, what fits",
+                       description="Plan a run without training: resources (and trials at once for a sweep), "
+                                   "parameter count, bytes per worker under ZeRO 0-3 beside DeepSpeed's estimators, "
+                                   "steps per epoch, and whether each stage fits. Exit 1 when none fits.")
+    p.add_argument("config", help="run config YAML")
+    _add_overrides(p)
+    p.add_argument("--address", help="a Ray cluster to read resources from (default: RAY_ADDRESS, else this "
+                                     "machine, without starting Ray)")
+    p.add_argument("--memory-gib", type=float, metavar="GIB",
+                   help="what if each worker had this much device memory (a GPU's, or on CPU workers its share "
+                        "of the node's)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
 ABOUT = "raydeep trains models on Ray with DeepSpeed, from one YAML config, on a laptop or a cluster."
 
 EXAMPLES = """\
@@ -95,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_wait_flag(p)
 
     _add_tune_command(sub)
+    _add_plan_command(sub)
     _add_cluster_commands(sub)
     _add_data_command(sub)
 
@@ -235,6 +251,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 COMMANDS["tune"] = cmd_tune
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from raydeep.config import load_config
+    from raydeep.sweeps.capacity import sweep_fit
+    from raydeep.trainers.plan_command import plan_command
+
+    cfg = load_config(args.config, args.overrides)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    plan_command(cfg, address=address, memory_gib=args.memory_gib, as_json=args.json, verbose=args.debug,
+                 sweep=sweep_fit)
+    return 0
+
+
+COMMANDS["plan"] = cmd_plan
 
 
 def _add_storage_flags(p: argparse.ArgumentParser) -> None:
