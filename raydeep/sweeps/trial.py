@@ -150,7 +150,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         # Named after the trial: a trial restarted by --resume continues its own Train run.
         # A loss gone NaN or inf raises: the trial shows as an error with the line naming the step.
         finished(build_trainer(plan, name=trial_id, storage_path=ctx.trials.root, storage_filesystem=ctx.trials.fs,
-                               callbacks=[TuneReportCallback()]).fit().return_value)
+                               callbacks=[TuneReportCallback()]).fit())
 
 
 def read_segment(checkpoint: tune.Checkpoint) -> dict[str, Any]:
@@ -187,7 +187,7 @@ def run_segments(plan: RunPlan, ctx: TrialContext, trial_id: str) -> None:
         seg_cfg = plan.cfg.model_copy(update={"run": plan.cfg.run.model_copy(update={"epochs": end})})
         seg_plan = replace(plan, cfg=seg_cfg)  # total_steps stays the whole run's: one LR schedule
         final = finished(build_trainer(seg_plan, name=run_dir.rsplit("/", 1)[1], storage_path=store.root,
-                                       storage_filesystem=store.fs).fit().return_value)
+                                       storage_filesystem=store.fs).fit())
         store.write_json(f"{run_dir}/{SEGMENT_FILE}",
                          {"trial_id": trial_id, "epochs_done": end, "global_step": final.get("global_step")})
         metrics = {k: v for k, v in final.items() if k != "val/confusion"}

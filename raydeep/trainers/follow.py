@@ -89,7 +89,7 @@ def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Cons
         signal.signal(signal.SIGINT, sigint)  # Ray's handler would abort a controller that is gone
         done.set()
         drawer.join()  # the last epochs reach metrics.jsonl before anything else happens
-    finished(getattr(result, "return_value", None))  # a run stopped on a non-finite loss raises
+    finished(result)  # a run its workers stopped (a non-finite loss, a bad block) raises their line
     return result
 
 

@@ -54,7 +54,8 @@ from raydeep.trainers.tasks import Task, task_of
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train's worker function: the last epoch's metrics, or the one line of a stopped run."""
+    """Ray Train's worker function: how the run ended (resumed from, stopped early), or the one line of a
+    stopped run. The metrics leave by ``report_epoch`` only."""
     try:
         return train_worker(config["job"])
     except StopRun as stop:  # a return, not an error: Ray Train would retry an error
@@ -91,7 +92,6 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
     val_data = dataset_shard(job, "val", rank, world)
     limits, dtype = value_limits(engine.module, feature), input_dtype(engine)
     held = held_parameter_bytes(engine.module)  # rank 0's: ~1/world of the model under ZeRO-3
-    metrics: dict[str, Any] = {}
     stop = False
     for epoch in range(first_epoch, cfg.run.epochs):
         seed = epoch_seed(cfg.run.seed, epoch, rank)
@@ -129,7 +129,7 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
                      window=window)
         if stop:
             break
-    return {**metrics, "resumed_from_step": resumed_from, "stopped_early": stop}
+    return {"resumed_from_step": resumed_from, "stopped_early": stop}  # the metrics left by report_epoch
 
 
 # ---------------------------------------------------------------------------------------------

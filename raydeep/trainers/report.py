@@ -12,6 +12,7 @@ from raydeep.trainers.checkpoints import load_state_dict
 from raydeep.trainers.follow import METRICS
 from raydeep.trainers.plan import RunPlan
 from raydeep.trainers.plots import plot_learning_curves
+from raydeep.trainers.reporting import finished
 from raydeep.trainers.schedules import plot_schedules
 
 SUMMARY = "summary.json"
@@ -46,7 +47,7 @@ def build_summary(plan: RunPlan, result, run_dir: Path, wall_time_s: float, star
                   console: Console) -> dict[str, Any]:
     """summary.json: final and best metrics, checkpoints, what the task says about its data."""
     cfg = plan.cfg
-    final = result.return_value or {}
+    final = finished(result)
     es = cfg.run.early_stopping
     summary = {
         "name": cfg.name,

@@ -4,9 +4,10 @@
 driver's live console and metrics.jsonl) and ``ray.train.report`` (Ray's checkpoint ranking, and
 a Tune trial's result), with every rank's checkpoint shard when one is due, and each rank's
 micro-batches of a gradient accumulation window the checkpoint cuts (``loop.AccumulationWindow``:
-``window``, anything with ``state_dict``/``load_state_dict``). The loop's return value is the
-last epoch's metrics again, for ``TorchTrainer.fit().return_value``, or the one line of a run its
-workers stopped (``STOPPED``).
+``window``, anything with ``state_dict``/``load_state_dict``). The last epoch always saves a
+checkpoint, so a fit's ``Result.metrics`` (the latest checkpoint's) are the final metrics. The
+loop's return value holds only how the run ended (``resumed_from_step``, ``stopped_early``), or
+the one line of a run its workers stopped (``STOPPED``).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ STOPPED_KIND = "stopped_kind"  # the RaydeepError class behind it: DataError exi
 _KINDS = {cls.__name__: cls for cls in (RaydeepError, DataError, ConfigError, ResourceError)}
 
 
-def finished(return_value: dict | None) -> dict:
-    """A fit's return value, or the RaydeepError of a run its workers stopped with one line."""
-    value = return_value or {}
+def finished(result) -> dict:
+    """A fit's ``Result`` as the final metrics plus how the run ended, or the RaydeepError of a run
+    its workers stopped with one line."""
+    value = getattr(result, "return_value", None) or {}
     if value.get(STOPPED):
         raise _KINDS.get(value.get(STOPPED_KIND, ""), RaydeepError)(value[STOPPED])
-    return value
+    return {**(getattr(result, "metrics", None) or {}), **value}
 
 
 if TYPE_CHECKING:

@@ -10,17 +10,26 @@ import textwrap
 
 import pytest
 import ray.exceptions
+from ray.train import Result
 
 from raydeep.errors import DataError, RaydeepError
 from raydeep.trainers.loop import StopRun, lockstep, raydeep_line
 from raydeep.trainers.reporting import STOPPED, STOPPED_KIND, finished
 
 
+def result(return_value, metrics=None) -> Result:
+    """A fit's result as Ray Train builds it: the latest checkpoint's metrics, the worker's return."""
+    return Result(metrics=metrics, checkpoint=None, error=None, path="/tmp/run", return_value=return_value)
+
+
 def test_finished_raises_the_line_of_a_stopped_run_and_passes_a_result():
-    assert finished({"epoch": 1}) == {"epoch": 1}
-    assert finished(None) == {}
+    """The final metrics come from the last report (the latest checkpoint's), how the run ended from
+    the return value: each leaves the worker once."""
+    ended = {"resumed_from_step": None, "stopped_early": True}
+    assert finished(result(ended, {"epoch": 1, "val/loss": 0.5})) == {"epoch": 1, "val/loss": 0.5, **ended}
+    assert finished(result(None)) == {}
     with pytest.raises(RaydeepError, match="^data.train: f.parquet: row 3: bad$"):
-        finished({STOPPED: "data.train: f.parquet: row 3: bad"})
+        finished(result({STOPPED: "data.train: f.parquet: row 3: bad"}, {"epoch": 0}))
 
 
 def test_raydeep_line_finds_the_error_behind_ray_and_chained_wrappers():
@@ -174,9 +183,9 @@ def test_a_replayed_window_resumes_exactly_where_dropping_it_does_not(tmp_path):
 def test_a_stopped_runs_error_keeps_its_class():
     """A DataError a worker found exits 2 like one the driver found: its class crosses the return."""
     with pytest.raises(DataError, match="^data.train: f.parquet: row 3: bad$"):
-        finished({STOPPED: "data.train: f.parquet: row 3: bad", STOPPED_KIND: "DataError"})
+        finished(result({STOPPED: "data.train: f.parquet: row 3: bad", STOPPED_KIND: "DataError"}))
     with pytest.raises(RaydeepError) as exc:
-        finished({STOPPED: "the training loss is nan", STOPPED_KIND: "SomethingElse"})
+        finished(result({STOPPED: "the training loss is nan", STOPPED_KIND: "SomethingElse"}))
     assert type(exc.value) is RaydeepError
 
     def bad():
