@@ -363,6 +363,27 @@ def refused(name: str, r: Run, before: dict[str, str], *, code: int | None = 2, 
     return Outcome(name, r.command(), seen, r.rc, r.traceback, r.wall_s, intact, note, not why, "; ".join(why))
 
 
+TRAIN = ("train", "run.yaml", "--run-dir", "out")
+
+
+def refusal(name: str, *, ray: bool = False, timeout: float | None = None, **expect):
+    """A case whose input must be refused: ``setup(s, d)`` writes the case directory ``d`` and
+    returns the command's arguments (None: ``raydeep train run.yaml --run-dir out``); the command
+    then runs and ``refused`` judges it (``expect``: its keyword arguments)."""
+    def register(setup: Callable[[Session, Path], tuple[str, ...] | None]):
+        def run(s: Session) -> Outcome:
+            d = s.case_dir()
+            args = setup(s, d) or TRAIN
+            before = snapshot(d)
+            r = s.run(d, *args, **({} if timeout is None else {"timeout": timeout}))
+            return refused(name, r, before, **expect)
+
+        CASES.append((name, ray, run))
+        return setup
+
+    return register
+
+
 def recovered(name: str, r: Run, ok: str, intact: bool, note: str, seen: str | None = None) -> Outcome:
     """A fault raydeep recovers from: exit 0 and ``ok`` == '' (else what is wrong)."""
     why = [x for x in [r.rc != 0 and f"exit {r.rc}", r.traceback and "a traceback was printed", ok,
@@ -375,182 +396,121 @@ def recovered(name: str, r: Run, ok: str, intact: bool, note: str, seen: str | N
 # config ------------------------------------------------------------------------------------
 
 
-@case("config: unknown key")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("config: unknown key", needles=("model.layrs", "did you mean 'layers'"))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     cfg = tiny_config()
     cfg["model"]["layrs"] = 3
     write_config(d / "run.yaml", cfg)
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("config: unknown key", r, before, needles=("model.layrs", "did you mean 'layers'"))
 
 
-@case("config: a bad value")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("config: a bad value", needles=("deepspeed.zero_stage = 4",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     write_config(d / "run.yaml", tiny_config())
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--set", "deepspeed.zero_stage=4", "--run-dir", "out")
-    return refused("config: a bad value", r, before, needles=("deepspeed.zero_stage = 4",))
+    return ("train", "run.yaml", "--set", "deepspeed.zero_stage=4", "--run-dir", "out")
 
 
-@case("config: missing file")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
-    before = snapshot(d)
-    r = s.run(d, "train", "nope.yaml", "--run-dir", "out")
-    return refused("config: missing file", r, before, needles=("nope.yaml",))
+@refusal("config: missing file", needles=("nope.yaml",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
+    return ("train", "nope.yaml", "--run-dir", "out")
 
 
 # data --------------------------------------------------------------------------------------
 
 
-@case("data: corrupt parquet (garbage bytes)")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("data: corrupt parquet (garbage bytes)", needles=("part-00000.parquet",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     token_data(d, False)
     (d / "train" / "part-00000.parquet").write_bytes(b"PAR1" + random.Random(0).randbytes(2000))
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("data: corrupt parquet (garbage bytes)", r, before, needles=("part-00000.parquet",))
 
 
-@case("data: string labels for classification")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("data: string labels for classification", needles=("label",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     token_data(d, _tokens(["a", "b", "c", "d"] * 4, label_type=pa.string()))
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("data: string labels for classification", r, before, needles=("label",))
 
 
-@case("data: float labels for classification")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("data: float labels for classification", needles=("label",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     token_data(d, _tokens([0.5, 1.5, 2.0, 3.0] * 4, label_type=pa.float64()))
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("data: float labels for classification", r, before, needles=("label",))
 
 
-@case("data: label out of range for model.num_classes")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("data: label out of range for model.num_classes", needles=("label 7 outside [0, 4)",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     token_data(d, _tokens([0, 1, 2, 3, 7, 0, 1, 2]))
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("data: label out of range for model.num_classes", r, before, needles=("label 7 outside [0, 4)",))
 
 
-@case("data: a NaN in a float features column")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("data: a NaN in a float features column", needles=("row 137", "nan"))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     rows = [[1.0] * 64 for _ in range(200)]
     rows[137][5] = float("nan")  # 1 of 200x64 values, as issue 19 saw
     feature_data(d, rows)
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("data: a NaN in a float features column", r, before, needles=("row 137", "nan"))
 
 
-@case("data: ragged list rows (60 and 64 values)")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("data: ragged list rows (60 and 64 values)", needles=("train.parquet",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     rows = [[1.0] * (60 if i % 7 == 3 else 64) for i in range(200)]
     feature_data(d, rows, fixed=False)
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("data: ragged list rows (60 and 64 values)", r, before, needles=("train.parquet",))
 
 
-@case("data: an empty split (0 rows)")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("data: an empty split (0 rows)", needles=("data.train",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     token_data(d, _tokens([]))
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("data: an empty split (0 rows)", r, before, needles=("data.train",))
 
 
-@case("data: an empty directory")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("data: an empty directory", needles=("data.train",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     token_data(d, False)
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("data: an empty directory", r, before, needles=("data.train",))
 
 
 # run dirs and Ray ----------------------------------------------------------------------------
 
 
-@case("run dir holds an interrupted run, no --resume", ray=True)
-def _(s: Session) -> Outcome:
+@refusal("run dir holds an interrupted run, no --resume",
+         ray=True, needles=("--resume",),
+         intact_note="case dir unchanged (the old run's checkpoints, config.yaml, run.json as they were)")
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     # What a real run leaves when it is killed: a real run's dir without its summary.json.
-    d = s.case_dir()
     token_data(d)
     shutil.copytree(s.trained(), d / "out")
     (d / "out" / "summary.json").unlink()
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("run dir holds an interrupted run, no --resume", r, before, needles=("--resume",),
-                   intact_note="case dir unchanged (the old run's checkpoints, config.yaml, run.json as they were)")
 
 
-@case("run dir holds a finished run, no --resume", ray=True)
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("run dir holds a finished run, no --resume",
+         ray=True, needles=("finished run",), intact_note="case dir unchanged (the finished run as it was)")
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     token_data(d)
     shutil.copytree(s.trained(), d / "out")
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--run-dir", "out")
-    return refused("run dir holds a finished run, no --resume", r, before, needles=("finished run",),
-                   intact_note="case dir unchanged (the finished run as it was)")
 
 
-@case("--resume of a dir that is not a run")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("--resume of a dir that is not a run",
+         needles=("config.yaml",), intact_note="case dir unchanged (notes/ as it was)")
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     (d / "notes").mkdir()
     (d / "notes" / "todo.txt").write_text("not a run\n")
-    before = snapshot(d)
-    r = s.run(d, "train", "--resume", "notes")
-    return refused("--resume of a dir that is not a run", r, before, needles=("config.yaml",),
-                   intact_note="case dir unchanged (notes/ as it was)")
+    return ("train", "--resume", "notes")
 
 
-@case("unreachable --address")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("unreachable --address", timeout=150, code=None, needles=("127.0.0.1:9",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     token_data(d)
-    before = snapshot(d)
-    r = s.run(d, "train", "run.yaml", "--address", "127.0.0.1:9", "--run-dir", "out", timeout=150)
-    return refused("unreachable --address", r, before, code=None, needles=("127.0.0.1:9",))
+    return ("train", "run.yaml", "--address", "127.0.0.1:9", "--run-dir", "out")
 
 
-@case("unreachable dashboard (submit --address)")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("unreachable dashboard (submit --address)",
+         timeout=150, code=None, needles=("cannot reach a Ray dashboard",))
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     write_config(d / "run.yaml", tiny_config())
     (d / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    before = snapshot(d)
-    r = s.run(d, "submit", "run.yaml", "--address", "http://127.0.0.1:9", timeout=150)
-    return refused("unreachable dashboard (submit --address)", r, before, code=None,
-                   needles=("cannot reach a Ray dashboard",))
+    return ("submit", "run.yaml", "--address", "http://127.0.0.1:9")
 
 
-@case("submit --pip with credentials in an index URL")
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("submit --pip with credentials in an index URL",
+         timeout=300, code=None, needles=("credentials",), placeholders={SECRET: "<secret>"},
+         extra=lambda r: "the secret was printed" if SECRET in r.out + r.err else "")
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     write_config(d / "run.yaml", tiny_config())
     (d / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    before = snapshot(d)
     pip = f"--index-url https://deploy:{SECRET}@pypi.example.com/simple requests"
-    r = s.run(d, "submit", "run.yaml", "--pip", pip, "--address", "http://127.0.0.1:9", timeout=300)
-    return refused("submit --pip with credentials in an index URL", r, before, code=None,
-                   needles=("credentials",), placeholders={SECRET: "<secret>"},
-                   extra=lambda r: "the secret was printed" if SECRET in r.out + r.err else "")
+    return ("submit", "run.yaml", "--pip", pip, "--address", "http://127.0.0.1:9")
 
 
 # checkpoints ---------------------------------------------------------------------------------
@@ -570,15 +530,13 @@ def _torn_copy(s: Session, d: Path) -> tuple[Path, Path]:
     return run, torn
 
 
-@case("evaluate a torn checkpoint (rank 1's shard missing)", ray=True)
-def _(s: Session) -> Outcome:
-    d = s.case_dir()
+@refusal("evaluate a torn checkpoint (rank 1's shard missing)",
+         ray=True, code=None, needles=("incomplete checkpoint", "rank 1"),
+         intact_note="case dir unchanged (no evaluation.json)")
+def _(s: Session, d: Path) -> tuple[str, ...] | None:
     run, torn = _torn_copy(s, d)
     token_data(d)
-    before = snapshot(d)
-    r = s.run(d, "evaluate", str(torn.relative_to(d)), "--data", SYNTH.format(split="val", rows=400))
-    return refused("evaluate a torn checkpoint (rank 1's shard missing)", r, before, code=None,
-                   needles=("incomplete checkpoint", "rank 1"), intact_note="case dir unchanged (no evaluation.json)")
+    return ("evaluate", str(torn.relative_to(d)), "--data", SYNTH.format(split="val", rows=400))
 
 
 @case("evaluate a run dir whose newest checkpoint is torn", ray=True)
