@@ -26,8 +26,10 @@ import pytest
 from raydeep.cluster import dashboard, jobs
 from raydeep.cluster.job_env import PACKAGE, load, write_package
 from raydeep.errors import RaydeepError
+from raydeep.trainers.engine import isolate_extension_builds
 from tests.conftest import BIN, ROOT, free_port, isolated_port_flags, run_cli, start_head, stop_head
 from tests.helpers import tiny_config, write_config
+from tests.s3 import s3_server  # noqa: F401 - the fixture
 
 SECRET_NAME = "RAYDEEP_TEST_SECRET"
 
@@ -152,21 +154,27 @@ def new_user_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def jobs_head(tmp_path_factory, raydeep_cache, new_user_home):
+    # DeepSpeed's comm op, built once per suite under the real HOME, is shared: an empty HOME would
+    # rebuild it (~30 s) and prove nothing about ~/.ray, which is what the empty HOME is for.
     head = start_head(tmp_path_factory.mktemp("jobs-head"), num_cpus=4, extra=isolated_port_flags(),
-                      env={"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HOME": str(new_user_home)})
+                      env={"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HOME": str(new_user_home),
+                           "TORCH_EXTENSIONS_DIR": isolate_extension_builds()})
     yield head
     stop_head(head)
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """A project to upload: the package, two configs, and things that must stay behind."""
+def workdir(tmp_path_factory, s3_server) -> Path:  # noqa: F811
+    """A project to upload: the package, two configs, and things that must stay behind. The tiny
+    run keeps its outputs in run.storage on the loopback S3 server; the long one has none."""
     wd = tmp_path_factory.mktemp("project")
     shutil.copytree(ROOT / "raydeep", wd / "raydeep", ignore=shutil.ignore_patterns("__pycache__"))
     (wd / "pyproject.toml").write_text("[project]\nname = 'uploaded'\n")
     (wd / "configs").mkdir()
     one_worker = {"num_workers": 1}
-    write_config(wd / "configs/tiny.yaml", tiny_config(scaling=one_worker))
+    s3_server.filesystem().mkdir("jobsbkt")
+    write_config(wd / "configs/tiny.yaml", tiny_config(scaling=one_worker, run={"epochs": 1, "storage": "s3://jobsbkt/runs"},
+                                                       storage={"endpoint_url": s3_server.endpoint}))
     write_config(wd / "configs/long.yaml", tiny_config(name="long", scaling=one_worker, run={"epochs": 500}))
     for junk in ("runs/old/model.bin", ".venv/lib/x.py", ".git/HEAD"):
         (wd / junk).parent.mkdir(parents=True, exist_ok=True)
@@ -175,15 +183,16 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished_job(jobs_head, workdir, new_user_home):
+def finished_job(jobs_head, workdir, new_user_home, s3_server):  # noqa: F811
     """One `raydeep submit --wait` of a tiny run that forwards a planted secret by name, from a
-    shell whose HOME is empty (a new user's)."""
+    shell whose HOME is empty (a new user's); the S3 keys its run.storage needs travel the same way."""
     secret = "planted-" + secrets.token_hex(16)
     cmd = [str(BIN / "raydeep"), "submit", "configs/tiny.yaml", "--address", jobs_head.dashboard_url,
-           "--env", SECRET_NAME, "--wait"]
+           "--env", SECRET_NAME, "--env", "AWS_ACCESS_KEY_ID", "--env", "AWS_SECRET_ACCESS_KEY", "--wait"]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=workdir, text=True,
-                            env={**os.environ, SECRET_NAME: secret, "PYTHONUNBUFFERED": "1", "HOME": str(new_user_home)},
+                            env={**os.environ, **s3_server.env(endpoint=False), SECRET_NAME: secret,
+                                 "PYTHONUNBUFFERED": "1", "HOME": str(new_user_home)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first = []
     for line in proc.stdout:
@@ -225,7 +234,26 @@ def test_submit_wait_runs_the_training_and_shows_its_final_metrics(finished_job,
     info = finished_job["info"]
     assert str(info.status) == "SUCCEEDED"
     assert info.entrypoint == "python -m raydeep.cluster.job_env train configs/tiny.yaml"
-    assert info.metadata["raydeep.env"] == SECRET_NAME
+    assert info.metadata["raydeep.env"] == f"{SECRET_NAME},AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY"
+    assert "note: run.storage is unset" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_jobs_fetch_copies_the_jobs_run_dir_from_storage(finished_job, jobs_head, s3_server, tmp_path):  # noqa: F811
+    # The job's run dir on the head (its temporary working dir) and its copy in run.storage are the
+    # same files; `raydeep jobs fetch` finds the storage folder from the job's logs.
+    from raydeep.trainers.outputs import output_files
+
+    (head_run,) = Path(jobs_head.temp_dir).glob("session_2*/runtime_resources/working_dir_files/*/runs/tiny-*")
+    proc = run_cli("jobs", "fetch", finished_job["sid"], str(tmp_path / "got"), "--address", jobs_head.dashboard_url,
+                   env=s3_server.env(endpoint=False), timeout=120, check=True)  # the endpoint: from the job's line
+    assert re.search(r"copied \d+ files from s3://jobsbkt/runs/tiny-\S+ to ", proc.stdout), proc.stdout
+    files = output_files(head_run)
+    assert {"summary.json", "metrics.jsonl", "config.yaml", "learning_curves.png"} <= set(files)
+    assert output_files(tmp_path / "got") == files
+    assert all((tmp_path / "got" / rel).read_bytes() == (head_run / rel).read_bytes() for rel in files)
+    assert not list((tmp_path / "got").glob("checkpoint_*"))  # left in storage without --checkpoints
 
 
 @pytest.mark.slow
@@ -290,14 +318,18 @@ def test_stop_a_long_run_and_list_both(finished_job, jobs_head, workdir, new_use
                    "--address", url, env=home, timeout=120, check=True)
     sid = re.search(r"submitted (\S+):", proc.stdout).group(1)
     assert f"raydeep jobs logs {sid} --follow --address {url}" in proc.stdout
+    assert "note: run.storage is unset" in proc.stdout  # one node: submitted, with a note
     client = finished_job["client"]
     deadline = time.time() + 120
-    while str(client.get_job_status(sid)) == "PENDING" and time.time() < deadline:
+    while "raydeep-outputs" not in client.get_job_logs(sid) and time.time() < deadline:
         time.sleep(0.5)
     assert str(client.get_job_status(sid)) == "RUNNING"
 
     proc = run_cli("jobs", "stop", sid, "--address", url, env=home, timeout=120, check=True)
     assert proc.stdout.strip() == f"{sid}: STOPPED"
+    # No run.storage: nothing to fetch; one line says where on the head the run dir is.
+    proc = run_cli("jobs", "fetch", sid, str(workdir / "fetched"), "--address", url, env=home, timeout=60)
+    assert_one_line_error(proc, "its run has no run.storage", "/runs/long-", "node 127.0.0.1")
 
     table = run_cli("jobs", "list", "--address", url, env=home, timeout=60, check=True).stdout
     rows = {line.split()[0]: line.split()[1] for line in table.splitlines()[1:]}

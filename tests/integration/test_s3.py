@@ -236,6 +236,12 @@ def test_prepare_train_resume_on_s3(s3_server, tmp_path) -> None:  # noqa: F811
         assert first["latest_checkpoint"] and "mlbkt/runs/" in first["latest_checkpoint"]
         assert [p for p in fs.find("mlbkt/runs") if "checkpoint" in p]  # checkpoints are on S3
         assert not (run_dir / "s3run").exists()
+        # The whole run dir is in run.storage too, beside the checkpoints (issue 21 part 6).
+        folder = "mlbkt/runs/" + json.loads((run_dir / "run.json").read_text())["storage_name"]
+        held = {p[len(folder) + 1:] for p in fs.find(folder)}
+        assert {"summary.json", "metrics.jsonl", "config.yaml", "run.json", "learning_curves.png"} <= held, held
+        assert any(p.startswith("tensorboard/events.out.tfevents") for p in held) and any(
+            p.startswith("checkpoint_") for p in held)
 
         run_cli("train", "--resume", str(run_dir), "--set", "run.epochs=2", "--address", head.address,
                 env=train_env, timeout=600, check=True)
@@ -251,6 +257,15 @@ def test_prepare_train_resume_on_s3(s3_server, tmp_path) -> None:  # noqa: F811
     # The run's S3 folder has a unique suffix (two run dirs named "run" never share Ray's state);
     # run.json and summary.json name it.
     run_folder = second["run_storage"]
+    # raydeep pull: the storage folder, after the resume, is the local run dir byte for byte (no checkpoints)
+    from raydeep.trainers.outputs import output_files
+
+    proc = run_cli("pull", run_folder, str(tmp_path / "pulled"), "--endpoint-url", s3_server.endpoint, env=train_env,
+                   check=True, timeout=120)
+    assert f"to {tmp_path / 'pulled'}" in proc.stdout
+    local = output_files(run_dir)
+    assert output_files(tmp_path / "pulled") == local and "summary.json" in local
+    assert all((tmp_path / "pulled" / rel).read_bytes() == (run_dir / rel).read_bytes() for rel in local)
     assert run_folder == "s3://mlbkt/runs/" + json.loads((run_dir / "run.json").read_text())["storage_name"]
     assert run_folder.startswith("s3://mlbkt/runs/run-") and run_folder == first["run_storage"]
     (tmp_path / "tmp").mkdir()
@@ -319,6 +334,7 @@ def sweep_events(sweep) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_pbt_sweep_on_s3_storage_clones_survives_a_killed_driver_and_resumes(s3_server, tmp_path) -> None:  # noqa: F811
+    # Also the suite's PBT clone test: the clone's segment continues the donor's checkpoint (below).
     # Tune's state and every trial's Train runs and PBT segments on S3; the sweep dir (leaderboard,
     # best.yaml, trials.jsonl) local; the head has credentials, only the config says where S3 is.
     # The driver is killed once PBT has cloned a trial (mid-sweep, no clean shutdown); --resume
@@ -358,6 +374,10 @@ def test_pbt_sweep_on_s3_storage_clones_survives_a_killed_driver_and_resumes(s3_
         before = sweep_events(sweep)
         clone = next(e for e in before if e["event"] == "clone")
         assert clone["epochs_done"] == 1 and clone["global_step"] == STEPS_PER_EPOCH
+        # One trial clones the other (after one epoch both are near chance, so which LR scored lower
+        # varies between machines; Tune keeps no donor's first result to compare).
+        first_lr = {e["trial_id"]: e["params"]["optim.lr"] for e in reversed(before) if e["event"] == "start"}
+        assert {first_lr[clone["trial_id"]], first_lr[clone["donor"]]} == {1e-2, 1e-5}, before
         assert not any(e["event"] == "end" for e in before), before  # killed mid-sweep
 
         resumed = run_cli("tune", "--resume", str(sweep), "--address", head.address, env=env, timeout=600)
