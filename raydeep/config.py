@@ -40,6 +40,7 @@ from raydeep.sections import (
     metric_task_error,
 )
 from raydeep.trainers.class_weights import ImbalanceConfig
+from raydeep.trainers.mlflow_log import MlflowSection
 from raydeep.trainers.schedules import SCHEDULES, ConstantSchedule, ScheduleConfig
 from raydeep.sweeps.space import TuneConfig
 
@@ -234,6 +235,7 @@ class RunSection(Section):
         "stop", description="a step whose loss is NaN or inf on any worker: stop ends the run with one line naming "
         "the epoch and step (no retry, exit 1); skip_batch skips that step on every worker (no backward, no optimizer "
         "step) and counts it in train/skipped_steps. fp16's own overflow skipping stays DeepSpeed's")
+    mlflow: MlflowSection | None = Field(None, description="log the run (or sweep) to MLflow; needs raydeep[mlflow]")
 
 
 class Config(Section):

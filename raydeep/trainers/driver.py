@@ -26,10 +26,12 @@ from raydeep.fileio import atomic_write_text
 from raydeep.trainers.checkpoints import SNAPSHOT, registered
 from raydeep.trainers.follow import METRICS, follow, process_start_time, startup_timeline
 from raydeep.trainers.launch import build_trainer, cluster_address_pinned
+from raydeep.trainers.mlflow_log import ended_status, open_run, run_artifacts, run_tags
+from raydeep.trainers.mlflow_log import check as check_mlflow
 from raydeep.trainers.plan import plan_data, plan_run
 from raydeep.trainers.progress import ProgressBoard
 from raydeep.trainers.report import SUMMARY, build_summary, print_final, write_plots
-from raydeep.trainers.tracking import TENSORBOARD, EventLog
+from raydeep.trainers.tracking import TENSORBOARD, EpochLogs, EventLog
 
 
 RUN_FILE = "run.json"  # the run's identity: the name of its folder in Ray Train's storage
@@ -100,8 +102,10 @@ def storage_name(run_dir: Path, remote: bool) -> str:
 
 
 def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str | None = None,
-          resume: bool = False, verbose: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run one training job end to end; returns the summary written to ``summary.json``."""
+          resume: bool = False, verbose: bool = False, console: Console | None = None,
+          source: str | None = None) -> dict[str, Any]:
+    """Run one training job end to end; returns the summary written to ``summary.json``.
+    ``source``: the config file's path (an MLflow tag)."""
     console = console or Console()
     t_start = time.time()
     marks = {"process_start": process_start_time(), "train_entry": t_start}  # start-up timeline
@@ -115,6 +119,10 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     else:  # Ray Train's run folder is <storage>/<name>: by default the run directory itself
         storage_path, storage_fs = str(run_dir.resolve().parent), None
     name = storage_name(run_dir, remote=bool(cfg.run.storage))  # run.json's on --resume, else a new one
+    mlflow_target = None
+    if cfg.run.mlflow is not None:  # the package and the server, before Ray starts
+        mlflow_target = check_mlflow(cfg.run.mlflow, run_dir, cfg.name,
+                                     run_tags("train", task=cfg.model.task, source=source, run_dir=run_dir))
     if resume:
         drop_unregistered(storage_fs, f"{storage_path}/{name}", console)
     info = connect(address, verbose=verbose)
@@ -133,13 +141,18 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     board = ProgressBoard.remote()
     trainer = build_trainer(plan, name=name, storage_path=storage_path,
                             storage_filesystem=storage_fs, board=board, verbose=verbose)
+    mlrun = None
+    if mlflow_target is not None:
+        console.print(mlflow_target.shown(), soft_wrap=True)
+        mlrun = open_run(mlflow_target, cfg.model_dump(mode="json"), run_dir, resume=resume, tags={},
+                         warn=lambda line: console.print(f"[yellow]{line}"))
     events = EventLog(run_dir / TENSORBOARD)  # tensorboard --logdir runs/
     events.text("config", to_yaml(cfg), fence="yaml")
     events.text("deepspeed", json.dumps(plan.ds_config, indent=2), fence="json")
     try:
         marks["fit_start"] = time.time()
         with cluster_address_pinned():
-            result = follow(trainer, board, run_dir, cfg.run.epochs, plan.task, console, events)
+            result = follow(trainer, board, run_dir, cfg.run.epochs, plan.task, console, EpochLogs(events, mlrun))
         marks["fit_done"] = time.time()
 
         summary = build_summary(plan, result, run_dir, time.time() - t_start, startup_timeline(marks, board), console)
@@ -147,7 +160,18 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         print_final(console, summary, plan)
         write_plots(run_dir, summary, plan, console)
         events.image("confusion_matrix", run_dir / "confusion.png", step=summary["final"].get("global_step") or 0)
+    except BaseException as exc:
+        if mlrun is not None:  # what the dashboard shows: FAILED, or KILLED for Ctrl-C
+            mlrun.artifacts(run_artifacts(run_dir))
+            mlrun.end(ended_status(exc))
+        raise
     finally:
         events.close()
     atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")  # last: marks the run complete
+    if mlrun is not None:
+        best = summary["best"]
+        if isinstance(best.get("value"), (int, float)):
+            mlrun.metrics({f"best/{best['metric']}": best["value"]}, step=summary["final"].get("epoch") or 0)
+        mlrun.artifacts(run_artifacts(run_dir))
+        mlrun.end("FINISHED")
     return summary

@@ -70,3 +70,15 @@ def trial_dirname(trial_id: str, params: dict[str, Any]) -> str:
     parts = [f"{k.rsplit('.', 1)[-1]}={short(v)}" for k, v in sorted(params.items())]
     name = ",".join([trial_id, *parts]).replace("/", "_").replace(" ", "")
     return name[:120]
+
+
+class EpochLogs:
+    """Several per-epoch logs (TensorBoard's ``EventLog``, an MLflow run) behind the one ``epoch`` call
+    ``follow`` makes; ``None`` entries are skipped."""
+
+    def __init__(self, *logs: Any) -> None:
+        self.logs = [log for log in logs if log is not None]
+
+    def epoch(self, metrics: dict[str, Any]) -> None:
+        for log in self.logs:
+            log.epoch(metrics)

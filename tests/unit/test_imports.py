@@ -19,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 CONFIG_MAY_IMPORT = {"raydeep.sections", "raydeep.errors", "raydeep.config_files", "raydeep.trainers.schedules",
-                     "raydeep.trainers.class_weights", "raydeep.datasets.storage", "raydeep.sweeps.space"}
+                     "raydeep.trainers.class_weights", "raydeep.datasets.storage", "raydeep.sweeps.space",
+                     "raydeep.trainers.mlflow_log"}
 FORBIDDEN = [  # (importer prefix, imported prefixes it must not reach)
     ("raydeep.datasets", ("raydeep.trainers", "raydeep.sweeps", "raydeep.config")),
     ("raydeep.cluster", ("raydeep.datasets", "raydeep.trainers", "raydeep.sweeps")),
