@@ -37,9 +37,12 @@ from raydeep.sweeps.plan import (
     sweep_storage,
 )
 from raydeep.sweeps.results import finish
+from raydeep.sweeps.mlflow_sweep import MlflowSweep, MlflowSweepCallback, end_sweep
 from raydeep.sweeps.schedulers import EPOCHS_DONE, EpochASHA, ResumableFIFO, ResumablePBT
 from raydeep.sweeps.space import SELECTORS, Distribution, apply_params, canonical, pbt_mutable, why_not_applied
 from raydeep.sweeps.trial import run_trial, trial_config, trial_params
+from raydeep.trainers.mlflow_log import MlflowRun, MlflowTarget, open_run, run_tags
+from raydeep.trainers.mlflow_log import check as check_mlflow
 from raydeep.trainers.plan import plan_data
 from raydeep.trainers.tracking import TENSORBOARD, EventLog, trial_dirname
 
@@ -267,7 +270,7 @@ def _quiet_tune() -> None:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
 
 
-def _tuner(s: Sweep, verbose: bool) -> tune.Tuner:
+def _tuner(s: Sweep, verbose: bool, callbacks: list[tune.Callback] = ()) -> tune.Tuner:
     t = s.cfg.tune
     search_alg = _search_alg(s)
     return tune.Tuner(
@@ -283,7 +286,7 @@ def _tuner(s: Sweep, verbose: bool) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=s.storage.path, storage_filesystem=s.storage.fs,
-            callbacks=[log_callback(s)],
+            callbacks=[log_callback(s), *callbacks],
             # PBT: a trial that reports its last segment stops there, before PBT would perturb it.
             stop={"epochs_done": s.cfg.run.epochs} if t.scheduler.name == "pbt" else None,
             progress_reporter=_reporter(s), verbose=2 if verbose else 1,
@@ -316,6 +319,7 @@ def run_sweep(cfg: Config, *, source: str = "config", run_dir: str | os.PathLike
     if storage.remote and storage.exists("tune"):
         raise ConfigError(f"run.storage: {storage.remote} holds a sweep already; pick another --run-dir name "
                           f"or run.storage prefix")
+    target = sweep_mlflow_target(cfg, sweep_dir, source)  # the package and the server, before Ray starts
     info = connect(address, verbose=verbose)
     s = plan_sweep(cfg, source, sweep_dir, info, data, storage)
     (s.sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
@@ -327,10 +331,11 @@ def run_sweep(cfg: Config, *, source: str = "config", run_dir: str | os.PathLike
     console.print(describe_sweep(s), soft_wrap=True)
     console.print(f"sweep dir: {s.sweep_dir}" + (f"   storage: {storage.remote}" if storage.remote else "")
                   + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""), soft_wrap=True)
+    parent, callback = start_mlflow(s, target, console, resume=False)
     _quiet_tune()
     t0 = time.time()
-    results = _tuner(s, verbose).fit()
-    return finish(s, results, console, wall_time_s=time.time() - t0)
+    return tracked(s, parent, callback, lambda: finish(s, _tuner(s, verbose, [callback] if callback else []).fit(),
+                                                      console, wall_time_s=time.time() - t0))
 
 
 def resume_sweep(sweep_dir: str | os.PathLike, *, address: str | None = None, verbose: bool = False,
@@ -348,6 +353,7 @@ def resume_sweep(sweep_dir: str | os.PathLike, *, address: str | None = None, ve
     check_space(cfg, source)
     data = plan_data(cfg)
     storage = sweep_storage(cfg, sweep_dir, remote=saved.get("storage"))
+    target = sweep_mlflow_target(cfg, sweep_dir, source)
     info = connect(address, verbose=verbose)
     s = plan_sweep(cfg, source, sweep_dir, info, data, storage)
     tune_path = f"{storage.path}/tune"
@@ -361,8 +367,59 @@ def resume_sweep(sweep_dir: str | os.PathLike, *, address: str | None = None, ve
     tuner = tune.Tuner.restore(tune_path, trainable=_trainable(s), resume_unfinished=True, restart_errored=True,
                                storage_filesystem=storage.fs)
     point_log_at(tuner, s)
-    results = tuner.fit()
-    return finish(s, results, console, wall_time_s=time.time() - t0)
+    parent, callback = start_mlflow(s, target, console, resume=True)
+    callback = point_mlflow_at(tuner, callback)
+    return tracked(s, parent, callback, lambda: finish(s, tuner.fit(), console, wall_time_s=time.time() - t0))
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow (run.mlflow): the sweep's parent run, and the callback that logs a nested run per trial
+
+
+def sweep_mlflow_target(cfg: Config, sweep_dir: Path, source: str) -> MlflowTarget | None:
+    if cfg.run.mlflow is None:
+        return None
+    return check_mlflow(cfg.run.mlflow, sweep_dir, cfg.name,
+                        run_tags("tune", task=cfg.model.task, source=source, run_dir=sweep_dir))
+
+
+def start_mlflow(s: Sweep, target: MlflowTarget | None, console: Console, *, resume: bool
+                 ) -> tuple[MlflowRun | None, MlflowSweepCallback | None]:
+    """The sweep's parent run (continued on --resume) and the Tune callback for its trials."""
+    if target is None:
+        return None, None
+    console.print(target.shown(), soft_wrap=True)
+    parent = open_run(target, s.cfg.model_dump(mode="json"), s.sweep_dir, resume=resume, tags={},
+                      warn=lambda line: console.print(f"[yellow]{line}"))
+    return parent, MlflowSweepCallback(MlflowSweep(target, parent.run_id, s.context.base))
+
+
+def tracked(s: Sweep, parent: MlflowRun | None, callback: MlflowSweepCallback | None, run) -> dict[str, Any]:
+    """``run()`` (the sweep and its results), with the parent run ended by how it went."""
+    if parent is None:
+        return run()
+    try:
+        summary = run()
+    except BaseException as exc:
+        end_sweep(parent, callback, s.sweep_dir, None, exc)
+        raise
+    end_sweep(parent, callback, s.sweep_dir, summary)
+    return summary
+
+
+def point_mlflow_at(tuner, callback: MlflowSweepCallback | None) -> MlflowSweepCallback | None:
+    """Tune.restore brings back the MLflow callback it pickled: use this session's (its parent run and
+    store) in its place, or add it."""
+    try:
+        callbacks = tuner._local_tuner.get_run_config().callbacks  # private, as in point_log_at
+    except AttributeError:
+        return callback
+    if callbacks is None:
+        return callback
+    callbacks[:] = [cb for cb in callbacks if not isinstance(cb, MlflowSweepCallback)]
+    if callback is not None:
+        callbacks.append(callback)
+    return callback
 
 
 def read_sweep_file(sweep_dir: Path) -> dict[str, Any]:
