@@ -40,7 +40,7 @@ def start_worker_node(head, tmp: Path, *, num_cpus: int) -> tuple[subprocess.Pop
 
 
 def stop_worker_node(proc: subprocess.Popen, temp_dir: str) -> None:
-    stop_process_group(proc, 40)
+    stop_process_group(proc, 3)  # as stop_head: nothing to drain
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -94,6 +94,15 @@ def test_two_workers_on_two_nodes_match_one_node(tmp_path, raydeep_cache):
         assert node is not None, (tmp_path / "ray-worker-node.log").read_text()[-3000:]
 
         two = train(tiny_config(scaling={"num_workers": 2, "cpus_per_worker": 2}), head, tmp_path, "two-nodes")
+        # raydeep submit without run.storage to this two-node cluster: refused before anything is uploaded.
+        project = tmp_path / "project"
+        (project / "configs").mkdir(parents=True)
+        (project / "pyproject.toml").write_text("[project]\nname = 'p'\n")
+        write_config(project / "configs/x.yaml", tiny_config())
+        proc = run_cli("submit", str(project / "configs/x.yaml"), "--working-dir", str(project), "--address",
+                       head.dashboard_url, timeout=120)
+        assert proc.returncode == 2 and "submitted" not in proc.stdout, proc.stdout + proc.stderr
+        assert "run.storage is unset and the cluster has 2 nodes" in proc.stderr and "run.storage=s3://" in proc.stderr
         (used,) = [n for job, n in train_worker_nodes(head).items() if job not in first]
         assert len(used) == 2 and set(used) == alive_node_ids(head), used  # one worker on each node
     finally:
