@@ -107,7 +107,9 @@ class MlflowTarget:
     def shown(self) -> str:
         """One line for the console: where the run goes and how to look at it."""
         line = f"mlflow: {self.tracking_uri}   experiment: {self.experiment}   run: {self.run_name}"
-        if not self.tracking_uri.startswith(("http://", "https://", "databricks")):
+        if self.tracking_uri.startswith("file:"):  # MLflow 3 opens a file store only when asked (client_for)
+            line += f"   view: MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {self.tracking_uri}"
+        elif not self.tracking_uri.startswith(("http://", "https://", "databricks")):
             line += f"   view: mlflow ui --backend-store-uri {self.tracking_uri}"
         return line
 
