@@ -383,13 +383,29 @@ def _add_cluster_commands(sub) -> None:
     jsub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     actions = [jsub.add_parser("list", help="submitted jobs, oldest first")]
     for name, help_text in (("status", "a job's status, entrypoint and times"), ("logs", "a job's logs"),
-                            ("stop", "stop a job and wait until it has stopped")):
+                            ("stop", "stop a job and wait until it has stopped"),
+                            ("fetch", "copy a job's run (or sweep) directory here from its run.storage")):
         a = jsub.add_parser(name, help=help_text)
         a.add_argument("id", help="submission id (from `raydeep submit` or `raydeep jobs list`)")
         actions.append(a)
     actions[2].add_argument("--follow", "-f", action="store_true", help="stream the logs until the job ends")
     for a in actions:
         a.add_argument("--address", help="the head's dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+    actions[4].add_argument("dir", nargs="?", help="where to put it (default: runs/<its name in run.storage>)")
+    _add_pull_flags(actions[4])
+
+    p = sub.add_parser("pull", help="copy a run or sweep folder from run.storage (s3://... or a path) here",
+                       description="Copy a run's (or sweep's) folder in run.storage, where raydeep mirrors the whole "
+                                   "run directory, to a local directory, byte for byte; checkpoints only with "
+                                   "--checkpoints.")
+    p.add_argument("source", help="the run's folder: s3://BUCKET/PREFIX/NAME (summary.json's run_storage) or a path")
+    p.add_argument("dir", nargs="?", help="where to put it (default: runs/NAME)")
+    _add_pull_flags(p)
+
+
+def _add_pull_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoints", action="store_true", help="also copy the checkpoint_* folders (large)")
+    _add_storage_flags(p)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -405,10 +421,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = build_job(args.config, args.mode, name=cfg.name, overrides=args.overrides,
                      working_dir=args.working_dir, image=args.image, pip=args.pip, env_names=args.env,
                      wait_for_resources=args.wait_for_resources, bases=bases)
-    if cfg.run.storage is None:
-        print("note: run.storage is unset, so outputs and checkpoints stay on the head node, inside the "
-              "job's working dir; on a multi-node cluster set run.storage to shared storage (s3://... or NFS)")
-    return submit(spec, address=args.address, wait=args.wait)
+    return submit(spec, address=args.address, wait=args.wait, check_storage=True, run_storage=cfg.run.storage)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -422,6 +435,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         sys.stdout.write(jobs.format_job(info, dashboard_address(args.address)))
     elif args.jobs_command == "logs":
         jobs.logs(args.id, args.address, follow_logs=args.follow)
+    elif args.jobs_command == "fetch":
+        return _fetch(args)
     else:
         status = jobs.stop(args.id, args.address)
         print(f"{args.id}: {status}")
@@ -429,7 +444,44 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    from raydeep.cluster.jobs import STORAGE_EXAMPLE, job_outputs
+
+    info, record = job_outputs(args.id, args.address)
+    if record is None:
+        raise RaydeepError(f"job {args.id} ({info.status}): its logs name no run outputs: it ended before its run "
+                           f"started (raydeep jobs logs {args.id} shows why)")
+    if not record.get("uri"):
+        raise RaydeepError(f"job {args.id}: its run has no run.storage, so its {'sweep' if record.get('kind') == 'tune' else 'run'} "
+                           f"dir is only on the head node {record.get('node')} at {record['run_dir']} (the job's "
+                           f"temporary working dir, removed when the Ray session ends): copy it from there, and set "
+                           f"run.storage next time, e.g. {STORAGE_EXAMPLE}")
+    if not info.status.is_terminal():
+        print(f"note: job {args.id} is {info.status}: copying what it has written so far")
+    return _pull(args, record["uri"], record)
+
+
+def _pull(args: argparse.Namespace, source: str, record: dict | None = None) -> int:
+    from raydeep.datasets.storage import StorageConfig
+    from raydeep.trainers.outputs import pull
+
+    given = _storage_from_args(args)  # the flags, else where the job's config said S3 is
+    storage = StorageConfig(endpoint_url=given.endpoint_url or (record or {}).get("endpoint_url"),
+                            region=given.region or (record or {}).get("region"), profile=given.profile)
+    dest = Path(args.dir) if args.dir else Path("runs") / source.rstrip("/").rsplit("/", 1)[-1]
+    files = pull(source, dest, storage, checkpoints=args.checkpoints,
+                 key="pull" if args.command == "pull" else "jobs fetch")
+    print(f"copied {len(files)} files from {source} to {dest}"
+          + ("" if args.checkpoints else " (checkpoints left there: --checkpoints copies them)"))
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    return _pull(args, args.source)
+
+
 COMMANDS["submit"] = cmd_submit
+COMMANDS["pull"] = cmd_pull
 COMMANDS["jobs"] = cmd_jobs
 
 

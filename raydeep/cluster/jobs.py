@@ -31,6 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from raydeep.cluster.dashboard import JobsError, call, first_line, jobs_client
 from raydeep.cluster.job_env import SETUP_HOOK, write_package
+from raydeep.cluster.job_outputs import find_outputs
+from raydeep.cluster.resources import autoscaler_report_can_launch
 from raydeep.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -198,13 +200,19 @@ def build_job(config: str | os.PathLike, command: str = "train", *, name: str = 
 
 
 def submit(spec: JobSpec, *, address: str | None = None, wait: bool = False,
-           out: TextIO | None = None) -> int:
+           out: TextIO | None = None, check_storage: bool = False, run_storage: str | None = None) -> int:
     """Submit ``spec``; print its id and dashboard URL; with ``wait`` follow it to the end.
+    ``check_storage``: first refuse a multi-node cluster when ``run_storage`` (the config's
+    run.storage) is unset, or note on a one-node one where the outputs will be.
 
     Returns the exit code: 0 once submitted (without ``wait``), else 0 only if it SUCCEEDED.
     """
     out = out or sys.stdout
     client = jobs_client(address)
+    if check_storage:  # before anything is uploaded
+        note = storage_verdict(run_storage, *cluster_shape(client))
+        if note:
+            print(note, file=out)
     runtime_env = dict(spec.runtime_env)
     with tempfile.TemporaryDirectory(prefix="raydeep-env-") as tmp:
         if spec.forwarded:
@@ -220,6 +228,47 @@ def submit(spec: JobSpec, *, address: str | None = None, wait: bool = False,
         return 0
     status = follow(client, sid, out=out)
     return 0 if status == "SUCCEEDED" else 1
+
+
+STORAGE_EXAMPLE = "--set run.storage=s3://BUCKET/runs"
+
+
+def storage_verdict(run_storage: str | None, nodes: int, can_launch: bool) -> str | None:
+    """Whether a run may go to this cluster without run.storage: refused (``ConfigError``) on a cluster
+    of several nodes, or one whose autoscaler can add nodes, since its outputs would stay in the job's
+    temporary working dir on the head and workers elsewhere could not write checkpoints there; on one
+    node (or when the dashboard does not say: ``nodes`` 0) the note to print; None with storage."""
+    if run_storage:
+        return None
+    if nodes > 1 or can_launch:
+        shape = f"{nodes} nodes" if nodes > 1 else "an autoscaler that adds nodes"
+        raise ConfigError(f"run.storage is unset and the cluster has {shape}: the run's outputs and checkpoints "
+                          "would stay in the job's temporary working dir on the head, where workers on other nodes "
+                          f"cannot write; set storage every node reaches, e.g. {STORAGE_EXAMPLE} (or a shared "
+                          "filesystem path)")
+    return ("note: run.storage is unset, so outputs and checkpoints stay on the head node, inside the job's "
+            "temporary working dir (removed when the Ray session ends; `raydeep jobs fetch ID` says where); "
+            f"set run.storage to keep them, e.g. {STORAGE_EXAMPLE}")
+
+
+def cluster_shape(client: JobSubmissionClient) -> tuple[int, bool]:
+    """(alive nodes, whether an autoscaler can add nodes), from the dashboard's state API and cluster
+    status; (0, False) when it does not answer them (best effort: only a note depends on it then)."""
+    nodes, can_launch = 0, False
+    try:
+        r = client._do_request("GET", "/api/v0/nodes?limit=10000&detail=false&filter_keys=state"
+                               "&filter_predicates=%3D&filter_values=ALIVE", timeout=30)
+        if r.status_code == 200:
+            nodes = len(r.json()["data"]["result"]["result"])
+    except Exception:  # noqa: BLE001 - an older dashboard, or a proxy in between
+        pass
+    try:
+        r = client._do_request("GET", "/api/cluster_status", timeout=30)
+        if r.status_code == 200:
+            can_launch = autoscaler_report_can_launch((r.json().get("data") or {}).get("cluster_status") or {})
+    except Exception:  # noqa: BLE001
+        pass
+    return nodes, can_launch
 
 
 def _submit_with_retry(client: JobSubmissionClient, spec: JobSpec, runtime_env: dict) -> str:
@@ -297,6 +346,13 @@ def logs(sid: str, address: str | None = None, *, follow_logs: bool = False, out
     out.write(call(client, "read the job's logs", client.get_job_logs, sid))
     out.flush()
     return None
+
+
+def job_outputs(sid: str, address: str | None = None) -> tuple[JobDetails, dict[str, Any] | None]:
+    """The job, and where its driver said its run outputs are (``job_outputs.find_outputs``)."""
+    client = jobs_client(address)
+    info = call(client, "read the job's status", client.get_job_info, sid)
+    return info, find_outputs(call(client, "read the job's logs", client.get_job_logs, sid))
 
 
 def stop(sid: str, address: str | None = None, *, timeout_s: float = 60.0) -> str:

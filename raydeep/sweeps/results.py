@@ -22,6 +22,7 @@ from raydeep.fileio import atomic_write_text
 from raydeep.sweeps.plan import Sweep
 from raydeep.sweeps.space import canonical
 from raydeep.sweeps.trial import trial_config, trial_params
+from raydeep.trainers.outputs import mirror_once
 from raydeep.trainers.plots import _figure, _save
 from raydeep.trainers.schedules import lr_curve
 
@@ -231,6 +232,7 @@ def finish(s: Sweep, results: ResultGrid, console: Console, *, wall_time_s: floa
         console.print(f"best {t.metric}: {best.best:.4f} (trial {best.trial_id}, epoch {best.best_epoch})   "
                       f"config: {s.sweep_dir / 'best.yaml'}", soft_wrap=True)
     atomic_write_text(s.sweep_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    mirror_once(s.sweep_dir, s.storage.remote, s.storage.path, s.storage.fs, s.cfg.storage, console=console)
     console.print(f"{len(rows)} trials, {summary['epochs_run']} epochs in {wall_time_s:.0f} s   "
                   f"leaderboard: {s.sweep_dir / 'leaderboard.csv'}", soft_wrap=True)
     if interrupted:

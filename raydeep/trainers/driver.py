@@ -28,6 +28,7 @@ from raydeep.trainers.follow import METRICS, follow, process_start_time, startup
 from raydeep.trainers.launch import build_trainer, cluster_address_pinned
 from raydeep.trainers.mlflow_log import ended_status, open_run, run_artifacts, run_tags
 from raydeep.trainers.mlflow_log import check as check_mlflow
+from raydeep.trainers.outputs import run_outputs
 from raydeep.trainers.plan import plan_data, plan_run
 from raydeep.trainers.progress import ProgressBoard
 from raydeep.trainers.report import SUMMARY, build_summary, print_final, write_plots
@@ -134,7 +135,7 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     atomic_write_text(run_dir / "deepspeed.json", json.dumps(plan.ds_config, indent=2) + "\n")
     console.print(plan.describe())
     remote = f"{cfg.run.storage.rstrip('/')}/{name}" if cfg.run.storage else None  # Train's folder there
-    console.print(f"run dir: {run_dir}" + (f"   checkpoints: {remote}" if remote else "")
+    console.print(f"run dir: {run_dir}" + (f"   outputs: {remote}" if remote else "")
                   + (f"   dashboard: {info.dashboard_url}" if info.dashboard_url else ""))
 
     ray.data.DataContext.get_current().enable_progress_bars = verbose
@@ -149,6 +150,7 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     events = EventLog(run_dir / TENSORBOARD)  # tensorboard --logdir runs/
     events.text("config", to_yaml(cfg), fence="yaml")
     events.text("deepspeed", json.dumps(plan.ds_config, indent=2), fence="json")
+    outputs = run_outputs(run_dir, cfg.run.storage, storage_path, storage_fs, name, cfg.storage, console=console)
     try:
         marks["fit_start"] = time.time()
         with cluster_address_pinned():
@@ -167,7 +169,9 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         raise
     finally:
         events.close()
+        outputs.close()  # to run.storage, however the run ended
     atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")  # last: marks the run complete
+    outputs.close()  # summary.json
     if mlrun is not None:
         best = summary["best"]
         if isinstance(best.get("value"), (int, float)):
