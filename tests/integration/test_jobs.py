@@ -251,7 +251,7 @@ def test_jobs_fetch_copies_the_jobs_run_dir_from_storage(finished_job, jobs_head
     assert re.search(r"copied \d+ files from s3://jobsbkt/runs/tiny-\S+ to ", proc.stdout), proc.stdout
     files = output_files(head_run)
     assert {"summary.json", "metrics.jsonl", "config.yaml", "learning_curves.png"} <= set(files)
-    assert output_files(tmp_path / "got") == files
+    assert set(output_files(tmp_path / "got")) - set(files) == {"checkpoint_manager_snapshot.json"}  # Ray's
     assert all((tmp_path / "got" / rel).read_bytes() == (head_run / rel).read_bytes() for rel in files)
     assert not list((tmp_path / "got").glob("checkpoint_*"))  # left in storage without --checkpoints
 
