@@ -174,12 +174,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         check_run_dir(run_dir, resume=True)  # "not a run directory" rather than a missing config file
         cfg = load_config(run_dir / "config.yaml", args.overrides)
-        train(cfg, run_dir=run_dir, address=args.address, resume=True, verbose=args.debug)
+        train(cfg, run_dir=run_dir, address=args.address, resume=True, verbose=args.debug,
+              source=str(run_dir / "config.yaml"))
         return 0
     if not args.config:
         raise RaydeepError("train: missing CONFIG (or --resume RUN_DIR)")
     cfg = load_config(args.config, args.overrides)
-    train(cfg, run_dir=args.run_dir, address=args.address, verbose=args.debug)
+    train(cfg, run_dir=args.run_dir, address=args.address, verbose=args.debug, source=args.config)
     return 0
 
 
