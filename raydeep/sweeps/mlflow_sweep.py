@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-
+from raydeep.sweeps.callbacks import TrialEvents
 from raydeep.sweeps.space import canonical
 from raydeep.sweeps.trial import trial_params
 from raydeep.trainers.mlflow_log import (
@@ -78,33 +77,22 @@ class MlflowSweep:
                 self.ended.add(trial_id)
 
 
-class MlflowSweepCallback(tune.Callback):
+class MlflowSweepCallback(TrialEvents):
     """An ``MlflowSweep`` as a ``ray.tune.Callback``; a failure is printed once, never raised."""
 
     def __init__(self, sweep: MlflowSweep) -> None:
-        self.sweep = sweep
+        super().__init__(sweep)
         self.warned = False
 
-    def _safe(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001 - tracking must never fail a sweep
-            if not self.warned:
-                self.warned = True
-                print(f"raydeep: mlflow: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''} "
-                      "(the sweep goes on; further MLflow errors are not shown)")
+    @property
+    def sweep(self) -> MlflowSweep:
+        return self.target
 
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._safe(self.sweep.on_trial_start, trial)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self._safe(self.sweep.on_trial_result, trial, result)
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._safe(self.sweep.on_trial_end, trial, "terminated")
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._safe(self.sweep.on_trial_end, trial, "error")
+    def failed(self, exc: Exception) -> None:
+        if not self.warned:
+            self.warned = True
+            print(f"raydeep: mlflow: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''} "
+                  "(the sweep goes on; further MLflow errors are not shown)")
 
 
 def end_sweep(parent: MlflowRun, callback: MlflowSweepCallback | None, sweep_dir: Path,

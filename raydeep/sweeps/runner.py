@@ -37,6 +37,7 @@ from raydeep.sweeps.plan import (
     sweep_storage,
 )
 from raydeep.sweeps.results import finish
+from raydeep.sweeps.callbacks import TrialEvents
 from raydeep.sweeps.mlflow_sweep import MlflowSweep, MlflowSweepCallback, end_sweep
 from raydeep.sweeps.schedulers import EPOCHS_DONE, EpochASHA, ResumableFIFO, ResumablePBT
 from raydeep.sweeps.space import SELECTORS, Distribution, apply_params, canonical, pbt_mutable, why_not_applied
@@ -103,30 +104,16 @@ class SweepLog:
             os.close(fd)
 
 
-class SweepLogCallback(tune.Callback):
+class SweepLogCallback(TrialEvents):
     """A ``SweepLog`` as a ``ray.tune.Callback``. A failure to write a line is printed, never
     raised: it must not stop the sweep."""
 
-    def __init__(self, log: SweepLog) -> None:
-        self.log = log
+    @property
+    def log(self) -> SweepLog:
+        return self.target
 
-    def _safe(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001 - logging must never fail a sweep
-            print(f"raydeep: could not write to {self.log.sweep_dir}: {exc}")
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._safe(self.log.on_trial_start, trial)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self._safe(self.log.on_trial_result, trial, result)
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._safe(self.log.on_trial_end, trial, "terminated")
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._safe(self.log.on_trial_end, trial, "error")
+    def failed(self, exc: Exception) -> None:
+        print(f"raydeep: could not write to {self.log.sweep_dir}: {exc}")
 
 
 def log_callback(s: Sweep) -> SweepLogCallback:
