@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.tune import CLIReporter
+from ray.tune import CLIReporter, ProgressReporter
 from rich.console import Console
 
 from raydeep.cluster.connect import ClusterInfo, connect
+from raydeep.cluster.logs import RAY_LOG, ray_output_to
 from raydeep.config import Config, load_config, to_yaml
 from raydeep.errors import ConfigError, RaydeepError, ResourceError
 from raydeep.fileio import atomic_write_text
@@ -38,6 +39,7 @@ from raydeep.sweeps.plan import (
 )
 from raydeep.sweeps.results import finish
 from raydeep.sweeps.callbacks import TrialEvents
+from raydeep.sweeps.console import SweepConsole
 from raydeep.sweeps.mlflow_sweep import MlflowSweep, MlflowSweepCallback, end_sweep
 from raydeep.sweeps.schedulers import EPOCHS_DONE, EpochASHA, ResumableFIFO, ResumablePBT
 from raydeep.sweeps.space import SELECTORS, Distribution, apply_params, canonical, pbt_mutable, why_not_applied
@@ -241,8 +243,12 @@ class ChangesReporter(CLIReporter):
         return False
 
 
-def _reporter(s: Sweep) -> ChangesReporter:
+def _reporter(s: Sweep, verbose: bool, console: Console | None = None) -> ProgressReporter:
+    """raydeep's live table of the trials; with --debug, Tune's own (and Ray's lines, not in ray.log)."""
     t = s.cfg.tune
+    if not verbose:
+        return SweepConsole(metric=t.metric, mode=t.mode, epochs=s.cfg.run.epochs, keys=list(t.space),
+                            console=console)
     return ChangesReporter(
         parameter_columns={f"params/{k}": k for k in t.space},
         metric_columns={"epoch": "epoch", t.metric: t.metric, "val/loss": "val loss"} if t.metric != "val/loss"
@@ -257,7 +263,8 @@ def _quiet_tune() -> None:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
 
 
-def _tuner(s: Sweep, verbose: bool, callbacks: list[tune.Callback] = ()) -> tune.Tuner:
+def _tuner(s: Sweep, verbose: bool, callbacks: list[tune.Callback] = (), console: Console | None = None
+           ) -> tune.Tuner:
     t = s.cfg.tune
     search_alg = _search_alg(s)
     return tune.Tuner(
@@ -276,7 +283,7 @@ def _tuner(s: Sweep, verbose: bool, callbacks: list[tune.Callback] = ()) -> tune
             callbacks=[log_callback(s), *callbacks],
             # PBT: a trial that reports its last segment stops there, before PBT would perturb it.
             stop={"epochs_done": s.cfg.run.epochs} if t.scheduler.name == "pbt" else None,
-            progress_reporter=_reporter(s), verbose=2 if verbose else 1,
+            progress_reporter=_reporter(s, verbose, console), verbose=2 if verbose else 1,
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if t.scheduler.name == "pbt" else None),
         ),
@@ -321,8 +328,9 @@ def run_sweep(cfg: Config, *, source: str = "config", run_dir: str | os.PathLike
     parent, callback = start_mlflow(s, target, console, resume=False)
     _quiet_tune()
     t0 = time.time()
-    return tracked(s, parent, callback, lambda: finish(s, _tuner(s, verbose, [callback] if callback else []).fit(),
-                                                      console, wall_time_s=time.time() - t0))
+    tuner = _tuner(s, verbose, [callback] if callback else [], console)
+    return tracked(s, parent, callback, lambda: finish(s, fit_quietly(tuner, s, verbose), console,
+                                                      wall_time_s=time.time() - t0))
 
 
 def resume_sweep(sweep_dir: str | os.PathLike, *, address: str | None = None, verbose: bool = False,
@@ -354,9 +362,37 @@ def resume_sweep(sweep_dir: str | os.PathLike, *, address: str | None = None, ve
     tuner = tune.Tuner.restore(tune_path, trainable=_trainable(s), resume_unfinished=True, restart_errored=True,
                                storage_filesystem=storage.fs)
     point_log_at(tuner, s)
+    point_reporter_at(tuner, _reporter(s, verbose, console))
     parent, callback = start_mlflow(s, target, console, resume=True)
     callback = point_mlflow_at(tuner, callback)
-    return tracked(s, parent, callback, lambda: finish(s, tuner.fit(), console, wall_time_s=time.time() - t0))
+    return tracked(s, parent, callback, lambda: finish(s, fit_quietly(tuner, s, verbose), console,
+                                                      wall_time_s=time.time() - t0))
+
+
+def fit_quietly(tuner: tune.Tuner, s: Sweep, verbose: bool):
+    """``tuner.fit()`` with Ray's and Tune's log lines in ``SWEEP/ray.log`` (the console shows
+    raydeep's table); with --debug, on the console as before."""
+    reporter = _run_config(tuner).progress_reporter if _run_config(tuner) else None
+    try:
+        with ray_output_to(Path(s.sweep_dir) / RAY_LOG, quiet=not verbose):
+            return tuner.fit()
+    finally:
+        if isinstance(reporter, SweepConsole):
+            reporter.close()
+
+
+def _run_config(tuner: tune.Tuner):
+    try:
+        return tuner._local_tuner.get_run_config()  # private, as in point_log_at
+    except AttributeError:
+        return None
+
+
+def point_reporter_at(tuner: tune.Tuner, reporter: ProgressReporter) -> None:
+    """Tune.restore brings back the progress reporter it pickled: draw with this session's."""
+    run_config = _run_config(tuner)
+    if run_config is not None:
+        run_config.progress_reporter = reporter
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import ray.data
 from rich.console import Console
 
 from raydeep.cluster.connect import connect
+from raydeep.cluster.logs import RAY_LOG, ray_output_to
 from raydeep.config import Config, to_yaml
 from raydeep.datasets.storage import resolve_storage
 from raydeep.errors import ConfigError
@@ -153,7 +154,7 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     outputs = run_outputs(run_dir, cfg.run.storage, storage_path, storage_fs, name, cfg.storage, console=console)
     try:
         marks["fit_start"] = time.time()
-        with cluster_address_pinned():
+        with cluster_address_pinned(), ray_output_to(run_dir / RAY_LOG, quiet=not verbose):
             result = follow(trainer, board, run_dir, cfg.run.epochs, plan.task, console, EpochLogs(events, mlrun))
         marks["fit_done"] = time.time()
 

@@ -37,6 +37,10 @@ def test_demo_config_end_to_end_then_evaluate(ray_head, tmp_path):
     for m in epochs:  # rank 0's time getting batches, the first batch's included, within the epoch
         assert 0 < m["first_batch_s"] <= m["data_wait_s"] < m["epoch_time_s"], m
     assert "samples/s (data " in proc.stdout
+    # Ray's own lines (DeepSpeed's op line from every worker, Ray Train's core_worker notices) are
+    # in RUN/ray.log, not on the console
+    assert "deepspeed_shm_comm_op" in (run_dir / "ray.log").read_text()
+    assert "(RayTrainWorker pid=" not in proc.stdout + proc.stderr and "shm_comm_op" not in proc.stdout + proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final"]["epoch"] == 1 and summary["best"]["checkpoint"]
     # tensorboard --logdir: each epoch's metrics at its optimizer step, the config, the confusion matrix

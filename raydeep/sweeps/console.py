@@ -1,0 +1,140 @@
+"""raydeep's live view of a sweep, in place of Tune's status tables (a ``ProgressReporter``).
+
+One row per trial: status, epochs done, the metric now and its best, the sampled parameters, and
+an errored trial's one line; a footer with trials done / running / stopped early / errored and
+the elapsed time. On a terminal the table redraws in place (rich ``Live``); in a log (CI, a Ray
+Job) it is printed when something changed, at most every ``min_interval_s``. Tune's own tables
+and Ray's log lines go to ``SWEEP/ray.log`` instead (``raydeep.cluster.logs``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from ray.tune import ProgressReporter
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from raydeep.sweeps.trial import trial_params
+
+STATUS = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "paused", "TERMINATED": "finished",
+          "ERROR": "error"}
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-"
+    if isinstance(v, (int, float)):
+        return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def trial_error(trial) -> str:
+    """The last line of a failed trial's error (raydeep's one line, or the exception's)."""
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # noqa: BLE001 - the view must never fail a sweep
+        text = ""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "error"
+
+
+class SweepConsole(ProgressReporter):
+    """The sweep's table; ``epochs`` is each trial's full length (a trial that ended before it
+    was stopped early, by ASHA or early stopping)."""
+
+    def __init__(self, *, metric: str, mode: str, epochs: int, keys: list[str], console: Console | None = None,
+                 min_interval_s: float = 10.0) -> None:
+        self.metric, self.mode, self.epochs, self.keys = metric, mode, epochs, keys
+        self.console = console or Console()
+        self.min_interval_s = min_interval_s
+        self.start = time.time()
+        self.live: Live | None = None
+        self._seen: tuple = ()
+        self._last = 0.0
+
+    def __getstate__(self) -> dict:  # Tune pickles its run config (tuner.pkl): no console, no live view
+        return {**self.__dict__, "console": None, "live": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.console = Console()
+
+    def setup(self, start_time: float | None = None, **kwargs) -> None:
+        self.start = start_time or self.start
+
+    # -- what a row says ------------------------------------------------------------------------
+
+    def _epochs_done(self, trial) -> int:
+        r = trial.last_result or {}
+        if "epochs_done" in r:  # PBT segments
+            return int(r["epochs_done"])
+        return int(r["epoch"]) + 1 if isinstance(r.get("epoch"), (int, float)) else 0
+
+    def status(self, trial) -> str:
+        label = STATUS.get(trial.status, trial.status.lower())
+        if label == "finished" and self._epochs_done(trial) < self.epochs:
+            return "stopped early"
+        return label
+
+    def _best(self, trial) -> Any:
+        analysis = (getattr(trial, "metric_analysis", None) or {}).get(self.metric) or {}
+        return analysis.get(self.mode)
+
+    def table(self, trials: list) -> Group:
+        t = Table(box=None, pad_edge=False, header_style="bold")
+        for col in ("trial", "status", "epoch", self.metric, "best", *self.keys):
+            t.add_column(col, justify="right" if col not in ("trial", "status") else "left")
+        counts: dict[str, int] = {}
+        errors = []
+        for trial in sorted(trials, key=lambda tr: tr.trial_id):
+            status = self.status(trial)
+            counts[status] = counts.get(status, 0) + 1
+            params = trial_params(trial.config or {})
+            style = {"error": "red", "running": "cyan", "stopped early": "dim"}.get(status, "")
+            t.add_row(trial.trial_id, Text(status, style=style), f"{self._epochs_done(trial)}/{self.epochs}",
+                      _num((trial.last_result or {}).get(self.metric)), _num(self._best(trial)),
+                      *(_num(params.get(k)) for k in self.keys))
+            if status == "error":
+                errors.append(Text(f"  {trial.trial_id}: {trial_error(trial)}", style="red"))
+        done = sum(counts.get(k, 0) for k in ("finished", "stopped early", "error"))
+        elapsed = int(time.time() - self.start)
+        footer = Text(f"{done}/{len(trials)} trials done: {counts.get('finished', 0)} finished, "
+                      f"{counts.get('stopped early', 0)} stopped early, {counts.get('error', 0)} errors; "
+                      f"{counts.get('running', 0)} running, {counts.get('pending', 0) + counts.get('paused', 0)} "
+                      f"waiting; {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d} elapsed", style="bold")
+        return Group(t, *errors, footer)
+
+    # -- Tune's reporter interface ----------------------------------------------------------------
+
+    def _state(self, trials: list) -> tuple:
+        return tuple((tr.trial_id, tr.status, self._epochs_done(tr)) for tr in trials)
+
+    def should_report(self, trials: list, done: bool = False) -> bool:
+        if self.console.is_terminal:
+            return True  # Live redraws in place; the elapsed time ticks
+        now = self._state(trials)
+        return done or (now != self._seen and time.time() - self._last >= self.min_interval_s)
+
+    def report(self, trials: list, done: bool, *sys_info: str) -> None:
+        self._seen, self._last = self._state(trials), time.time()
+        view = self.table(trials)
+        if not self.console.is_terminal:
+            self.console.print(view)
+            return
+        if self.live is None:
+            self.live = Live(view, console=self.console, refresh_per_second=2, transient=False)
+            self.live.start()
+        else:
+            self.live.update(view)
+        if done:
+            self.close()
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
