@@ -6,9 +6,12 @@ While a run is followed, Ray forwards every worker's and actor's stdout/stderr t
 ``PreemptionWatcher``, ``PlacementGroupCleaner`` notices, a failing worker's whole traceback. None
 of it is for the user (RAY_NOTES, "Console noise"): raydeep says what went wrong in one line.
 ``ray_output_to(path)`` writes all of it to ``path`` and lets through only what a user acts on:
-raydeep's own lines printed on workers (``raydeep: ...``) and the autoscaler's (a cluster
-waiting for nodes). The driver's ``ray`` loggers (Tune's and Train's INFO and warnings) go to the
-same file. ``--debug`` keeps today's console (everything).
+raydeep's own lines printed on workers (``raydeep: ...``) and the autoscaler's events (a cluster
+waiting for nodes). The driver's ``ray`` loggers (Tune's and Train's INFO, warnings and errors)
+go to the same file while it is in force. ``--debug`` keeps today's console (everything).
+
+Lines keep arriving for a moment after a run ends (Tune stopping its trial actors prints their
+exit): they go to the last run's file, not the console.
 """
 
 from __future__ import annotations
@@ -33,52 +36,72 @@ def _prefix(data: dict) -> str:
     return f"({name + ' ' if name else ''}pid={data.get('pid')}, ip={data.get('ip')}) "
 
 
-@contextmanager
-def ray_output_to(path: Path, *, keep: Callable[[str], bool] = for_the_user, quiet: bool = True) -> Iterator[Path]:
-    """Inside: the lines Ray forwards from workers and actors, and the driver's ``ray`` log
-    records, are appended to ``path``; of the forwarded lines only ``keep``'s (and the
-    autoscaler's) reach the console. ``quiet=False`` (``--debug``) changes nothing."""
-    if not quiet:
-        yield path
-        return
-    from ray._private import worker as ray_worker  # Ray's log dispatcher: no public hook exists
+class _Route:
+    """The one handler raydeep puts in Ray's place: every batch to ``path`` (when set), the
+    lines ``keep`` accepts (all, when no path is set) to Ray's own console printer."""
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
-    lock = threading.Lock()
-    dispatcher = ray_worker.global_worker_stdstream_dispatcher
-    original = [h for name, h in dispatcher.handlers if name == HANDLER]
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.path: Path | None = None
+        self.keep: Callable[[str], bool] = for_the_user
+        self.printers: list[Callable] = []
 
-    def handle(data: dict) -> None:
+    def __call__(self, data: dict) -> None:
         lines = data.get("lines") or []
-        with lock:
-            if not out.closed:  # a late batch after the run: Ray's thread still delivers
-                out.writelines(_prefix(data) + line + "\n" for line in lines)
-        shown = lines if data.get("pid") == "autoscaler" else [x for x in lines if keep(x)]
-        if shown and original:
-            for print_lines in original:
+        path, keep = self.path, self.keep
+        if path is not None:
+            try:
+                with self.lock, open(path, "a", encoding="utf-8", errors="replace") as out:
+                    out.writelines(_prefix(data) + line + "\n" for line in lines)
+            except OSError:
+                path = None  # the run dir went away: show it rather than lose it
+        shown = lines if path is None or data.get("pid") == "autoscaler" else [x for x in lines if keep(x)]
+        if shown:
+            for print_lines in self.printers:
                 print_lines({**data, "lines": shown})
 
-    file_handler = logging.StreamHandler(out)
+
+_ROUTE = _Route()
+
+
+def _install() -> None:
+    """Put ``_ROUTE`` in place of Ray's console handler (again after a reconnect, which adds
+    Ray's anew). A driver connected without log_to_driver has none: nothing to route."""
+    from ray._private import worker as ray_worker  # Ray's log dispatcher: no public hook exists
+
+    dispatcher = ray_worker.global_worker_stdstream_dispatcher
+    handlers = [h for name, h in dispatcher.handlers if name == HANDLER]
+    if handlers and not any(h is _ROUTE for h in handlers):
+        _ROUTE.printers = handlers
+        dispatcher.remove_handler(HANDLER)
+        dispatcher.add_handler(HANDLER, _ROUTE)
+
+
+@contextmanager
+def ray_output_to(path: Path, *, keep: Callable[[str], bool] = for_the_user, quiet: bool = True) -> Iterator[Path]:
+    """Inside: the lines Ray forwards from workers and actors (and, after it, their late ones) are
+    appended to ``path``, and so are the driver's ``ray`` log records; of the forwarded lines
+    only ``keep``'s and the autoscaler's events reach the console. ``quiet=False`` (``--debug``):
+    everything on the console."""
+    _install()
+    if not quiet:
+        _ROUTE.path = None
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _ROUTE.path, _ROUTE.keep = path, keep
+    file_handler = logging.FileHandler(path, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ray_logger = logging.getLogger("ray")
-    console_handlers = [h for h in ray_logger.handlers if isinstance(h, logging.StreamHandler)]
-    saved = [(h, h.level) for h in console_handlers]
-    if original:  # a driver connected with log_to_driver (raydeep's connect always is)
-        dispatcher.remove_handler(HANDLER)
-        dispatcher.add_handler(HANDLER, handle)
+    console = [(h, h.level) for h in ray_logger.handlers  # Ray's PlainRayHandler and the like, not files
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
     ray_logger.addHandler(file_handler)
-    for h in console_handlers:
-        h.setLevel(max(h.level, logging.ERROR))  # Ray's INFO and warnings: the file only
+    for h, _ in console:  # Tune's trial tracebacks, Train's INFO: the file only
+        h.setLevel(logging.CRITICAL)
     try:
         yield path
     finally:
-        if any(h is handle for _, h in dispatcher.handlers):  # not if Ray disconnected meanwhile
-            dispatcher.remove_handler(HANDLER)
-            for h in original:
-                dispatcher.add_handler(HANDLER, h)
         ray_logger.removeHandler(file_handler)
-        for h, level in saved:
+        file_handler.close()
+        for h, level in console:
             h.setLevel(level)
-        with lock:
-            out.close()

@@ -101,13 +101,21 @@ class SweepConsole(ProgressReporter):
                       *(_num(params.get(k)) for k in self.keys))
             if status == "error":
                 errors.append(Text(f"  {trial.trial_id}: {trial_error(trial)}", style="red"))
-        done = sum(counts.get(k, 0) for k in ("finished", "stopped early", "error"))
+        return Group(t, *errors, Text(self.footer(counts, len(trials)), style="bold"))
+
+    def footer(self, counts: dict[str, int], total: int) -> str:
+        """``3/4 done: 1 finished, 1 stopped early, 1 error; 1 running; 0:12:03 elapsed`` (trials)
+        (categories with no trial left out, so it fits a line)."""
+        ended = [(counts.get(k, 0), k) for k in ("finished", "stopped early", "error")]
+        waiting = counts.get("pending", 0) + counts.get("paused", 0)
+        now = [(counts.get("running", 0), "running"), (waiting, "waiting")]
         elapsed = int(time.time() - self.start)
-        footer = Text(f"{done}/{len(trials)} trials done: {counts.get('finished', 0)} finished, "
-                      f"{counts.get('stopped early', 0)} stopped early, {counts.get('error', 0)} errors; "
-                      f"{counts.get('running', 0)} running, {counts.get('pending', 0) + counts.get('paused', 0)} "
-                      f"waiting; {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d} elapsed", style="bold")
-        return Group(t, *errors, footer)
+        parts = [f"{sum(n for n, _ in ended)}/{total} done"
+                 + (": " + ", ".join(f"{n} {k}{'s' if k == 'error' and n > 1 else ''}" for n, k in ended if n)
+                    if any(n for n, _ in ended) else ""),
+                 ", ".join(f"{n} {k}" for n, k in now if n),
+                 f"{elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d} elapsed"]
+        return "; ".join(p for p in parts if p)
 
     # -- Tune's reporter interface ----------------------------------------------------------------
 

@@ -59,6 +59,18 @@ def test_demo_config_end_to_end_then_evaluate(ray_head, tmp_path):
     assert len(result["confusion"]) == 10
 
 
+def test_plan_reads_the_cluster_it_is_given(ray_head, tmp_path):
+    """raydeep plan --address joins the real head as train does and plans on its resources (the
+    session head: 4 CPUs, one node), without training."""
+    proc = run_cli("plan", "configs/digits-lt.yaml", "--address", ray_head.address, "--json")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    plan = json.loads(proc.stdout)
+    res = plan["resources"]
+    assert res["source"] == f"the cluster at {ray_head.address}" and res["cpus"] == 4 and res["nodes"] == 1, res
+    assert res["workers"] == 2 and res["gpus"] == 0 and plan["fits"] is True
+    assert res["node_memory"] > 2**30  # read from the node, not assumed
+
+
 def test_config_that_starves_ray_data_is_refused(ray_head, tmp_path):
     # The head has 4 CPUs: 2 workers x 2 CPUs would leave none for Ray Data's read tasks.
     cfg = write_config(tmp_path / "run.yaml", tiny_config(scaling={"num_workers": 2, "cpus_per_worker": 2}))

@@ -5,6 +5,7 @@ retry, or with ``run.on_nonfinite_loss: skip_batch`` is skipped on every worker 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 
 from raydeep.cli import main
 from raydeep.config import validate
@@ -109,10 +111,15 @@ def test_a_diverging_trial_is_an_error_in_the_leaderboard_and_the_sweep_goes_on(
     raw["tune"] = {"space": {"optim.lr": {"grid": [1.0e30, 1.0e-3]}}, "search": "grid", "metric": "val/rmse",
                    "mode": "min", "max_concurrent_trials": 2, "scheduler": sched}
     sweep = tmp_path / "sweep"
+    shown = io.StringIO()
     summary = run_sweep(validate(raw, "sweep.yaml"), source="sweep.yaml", run_dir=sweep,
-                        address=ray_connected.address)
+                        address=ray_connected.address, console=Console(file=shown, width=200))
     rows = {float(r["optim.lr"]): r for r in csv.DictReader(open(sweep / "leaderboard.csv"))}
     assert rows[1e30]["status"] == "error", rows
+    # the sweep's table names the failed trial with its line; Ray's traceback is in SWEEP/ray.log
+    console = shown.getvalue()
+    assert re.search(rf"{rows[1e30]['trial_id']}: .*the training loss is inf at epoch", console), console[-3000:]
+    assert "Traceback" not in console and "Traceback" in (sweep / "ray.log").read_text()
     # (a PBT segment's run ends at its own last epoch: "epoch 1/1" there)
     assert re.search(r"the training loss is inf at epoch 1/[12], step 2/10", rows[1e30]["error"]), rows
     assert rows[1e-3]["status"] == "finished" and rows[1e-3]["rank"] == "1", rows

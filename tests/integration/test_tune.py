@@ -143,8 +143,8 @@ def test_resume_after_the_driver_is_killed_does_not_rerun_finished_trials(ray_co
     assert (sweep / "best.yaml").is_file()
     # raydeep's table, not Tune's; Ray's lines in SWEEP/ray.log
     resumed_out = (tmp_path / "resumed.log").read_text()
-    assert "2/2 trials done: 2 finished, 0 stopped early, 0 errors" in resumed_out, resumed_out[-3000:]
-    assert "== Status ==" not in resumed_out and "(RayTrainWorker pid=" not in resumed_out
+    assert "2/2 done: 2 finished; " in resumed_out, resumed_out[-3000:]
+    assert "== Status ==" not in resumed_out and "pid=" not in resumed_out, resumed_out[-3000:]
     assert "deepspeed_shm_comm_op" in (sweep / "ray.log").read_text()
 
 
