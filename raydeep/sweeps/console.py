@@ -43,6 +43,13 @@ def trial_error(trial) -> str:
     return lines[-1][:200] if lines else "error"
 
 
+def short_names(keys: list[str]) -> list[str]:
+    """Column headers for the searched keys: the last part (``optim.lr`` -> ``lr``) where that is
+    unambiguous, so a six-parameter space fits a terminal's width."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return [s if last.count(s) == 1 else k for s, k in zip(last, keys)]
+
+
 class SweepConsole(ProgressReporter):
     """The sweep's table; ``epochs`` is each trial's full length (a trial that ended before it
     was stopped early, by ASHA or early stopping)."""
@@ -87,7 +94,7 @@ class SweepConsole(ProgressReporter):
 
     def table(self, trials: list) -> Group:
         t = Table(box=None, pad_edge=False, header_style="bold")
-        for col in ("trial", "status", "epoch", self.metric, "best", *self.keys):
+        for col in ("trial", "status", "epoch", self.metric, "best", *short_names(self.keys)):
             t.add_column(col, justify="right" if col not in ("trial", "status") else "left")
         counts: dict[str, int] = {}
         errors = []

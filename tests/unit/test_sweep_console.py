@@ -33,6 +33,7 @@ def test_one_row_per_trial_with_status_epochs_metric_best_params_and_a_footer():
               trial("t_00002", 3e-3, [0.2], Trial.RUNNING),
               trial("t_00003", 1e-4, [], Trial.PENDING)]
     _, text = view(trials)
+    assert text.splitlines()[0].split() == ["trial", "status", "epoch", "val/macro_f1", "best", "lr"]
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("t_")}
     assert rows["t_00000"] == ["t_00000", "finished", "3/3", "0.45", "0.5", "0.01"]  # now 0.45, best 0.5
     assert rows["t_00001"] == ["t_00001", "stopped", "early", "1/3", "0.1", "0.1", "1000"]
