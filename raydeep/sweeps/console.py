@@ -25,11 +25,11 @@ STATUS = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "paused", "TERMI
           "ERROR": "error"}
 
 
-def _num(v: Any) -> str:
+def _num(v: Any, digits: int = 4) -> str:
     if isinstance(v, bool) or v is None:
         return "-"
     if isinstance(v, (int, float)):
-        return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}"
+        return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.{digits}g}"
     return str(v)
 
 
@@ -46,7 +46,9 @@ def trial_error(trial) -> str:
 def short_names(keys: list[str]) -> list[str]:
     """Column headers for the searched keys: the last part (``optim.lr`` -> ``lr``) where that is
     unambiguous, so a six-parameter space fits a terminal's width."""
-    last = [k.rsplit(".", 1)[-1] for k in keys]
+    parts = [k.split(".") for k in keys]
+    # schedule.name -> schedule: "name" alone says nothing
+    last = [p[-2] if p[-1] == "name" and len(p) > 1 else p[-1] for p in parts]
     return [s if last.count(s) == 1 else k for s, k in zip(last, keys)]
 
 
@@ -103,9 +105,10 @@ class SweepConsole(ProgressReporter):
             counts[status] = counts.get(status, 0) + 1
             params = trial_params(trial.config or {})
             style = {"error": "red", "running": "cyan", "stopped early": "dim"}.get(status, "")
-            t.add_row(trial.trial_id, Text(status, style=style), f"{self._epochs_done(trial)}/{self.epochs}",
+            shown = "stopped" if status == "stopped early" else status  # the footer says "early"
+            t.add_row(trial.trial_id, Text(shown, style=style), f"{self._epochs_done(trial)}/{self.epochs}",
                       _num((trial.last_result or {}).get(self.metric)), _num(self._best(trial)),
-                      *(_num(params.get(k)) for k in self.keys))
+                      *(_num(params.get(k), 3) for k in self.keys))
             if status == "error":
                 errors.append(Text(f"  {trial.trial_id}: {trial_error(trial)}", style="red"))
         return Group(t, *errors, Text(self.footer(counts, len(trials)), style="bold"))

@@ -8,7 +8,7 @@ import pickle
 from ray.tune.experiment import Trial
 from rich.console import Console
 
-from raydeep.sweeps.console import SweepConsole
+from raydeep.sweeps.console import SweepConsole, short_names
 
 
 def trial(trial_id: str, lr: float, scores: list[float], status: str) -> Trial:
@@ -34,9 +34,11 @@ def test_one_row_per_trial_with_status_epochs_metric_best_params_and_a_footer():
               trial("t_00003", 1e-4, [], Trial.PENDING)]
     _, text = view(trials)
     assert text.splitlines()[0].split() == ["trial", "status", "epoch", "val/macro_f1", "best", "lr"]
+    assert short_names(["optim.lr", "schedule.name", "imbalance.loss", "model.loss"]) == [
+        "lr", "schedule", "imbalance.loss", "model.loss"]
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("t_")}
     assert rows["t_00000"] == ["t_00000", "finished", "3/3", "0.45", "0.5", "0.01"]  # now 0.45, best 0.5
-    assert rows["t_00001"] == ["t_00001", "stopped", "early", "1/3", "0.1", "0.1", "1000"]
+    assert rows["t_00001"] == ["t_00001", "stopped", "1/3", "0.1", "0.1", "1e+03"]  # early: in the footer
     assert rows["t_00002"] == ["t_00002", "running", "1/3", "0.2", "0.2", "0.003"]
     assert rows["t_00003"] == ["t_00003", "pending", "0/3", "-", "-", "0.0001"]
     footer = text.strip().splitlines()[-1]
