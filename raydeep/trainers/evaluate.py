@@ -29,6 +29,7 @@ from raydeep.datasets.splits import open_split
 from raydeep.datasets.storage import StorageConfig, check_bucket, is_s3, s3_errors, s3_filesystem, strip_s3
 from raydeep.errors import DataError, RaydeepError
 from raydeep.fileio import atomic_write_text
+from raydeep.progress_bar import Meter, progress_console, step
 from raydeep.trainers.checkpoints import SNAPSHOT, STATE_FILE, find_checkpoint, load_state_dict, registered
 from raydeep.trainers.models import build_model
 from raydeep.trainers.tasks import task_of
@@ -45,6 +46,15 @@ def load_model(ckpt: Path):
     model.load_state_dict(load_state_dict(ckpt, state["zero_stage"]))
     model.eval()
     return model, cfg, feature, state
+
+
+def consolidated(model: torch.nn.Module, state: dict[str, Any]) -> str:
+    """What a consolidation produced, in words: ``148 tensors, 1,234,567 parameters (ZeRO-3, 2 ranks)``."""
+    tensors = len(model.state_dict())
+    params = sum(p.numel() for p in model.parameters())
+    ranks = state.get("world_size")
+    return (f"{tensors:,} tensors, {params:,} parameters (ZeRO-{state['zero_stage']}"
+            f"{f', {ranks} rank' + ('s' if ranks != 1 else '') if ranks else ''})")
 
 
 def batches(split, columns: list[str], batch_size: int):
@@ -173,8 +183,11 @@ def evaluate_command(path: str, data: str, *, out: str | None = None, batch_size
 
     ``storage``: S3 settings from the command line; None takes the run's ``storage:`` section,
     else the standard AWS variables, for both the checkpoint and ``--data``."""
+    progress = progress_console()  # stderr: stdout holds the tables
     with located_checkpoint(path, storage) as where:
-        model, cfg, feature, state = load_model(where.local)
+        with step(f"consolidating {where.uri.rstrip('/').rsplit('/', 1)[-1]}", console=progress) as s:
+            model, cfg, feature, state = load_model(where.local)
+            s.result = consolidated(model, state)
     storage = storage or where.storage or cfg.storage
     task = task_of(cfg)
     split = open_split(data, key="--data", storage=storage, label_kind=task.label_kind)
@@ -182,10 +195,12 @@ def evaluate_command(path: str, data: str, *, out: str | None = None, batch_size
         raise RaydeepError(f"--data {data}: has column {split.feature.column!r}; the model reads {feature.column!r}")
     task.check_split(cfg, split)  # bad labels fail before any compute
     acc = task.accumulator(cfg)
-    with torch.no_grad():
-        for batch in batches(split, [feature.column, *task.label_columns], batch_size):
+    with torch.no_grad(), Meter("evaluating", "rows", total=split.num_rows, console=progress) as meter:
+        for i, batch in enumerate(batches(split, [feature.column, *task.label_columns], batch_size), start=1):
             x = batch[feature.column]
             acc.update(model(x.float() if x.is_floating_point() else x.long()), task.targets(batch, feature))
+            meter.extra = f"batches {i:,}"
+            meter.advance(len(x))
     names = state.get("label_names") or ([str(i) for i in range(cfg.model.output_dim)] if cfg.model.num_classes else None)
     report = acc.report(names)
     console = Console()

@@ -29,8 +29,9 @@ from raydeep.config import Config
 from raydeep.datasets.schema import FeatureSpec
 from raydeep.datasets.storage import StorageConfig, is_s3, s3_errors, s3_filesystem, strip_s3
 from raydeep.errors import RaydeepError
+from raydeep.progress_bar import progress_console, size_text, step
 from raydeep.trainers.checkpoints import STATE_FILE
-from raydeep.trainers.evaluate import load_model, located_checkpoint
+from raydeep.trainers.evaluate import consolidated, load_model, located_checkpoint
 
 # A model directory holds a tokenizer when it has one of these (a fast tokenizer, or slow-tokenizer
 # vocabularies transformers converts).
@@ -247,17 +248,28 @@ def export_command(path: str, out: str, *, merge: bool = False, overwrite: bool 
     key = "export"
     dest = check_out(out, overwrite)  # before any download or consolidation
     quiet_transformers()
+    progress = progress_console()  # stderr: stdout says what was written
     with located_checkpoint(path, storage) as where:
         cfg = hf_config_of(where.local, where.uri, key=key)  # refusals before the weights load
         check_merge(cfg, merge, where.uri, key=key)
-        ck = load_hf_checkpoint(where.local, where.uri, key=key)
+        with step(f"consolidating {where.uri.rstrip('/').rsplit('/', 1)[-1]}", console=progress) as s:
+            ck = load_hf_checkpoint(where.local, where.uri, key=key)
+            s.result = consolidated(ck.model, read_state(where.local))
     adapters = cfg.model.lora is not None and not merge
-    model = ck.model if adapters else standalone(ck)
+    if merge:
+        with step("merging the LoRA adapters into the base weights", console=progress) as s:
+            model = standalone(ck)
+            s.result = f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    else:
+        model = ck.model if adapters else standalone(ck)
     tok, source = find_tokenizer(ck.cfg, ck.feature, storage or where.storage, key=key)
     with atomic_directory(dest) as tmp:
-        what = save_model(model, ck, tmp, adapters=adapters)
-        if tok is not None:
-            tok.save_pretrained(str(tmp))
+        with step(f"saving to {dest}", console=progress) as s:
+            what = save_model(model, ck, tmp, adapters=adapters)
+            if tok is not None:
+                tok.save_pretrained(str(tmp))
+            files = [p for p in tmp.rglob("*") if p.is_file()]
+            s.result = f"{len(files)} files, {size_text(sum(p.stat().st_size for p in files))}"
     print(f"wrote {dest}: {what}, from {ck.uri}")
     if ck.label_names and ck.cfg.model.task == "classification" and not adapters:
         print(f"labels: {', '.join(ck.label_names)}")

@@ -53,6 +53,11 @@ def test_demo_config_end_to_end_then_evaluate(ray_head, tmp_path):
     out = tmp_path / "eval.json"
     proc = run_cli("evaluate", str(run_dir), "--data", DIGITS_TEST, "--out", str(out), check=True)
     assert "confusion matrix" in proc.stdout
+    # progress on stderr: the consolidation's line with its duration, then the pass over all 300 rows with its rate
+    assert re.search(r"^consolidating checkpoint_\S+: \d+ tensors, [\d,]+ parameters \(ZeRO-\d, 2 ranks\) in [\d.]+ s$",
+                     proc.stderr, re.M), proc.stderr
+    assert re.search(r"^evaluating: rows 300/300 in [\d.]+ s, [\d,.]+ rows/s; batches 2$", proc.stderr,
+                     re.M), proc.stderr
     result = json.loads(out.read_text())
     # 10 digits, chance 0.1; two epochs on the 100:1 long tail measured 0.24 (2026-12-03)
     assert result["rows"] == 300 and result["accuracy"] > 0.1 + 0.08, result

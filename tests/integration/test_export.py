@@ -33,8 +33,12 @@ def docs(n: int, seed: int = 0) -> list[str]:
 
 
 def prepare(ray_head, out: Path, *flags: str) -> Path:
-    run_cli("data", "prepare", "--output", str(out), "--format", "jsonl", "--val-fraction", "0.25",
-            "--address", ray_head.address, *flags, timeout=600, check=True)
+    proc = run_cli("data", "prepare", "--output", str(out), "--format", "jsonl", "--val-fraction", "0.25",
+                   "--address", ray_head.address, *flags, timeout=600, check=True)
+    # progress on stderr, each phase ending in its totals and rate (the counts: tests/integration/test_ingest.py)
+    for phase in ("scanning: records ", "tokenizing and writing: "):
+        last = [x for x in proc.stderr.splitlines() if x.startswith(phase)][-1:]
+        assert last and " in " in last[0] and "/s; " in last[0], proc.stderr
     return out
 
 
@@ -87,6 +91,12 @@ def test_export_of_a_zero3_classifier_reloads_with_the_same_logits_labels_and_to
     ckpt, _ = find_checkpoint(clf_run)
     state = json.loads((ckpt / "raydeep.json").read_text())
     assert state["zero_stage"] == 3 and state["world_size"] == 2
+    # each step's line on stderr, with what it produced and its duration
+    err = proc.stderr.splitlines()
+    assert any(x.startswith(f"consolidating {ckpt.name}: ") and x.endswith(" s") and " parameters (ZeRO-3, 2 ranks) in "
+               in x for x in err), proc.stderr
+    files = sum(1 for p in out.rglob("*") if p.is_file())
+    assert any(x.startswith(f"saving to {out}: {files} files, ") for x in err), proc.stderr
     assert state["label_names"] == ["food", "sport", "tech"]
 
     exported = AutoModelForSequenceClassification.from_pretrained(out).eval()
@@ -113,6 +123,9 @@ def test_export_of_a_zero3_classifier_reloads_with_the_same_logits_labels_and_to
     report = json.loads((tmp_path / "ev.json").read_text())
     labels = torch.tensor(pq.read_table(clf_data / "val").column("label").to_pylist())
     assert report["rows"] == len(labels)
+    n = len(labels)
+    assert any(x.startswith(f"evaluating: rows {n}/{n} in ") and x.endswith(" rows/s; batches 1")
+               for x in proc.stderr.splitlines()), proc.stderr
     assert report["accuracy"] == pytest.approx((got.argmax(-1) == labels).float().mean().item())
 
 
@@ -183,6 +196,7 @@ def test_merged_lora_export_has_the_checkpoints_logits_and_generates_as_the_run(
     out = tmp_path / "merged"
     proc = run_cli("export", str(lm_run), "--out", str(out), "--merge", check=True)
     assert f"tokenizer: the model directory's ({lm_model})" in proc.stdout, proc.stdout
+    assert "merging the LoRA adapters into the base weights: " in proc.stderr, proc.stderr
     ckpt, _ = find_checkpoint(lm_run)
     ours, cfg, feature, _ = load_model(ckpt)  # the unmerged PeftModel, as trained
     assert cfg.model.lora is not None and feature.pad_id == -1

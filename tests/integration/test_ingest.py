@@ -67,7 +67,7 @@ def check_prepared(root: Path, n_good: int, *, names: list[str], max_len: int, s
     return summary
 
 
-def test_jsonl_trained_bpe_round_trip_skip_and_determinism(ray_connected, tmp_path: Path) -> None:
+def test_jsonl_trained_bpe_round_trip_skip_and_determinism(ray_connected, tmp_path: Path, capsys) -> None:
     rows = corpus(400)
     lines = [json.dumps({"text": t, "label": lab}) for t, lab in rows]
     lines.insert(7, '{"text": "unterminated')
@@ -80,6 +80,18 @@ def test_jsonl_trained_bpe_round_trip_skip_and_determinism(ray_connected, tmp_pa
     summary = check_prepared(tmp_path / "ds", 400, names=["food", "sport", "tech"], max_len=16, shard_rows=96)
     assert summary["skipped"] == 1 and "in.jsonl: line 8: not valid JSON" in summary["first_skipped"]
     assert any("skipped 1 bad record" in x for x in log)
+    # progress on stderr (not a terminal here: plain lines, each phase's last one its totals and rate)
+    err = capsys.readouterr().err.splitlines()
+    size = (tmp_path / "in.jsonl").stat().st_size
+    scan = [x for x in err if x.startswith("scanning: ")][-1]
+    assert scan.startswith("scanning: records 400 in ") and " records/s; files 1/1, " in scan, err
+    assert scan.endswith(f"{size / 1000:,.1f} kB, 1 bad"), scan
+    n_train = summary["splits"]["train"]["num_rows"]
+    assert any(x.startswith(f"reading the training records: records {n_train}/{n_train} in ") for x in err), err
+    shards = sum(s["shards"] for s in summary["splits"].values())
+    write = [x for x in err if x.startswith("tokenizing and writing: ")][-1]
+    assert write.startswith("tokenizing and writing: records 400/400 in "), err
+    assert write.endswith(f" records/s; {shards} shards written (400 rows)"), write
     # Stratified: each class gives round(20%) of its rows to val.
     counts = np.bincount([["food", "sport", "tech"].index(lab) for _, lab in rows], minlength=3)
     assert summary["splits"]["val"]["label_histogram"] == [int(np.floor(c * 0.2 + 0.5)) for c in counts]

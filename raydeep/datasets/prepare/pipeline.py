@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import posixpath
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from raydeep.datasets.manifest import FORMAT
 from raydeep.datasets.prepare import classification, lm
@@ -54,6 +57,7 @@ from raydeep.datasets.prepare.units import ENCODE_CHUNK, SPLITS, make_units, row
 from raydeep.datasets.schema import FeatureSpec
 from raydeep.datasets.storage import StorageConfig, s3_error, s3_errors
 from raydeep.errors import DataError
+from raydeep.progress_bar import Meter, size_text
 
 __all__ = ["Location", "PrepareOptions", "assign_splits", "check_options", "label_names", "list_inputs", "locate",
            "prepare"]
@@ -201,8 +205,20 @@ def _task_error(exc: BaseException, files: list) -> str:
     return f"{path}: {type(exc).__name__}: {lines[0] if lines else ''}"
 
 
+def _input_bytes(fs: Any, files: list, fmt: str) -> int:
+    """The unit's input size for the progress line; -1 when not worth a request per file (text-dirs
+    on S3: one small object per record, so a size query would double the scan's requests)."""
+    if fmt == "text-dirs" and "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return -1
+    try:
+        return int(sum(fs.size(path) for path, _ in files))
+    except Exception:  # noqa: BLE001 - only the progress line needs it; reading the file reports the problem
+        return -1
+
+
 def _scan(batch: dict, *, fs: Any, fmt: str, fields: FieldNames, on_bad: str, known: set[str] | None) -> dict:
-    out: dict[str, list] = {"unit": [], "count": [], "labels": [], "skipped": [], "first_bad": [], "fatal": []}
+    out: dict[str, list] = {"unit": [], "count": [], "labels": [], "skipped": [], "first_bad": [], "fatal": [],
+                            "bytes": [], "files": []}
     for unit, spec in zip(batch["unit"], batch["files"]):
         files = json.loads(spec)
         labels: list[int | str] = []
@@ -228,6 +244,8 @@ def _scan(batch: dict, *, fs: Any, fmt: str, fields: FieldNames, on_bad: str, kn
         out["skipped"].append(skipped)
         out["first_bad"].append(first_bad)
         out["fatal"].append(fatal)
+        out["bytes"].append(_input_bytes(fs, files, fmt))
+        out["files"].append(len(files))
     return {k: np.array(v, dtype=object if k in ("labels", "first_bad", "fatal") else np.int64) for k, v in out.items()}
 
 
@@ -275,9 +293,9 @@ def prepare(o: PrepareOptions, *, log: Callable[[str], None] = print, verbose: b
     log(f"scanning {len(inputs):,} file(s) in {len(units):,} task(s): {o.input}")
     common = dict(fs=src.fs, fmt=o.format, fields=o.fields, known=set(o.labels) if o.labels is not None else None)
     items = [{"unit": i, "files": json.dumps(u)} for i, u in enumerate(units)]
-    scanned = (ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 256)))
-               .map_batches(_scan, batch_size=1, fn_kwargs={**common, "on_bad": o.on_bad_record})
-               .take_all())
+    scan = (ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 256)))
+            .map_batches(_scan, batch_size=1, fn_kwargs={**common, "on_bad": o.on_bad_record}))
+    scanned = _scanned(scan, len(inputs))
     scanned.sort(key=lambda r: r["unit"])
     plan = _plan_documents(o, scanned, log) if o.lm else _plan(o, scanned, log)
     items = unit_items(units, plan)
@@ -300,6 +318,22 @@ def prepare(o: PrepareOptions, *, log: Callable[[str], None] = print, verbose: b
     log(f"wrote {o.output} in {summary['seconds']:.1f} s (vocab {summary['tokenizer']['vocab_size']:,}, "
         f"{plan['skipped']:,} bad record(s) skipped)")
     return summary
+
+
+def _scanned(scan: Any, n_files: int) -> list[dict]:
+    """The scan's rows as each task finishes, counted on the driver as they arrive."""
+    scanned: list[dict] = []
+    files = size = bad = 0
+    known = True
+    with Meter("scanning", "records") as meter:
+        for r in scan.iter_rows():
+            scanned.append(r)
+            files, bad = files + int(r["files"]), bad + int(r["skipped"])
+            known, size = known and int(r["bytes"]) >= 0, size + max(0, int(r["bytes"]))
+            meter.extra = ", ".join([f"files {files:,}/{n_files:,}", *([size_text(size)] if known else []),
+                                     *([f"{bad:,} bad"] if bad else [])])
+            meter.advance(int(r["count"]))
+    return scanned
 
 
 def _check_before_ray(o: PrepareOptions) -> tuple[Location, Location, list, LoadedTokenizer | None]:
@@ -335,8 +369,10 @@ def _trained_tokenizer(o: PrepareOptions, units_ds: Any, common: dict, plan: dic
     texts = units_ds.map_batches(_training_texts, batch_size=1, fn_kwargs=common)
 
     def stream() -> Iterator[str]:
-        for b in texts.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-            yield from (str(t) for t in b["text"])
+        with Meter("reading the training records", "records", total=n_train) as meter:
+            for b in texts.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                meter.advance(len(b["text"]))
+                yield from (str(t) for t in b["text"])
 
     tok = train_tokenizer(o.train_tokenizer, stream(), vocab_size=o.vocab_size, length=n_train, eos=o.lm)
     return LoadedTokenizer(tok, tok.to_str().encode(), "trained", None)
@@ -375,12 +411,99 @@ def _manifest_base(o: PrepareOptions, summary: dict, tokenizer: dict) -> dict:
             "generator": {}}
 
 
-def _write_parts(ds: Any, o: PrepareOptions, out: Location, parts: str) -> None:
-    """Shuffle (seeded, unless --no-shuffle) and write ``ds`` as parquet partitioned by its split column."""
+class _Count:
+    """A count Ray tasks add to and the driver reads: the rows tokenized so far (made an actor with
+    ``ray.remote``, so this module imports without Ray)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def value(self) -> int:
+        return self.n
+
+
+def _counted(batch: dict, *, encode: Callable[..., Iterator[Any]], count: Any, **kwargs: Any) -> Iterator[Any]:
+    """Ray task: ``encode``'s tables, each one's rows added to ``count`` (an lm unit's tails aside:
+    they are not blocks yet)."""
+    import ray  # in a Ray task, already loaded
+
+    for table in encode(batch, **kwargs):
+        n = table.num_rows - (pc.sum(pc.ends_with(table.column("split"), lm.TAIL)).as_py() or 0)
+        if n:
+            ray.get(count.add.remote(n))  # waited for: the driver's last read must see every table
+        yield table
+
+
+class _Shards:
+    """The parquet parts Ray Data has finished in ``parts``: a part still being written has no
+    footer yet, so it is counted on a later look."""
+
+    def __init__(self, out: Location, parts: str) -> None:
+        self.out, self.parts = out, parts
+        self.rows: dict[str, int] = {}
+
+    def look(self) -> None:
+        fs = self.out.fs
+        try:
+            fs.invalidate_cache(self.parts)
+            found = [p for p in fs.find(self.parts) if p.endswith(".parquet")
+                     and not posixpath.basename(posixpath.dirname(p)).endswith(lm.TAIL)]
+        except (OSError, ValueError):
+            return  # nothing written yet
+        for path in found:
+            if path not in self.rows:
+                try:
+                    with fs.open(path, "rb") as f:
+                        self.rows[path] = pq.ParquetFile(f).metadata.num_rows
+                except Exception:  # noqa: BLE001 - not finished: no footer yet
+                    pass
+
+    def text(self) -> str:
+        return f"{len(self.rows):,} shards written ({sum(self.rows.values()):,} rows)"
+
+
+POLL_S = 1.0  # the driver reads the tokenized count and lists the written shards this often
+
+
+def _write_parts(units_ds: Any, encode: Callable[..., Iterator[Any]], kwargs: dict[str, Any], o: PrepareOptions,
+                 out: Location, parts: str, *, unit: str, total: int | None) -> None:
+    """Tokenize with ``encode``, shuffle (seeded, unless --no-shuffle) and write parquet partitioned by
+    the split column, counting rows tokenized and shards written on the driver while Ray Data works."""
+    import ray  # deferred with ray.data in prepare()
+
+    count = ray.remote(num_cpus=0)(_Count).remote()
+    ds = units_ds.map_batches(_counted, batch_size=1, fn_kwargs={"encode": encode, "count": count, **kwargs})
     if o.shuffle:
         ds = ds.random_shuffle(seed=o.seed)
-    ds.write_parquet(parts, filesystem=out.arrow, partition_cols=["split"], min_rows_per_file=o.shard_rows,
-                     max_rows_per_file=o.shard_rows)
+    shards = _Shards(out, parts)
+    done = threading.Event()
+
+    def update(meter: Meter) -> None:
+        shards.look()
+        meter.extra = shards.text()
+        meter.advance(ray.get(count.value.remote()) - meter.completed)
+
+    def watch(meter: Meter) -> None:
+        while not done.wait(POLL_S):
+            try:
+                update(meter)
+            except Exception:  # noqa: BLE001 - a missed look only delays the line; the write reports errors
+                pass
+
+    with Meter("tokenizing and writing", unit, total=total) as meter:
+        watcher = threading.Thread(target=watch, args=(meter,), daemon=True, name="raydeep-prepare-progress")
+        watcher.start()
+        try:
+            ds.write_parquet(parts, filesystem=out.arrow, partition_cols=["split"], min_rows_per_file=o.shard_rows,
+                             max_rows_per_file=o.shard_rows)
+        finally:
+            done.set()
+            watcher.join()
+        update(meter)
+    ray.kill(count)
 
 
 def _write_rows(o: PrepareOptions, units_ds: Any, common: dict, plan: dict, loaded: LoadedTokenizer, out: Location,
@@ -390,8 +513,9 @@ def _write_rows(o: PrepareOptions, units_ds: Any, common: dict, plan: dict, load
     pad_id = _special_id(o, loaded)
     info = _tokenizer_info(o, loaded, {"pad_id": pad_id})
     log(f"tokenizing (max length {max_len}) and writing {plan['total']:,} rows to {out.show(parts)}")
-    _write_parts(units_ds.map_batches(classification.encode_rows, batch_size=1, fn_kwargs={
-        **common, "tokenizer_json": loaded.data.decode(), "max_len": max_len, "pad_id": pad_id}), o, out, parts)
+    _write_parts(units_ds, classification.encode_rows, {
+        **common, "tokenizer_json": loaded.data.decode(), "max_len": max_len, "pad_id": pad_id}, o, out, parts,
+        unit="records", total=plan["total"])
     feature = FeatureSpec(column="input_ids", kind="tokens", seq_len=max_len, vocab_size=info["vocab_size"],
                           pad_id=pad_id)
     summary = _summary(o, out, plan, info, loaded) | {
@@ -417,9 +541,8 @@ def _write_blocks(o: PrepareOptions, units_ds: Any, common: dict, plan: dict, lo
     eos_id = _special_id(o, loaded)
     log(f"tokenizing {plan['total']:,} documents into blocks of {o.block_size} tokens (EOS id {eos_id}) in "
         f"{out.show(parts)}")
-    _write_parts(units_ds.map_batches(lm.encode_blocks, batch_size=1, fn_kwargs=_block_kwargs(o, loaded, eos_id,
-                                                                                               common["fs"])),
-                 o, out, parts)
+    _write_parts(units_ds, lm.encode_blocks, _block_kwargs(o, loaded, eos_id, common["fs"]), o, out, parts,
+                 unit="blocks", total=None)
     return _finish_blocks(o, plan, loaded, out, parts)
 
 
