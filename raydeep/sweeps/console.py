@@ -96,8 +96,13 @@ class SweepConsole(ProgressReporter):
 
     def table(self, trials: list) -> Group:
         t = Table(box=None, pad_edge=False, header_style="bold")
-        for col in ("trial", "status", "epoch", self.metric, "best", *short_names(self.keys)):
-            t.add_column(col, justify="right" if col not in ("trial", "status") else "left")
+        # A narrow terminal shortens the parameters' columns, never the trial, its status or the metric.
+        ids = max((len(tr.trial_id) for tr in trials), default=5)
+        for col, width in (("trial", ids), ("status", 8), ("epoch", 5), (self.metric, len(self.metric)), ("best", 6)):
+            t.add_column(col, justify="left" if col in ("trial", "status") else "right", min_width=width,
+                         no_wrap=True)
+        for col in short_names(self.keys):
+            t.add_column(col, justify="right", no_wrap=True)
         counts: dict[str, int] = {}
         errors = []
         for trial in sorted(trials, key=lambda tr: tr.trial_id):
@@ -141,8 +146,8 @@ class SweepConsole(ProgressReporter):
     def report(self, trials: list, done: bool, *sys_info: str) -> None:
         self._seen, self._last = self._state(trials), time.time()
         view = self.table(trials)
-        if not self.console.is_terminal:
-            self.console.print(view)
+        if not self.console.is_terminal:  # a log has no width: nothing shortened (Console's default is 80)
+            Console(file=self.console.file, width=max(self.console.width, 200), no_color=True).print(view)
             return
         if self.live is None:
             self.live = Live(view, console=self.console, refresh_per_second=2, transient=False)
