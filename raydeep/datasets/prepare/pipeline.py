@@ -493,17 +493,19 @@ def _write_parts(units_ds: Any, encode: Callable[..., Iterator[Any]], kwargs: di
             except Exception:  # noqa: BLE001 - a missed look only delays the line; the write reports errors
                 pass
 
-    with Meter("tokenizing and writing", unit, total=total) as meter:
-        watcher = threading.Thread(target=watch, args=(meter,), daemon=True, name="raydeep-prepare-progress")
-        watcher.start()
-        try:
-            ds.write_parquet(parts, filesystem=out.arrow, partition_cols=["split"], min_rows_per_file=o.shard_rows,
-                             max_rows_per_file=o.shard_rows)
-        finally:
-            done.set()
-            watcher.join()
-        update(meter)
-    ray.kill(count)
+    try:
+        with Meter("tokenizing and writing", unit, total=total) as meter:
+            watcher = threading.Thread(target=watch, args=(meter,), daemon=True, name="raydeep-prepare-progress")
+            watcher.start()
+            try:
+                ds.write_parquet(parts, filesystem=out.arrow, partition_cols=["split"],
+                                 min_rows_per_file=o.shard_rows, max_rows_per_file=o.shard_rows)
+            finally:
+                done.set()
+                watcher.join()
+            update(meter)
+    finally:
+        ray.kill(count)
 
 
 def _write_rows(o: PrepareOptions, units_ds: Any, common: dict, plan: dict, loaded: LoadedTokenizer, out: Location,
