@@ -236,6 +236,8 @@ class RunSection(Section):
         "the epoch and step (no retry, exit 1); skip_batch skips that step on every worker (no backward, no optimizer "
         "step) and counts it in train/skipped_steps. fp16's own overflow skipping stays DeepSpeed's")
     mlflow: MlflowSection | None = Field(None, description="log the run (or sweep) to MLflow; needs raydeep[mlflow]")
+    log_every_steps: int = Field(10, ge=0, description="every N optimizer steps rank 0's mean training loss and the "
+                                 "LR go to TensorBoard (step/train_loss, step/lr) and MLflow; 0: epochs only")
 
 
 class Config(Section):

@@ -25,7 +25,7 @@ from raydeep.trainers.console import epoch_line, new_progress
 from raydeep.trainers.engine import NODE_KV_NAMESPACE, node_key
 from raydeep.trainers.reporting import finished
 from raydeep.trainers.tasks import Task
-from raydeep.trainers.tracking import EventLog
+from raydeep.trainers.tracking import EpochLogs
 
 METRICS = "metrics.jsonl"
 
@@ -66,7 +66,7 @@ def startup_timeline(marks: dict[str, float | None], board) -> dict[str, Any]:
             "marks": marks}
 
 
-def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Console, events: EventLog | None = None):
+def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Console, events: EpochLogs | None = None):
     """Fit on the main thread; meanwhile a thread draws progress from the board and keeps
     metrics.jsonl current.
 
@@ -94,7 +94,7 @@ def follow(trainer, board, run_dir: Path, epochs: int, task: Task, console: Cons
 
 
 def draw(board, run_dir: Path, epochs: int, task: Task, console: Console, done: threading.Event,
-         tensorboard: EventLog | None = None) -> None:
+         tensorboard: EpochLogs | None = None) -> None:
     """Until ``done`` (and once more after it): the progress bar, epoch lines, metrics.jsonl and
     the TensorBoard scalars."""
     by_epoch: dict[int, dict] = {}
@@ -102,17 +102,22 @@ def draw(board, run_dir: Path, epochs: int, task: Task, console: Console, done: 
         for line in (run_dir / METRICS).read_text().splitlines():
             m = json.loads(line)
             by_epoch[m["epoch"]] = m
-    seen_epochs = seen_events = 0
+    seen_epochs = seen_events = seen_steps = 0
     with new_progress(console) as progress:
         bar = None
         while True:
             last = done.is_set()
             try:
-                live, new_epochs, events = ray.get(board.poll.remote(seen_epochs, seen_events), timeout=10)
+                live, new_epochs, events, steps = ray.get(board.poll.remote(seen_epochs, seen_events, seen_steps),
+                                                          timeout=10)
             except Exception:
-                live, new_epochs, events = {}, [], []
+                live, new_epochs, events, steps = {}, [], [], []
             seen_epochs += len(new_epochs)
             seen_events += len(events)
+            seen_steps += len(steps)
+            if tensorboard is not None:
+                for record in steps:
+                    tensorboard.step(record)
             for text in events:
                 progress.console.print(f"[yellow]{text}")
             for m in new_epochs:

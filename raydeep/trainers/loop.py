@@ -85,7 +85,7 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
     first_epoch = stopper.load_state_dict(saved) if saved else 0
     resumed_from = int(engine.global_steps) if saved else None
     board = job.board if rank == 0 else None  # None in Tune trials: Tune draws its own table
-    ticker = StepTicker(board)
+    ticker = StepTicker(board, log_every=cfg.run.log_every_steps)
     if board is not None and saved:
         board.event.remote(f"resumed at epoch {first_epoch}, global step {engine.global_steps}")
     train_data = dataset_shard(job, "train", rank, world, first_epoch=first_epoch)
@@ -115,8 +115,8 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
             window.took(x, y, epoch)
             meter.step(loss, len(y), task.tokens(y))
             marks.setdefault("first_step", time.time())
-            ticker.tick(epoch=epoch, step=meter.steps, steps=job.steps.per_epoch,
-                        global_step=engine.global_steps, samples_per_s=meter.rate(world))
+            ticker.tick(epoch=epoch, step=meter.steps, steps=job.steps.per_epoch, global_step=engine.global_steps,
+                        samples_per_s=meter.rate(world), loss=loss, rows=len(y), lr=schedule)
         marks.setdefault("first_batch", meter.first_batch_at)
         metrics = {"epoch": epoch, "global_step": engine.global_steps, **meter.summary(world), "param_bytes": held,
                    "lr": schedule(max(engine.global_steps - 1, 0)),

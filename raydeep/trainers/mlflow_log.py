@@ -336,6 +336,11 @@ class MlflowRun:
         step = int(metrics.get("epoch") or 0)
         self._safely("log epoch metrics", lambda: self._log_batch(metrics=epoch_metrics(metrics), step=step))
 
+    def step(self, record: dict[str, float]) -> None:
+        """Every run.log_every_steps: ``step/train_loss`` and ``step/lr`` at ``step`` = the optimizer step."""
+        self.metrics({f"step/{k}": v for k, v in record.items() if k != "global_step"},
+                     step=int(record["global_step"]))
+
     def metrics(self, values: dict[str, float], step: int = 0) -> None:
         self._safely("log metrics", lambda: self._log_batch(metrics={metric_name(k): float(v) for k, v in values.items()},
                                                              step=step))

@@ -10,7 +10,7 @@ driver, so it also survives a worker-group restart.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -22,9 +22,13 @@ class ProgressBoard:
         self.epochs: list[dict[str, Any]] = []
         self.events: list[str] = []
         self.startup_marks: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []  # every run.log_every_steps: rank 0's loss and LR
 
     def update(self, live: dict[str, Any]) -> None:
         self.live = live
+
+    def step_log(self, record: dict[str, float]) -> None:
+        self.steps.append(record)
 
     def epoch_end(self, metrics: dict[str, Any]) -> None:
         self.epochs.append(metrics)
@@ -39,20 +43,40 @@ class ProgressBoard:
     def startup(self) -> dict[str, float]:
         return self.startup_marks
 
-    def poll(self, epochs_seen: int, events_seen: int) -> tuple[dict, list, list]:
-        return self.live, self.epochs[epochs_seen:], self.events[events_seen:]
+    def poll(self, epochs_seen: int, events_seen: int, steps_seen: int = 0) -> tuple[dict, list, list, list]:
+        return self.live, self.epochs[epochs_seen:], self.events[events_seen:], self.steps[steps_seen:]
 
 
 class StepTicker:
-    """Rank 0's side: rate-limited, non-blocking progress updates."""
+    """Rank 0's side: rate-limited, non-blocking progress updates, and every ``log_every`` optimizer
+    steps a record of the mean training loss since the last one and the LR (TensorBoard's
+    ``step/train_loss`` and ``step/lr``). The loss is summed on its device between records: one
+    device-to-host copy per record, none per step."""
 
-    def __init__(self, board, every_s: float = 0.5) -> None:
+    def __init__(self, board, every_s: float = 0.5, log_every: int = 0) -> None:
         self.board = board
         self.every_s = every_s
+        self.log_every = log_every
         self._last = 0.0
+        self._loss: Any = 0.0
+        self._rows = 0
+        self._logged_step = -1
 
-    def tick(self, **live: Any) -> None:
+    def tick(self, *, loss: Any = None, rows: int = 0, lr: Callable[[int], float] | None = None, **live: Any) -> None:
+        if self.board is None:
+            return
+        if loss is not None and self.log_every:
+            self._loss = self._loss + loss.detach().double() * rows
+            self._rows += rows
+            step = int(live.get("global_step", 0))
+            if step % self.log_every == 0 and step != self._logged_step and self._rows:
+                self._logged_step = step
+                record = {"global_step": step, "train_loss": float(self._loss) / self._rows}
+                if lr is not None:
+                    record["lr"] = float(lr(step - 1))  # the LR the step just taken used
+                self.board.step_log.remote(record)
+                self._loss, self._rows = 0.0, 0
         now = time.monotonic()
-        if self.board is not None and now - self._last >= self.every_s:
+        if now - self._last >= self.every_s:
             self._last = now
             self.board.update.remote(live)  # no ray.get: never wait on the driver

@@ -42,6 +42,14 @@ class EventLog:
             self.writer.add_scalar(key, value, global_step=step)
         self.writer.flush()
 
+    def step(self, record: dict[str, float]) -> None:
+        """Every run.log_every_steps: rank 0's mean training loss since the last record, and the LR,
+        as ``step/train_loss`` and ``step/lr`` (apart from the epochs' ``train/loss``)."""
+        step = int(record["global_step"])
+        for key, value in record.items():
+            if key != "global_step":
+                self.writer.add_scalar(f"step/{key}", float(value), global_step=step)
+
     def text(self, tag: str, body: str, fence: str = "") -> None:
         """``body`` as TensorBoard's TEXT tab shows it (markdown; fenced keeps YAML as written)."""
         self.writer.add_text(tag, f"```{fence}\n{body}\n```" if fence else body, global_step=0)
@@ -82,3 +90,8 @@ class EpochLogs:
     def epoch(self, metrics: dict[str, Any]) -> None:
         for log in self.logs:
             log.epoch(metrics)
+
+    def step(self, record: dict[str, float]) -> None:
+        for log in self.logs:
+            if hasattr(log, "step"):
+                log.step(record)

@@ -49,6 +49,11 @@ def test_demo_config_end_to_end_then_evaluate(ray_head, tmp_path):
     assert [step for step, _ in tb["scalars"]["train/loss"]] == [m["global_step"] for m in epochs]
     assert "imbalance_ratio=100" in tb["text"]["config"] and '"zero_optimization"' in tb["text"]["deepspeed"]
     assert tb["images"]["confusion_matrix"][0] > 100
+    # and every run.log_every_steps (10) optimizer steps rank 0's mean loss since the last record and
+    # the LR: 9 steps an epoch, 18 in all, so one record, at step 10
+    assert [step for step, _ in tb["scalars"]["step/train_loss"]] == [10], tb["scalars"].get("step/train_loss")
+    assert 0 < tb["scalars"]["step/train_loss"][0][1] < 10 and tb["scalars"]["step/lr"][0][0] == 10
+    assert 0 < tb["scalars"]["step/lr"][0][1] <= 2e-3  # optim.lr 2e-3, scheduled
 
     out = tmp_path / "eval.json"
     proc = run_cli("evaluate", str(run_dir), "--data", DIGITS_TEST, "--out", str(out), check=True)
