@@ -65,6 +65,7 @@ class SweepConsole(ProgressReporter):
         self.live: Live | None = None
         self._seen: tuple = ()
         self._last = 0.0
+        self.total = 0  # the sweep's trials, created or not (setup)
 
     def __getstate__(self) -> dict:  # Tune pickles its run config (tuner.pkl): no console, no live view
         return {**self.__dict__, "console": None, "live": None}
@@ -73,8 +74,11 @@ class SweepConsole(ProgressReporter):
         self.__dict__.update(state)
         self.console = Console()
 
-    def setup(self, start_time: float | None = None, **kwargs) -> None:
+    def setup(self, start_time: float | None = None, total_samples: int | None = None, **kwargs) -> None:
+        """Tune's call before the first report: a search creates its trials one by one, so the
+        footer's total comes from here."""
         self.start = start_time or self.start
+        self.total = total_samples or 0
 
     # -- what a row says ------------------------------------------------------------------------
 
@@ -116,13 +120,14 @@ class SweepConsole(ProgressReporter):
                       *(_num(params.get(k), 3) for k in self.keys))
             if status == "error":
                 errors.append(Text(f"  {trial.trial_id}: {trial_error(trial)}", style="red"))
-        return Group(t, *errors, Text(self.footer(counts, len(trials)), style="bold"))
+        return Group(t, *errors, Text(self.footer(counts, max(len(trials), self.total)), style="bold"))
 
     def footer(self, counts: dict[str, int], total: int) -> str:
         """``3/4 done: 1 finished, 1 stopped early, 1 error; 1 running; 0:12:03 elapsed`` (trials)
         (categories with no trial left out, so it fits a line)."""
         ended = [(counts.get(k, 0), k) for k in ("finished", "stopped early", "error")]
-        waiting = counts.get("pending", 0) + counts.get("paused", 0)
+        # trials a search has not created yet are waiting too
+        waiting = counts.get("pending", 0) + counts.get("paused", 0) + total - sum(counts.values())
         now = [(counts.get("running", 0), "running"), (waiting, "waiting")]
         elapsed = int(time.time() - self.start)
         parts = [f"{sum(n for n, _ in ended)}/{total} done"

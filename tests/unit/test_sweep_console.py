@@ -46,6 +46,16 @@ def test_one_row_per_trial_with_status_epochs_metric_best_params_and_a_footer():
     assert len(footer) < 80  # one line in an 80-column log
 
 
+def test_the_footer_counts_the_trials_a_search_has_not_created_yet():
+    out = io.StringIO()
+    c = SweepConsole(metric="val/macro_f1", mode="max", epochs=3, keys=["optim.lr"],
+                     console=Console(file=out, width=120), min_interval_s=0)
+    c.setup(start_time=None, total_samples=16)  # as Tune calls it: random search, 16 samples
+    c.report([trial("t_00000", 1e-2, [0.3, 0.5, 0.45], Trial.TERMINATED),
+              trial("t_00001", 3e-3, [0.2], Trial.RUNNING)], done=False)
+    assert out.getvalue().strip().splitlines()[-1].startswith("1/16 done: 1 finished; 1 running, 14 waiting; 0:00:")
+
+
 def test_in_a_log_it_prints_only_when_something_changed():
     t = trial("t_00000", 1e-2, [0.3], Trial.RUNNING)
     c, _ = view([t], )
