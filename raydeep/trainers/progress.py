@@ -69,7 +69,8 @@ class StepTicker:
             self._loss = self._loss + loss.detach().double() * rows
             self._rows += rows
             step = int(live.get("global_step", 0))
-            if step % self.log_every == 0 and step != self._logged_step and self._rows:
+            # step 0: the first micro-batches of a gradient accumulation window, no optimizer step yet
+            if step > 0 and step % self.log_every == 0 and step != self._logged_step and self._rows:
                 self._logged_step = step
                 record = {"global_step": step, "train_loss": float(self._loss) / self._rows}
                 if lr is not None:
