@@ -65,6 +65,7 @@ class SweepConsole(ProgressReporter):
         self.live: Live | None = None
         self._seen: tuple = ()
         self._last = 0.0
+        self._errors: dict[str, str] = {}  # a failed trial's line, read once (from storage, maybe S3)
         self.total = 0  # the sweep's trials, created or not (setup)
 
     def __getstate__(self) -> dict:  # Tune pickles its run config (tuner.pkl): no console, no live view
@@ -119,7 +120,11 @@ class SweepConsole(ProgressReporter):
                       _num((trial.last_result or {}).get(self.metric)), _num(self._best(trial)),
                       *(_num(params.get(k), 3) for k in self.keys))
             if status == "error":
-                errors.append(Text(f"  {trial.trial_id}: {trial_error(trial)}", style="red"))
+                if trial.trial_id not in self._errors:
+                    self._errors[trial.trial_id] = trial_error(trial)
+                errors.append(Text(f"  {trial.trial_id}: {self._errors[trial.trial_id]}", style="red"))
+            else:  # restarted (tune --resume restarts errored trials): its next error is read anew
+                self._errors.pop(trial.trial_id, None)
         return Group(t, *errors, Text(self.footer(counts, max(len(trials), self.total)), style="bold"))
 
     def footer(self, counts: dict[str, int], total: int) -> str:
@@ -143,8 +148,8 @@ class SweepConsole(ProgressReporter):
         return tuple((tr.trial_id, tr.status, self._epochs_done(tr)) for tr in trials)
 
     def should_report(self, trials: list, done: bool = False) -> bool:
-        if self.console.is_terminal:
-            return True  # Live redraws in place; the elapsed time ticks
+        if self.console.is_terminal:  # Live redraws in place: once a second (Tune asks every loop)
+            return done or time.time() - self._last >= 1.0
         now = self._state(trials)
         return done or (now != self._seen and time.time() - self._last >= self.min_interval_s)
 
