@@ -120,9 +120,10 @@ class SweepConsole(ProgressReporter):
                       _num((trial.last_result or {}).get(self.metric)), _num(self._best(trial)),
                       *(_num(params.get(k), 3) for k in self.keys))
             if status == "error":
-                if trial.trial_id not in self._errors:
-                    self._errors[trial.trial_id] = trial_error(trial)
-                errors.append(Text(f"  {trial.trial_id}: {self._errors[trial.trial_id]}", style="red"))
+                line = self._errors.get(trial.trial_id) or trial_error(trial)
+                if line != "error":  # Tune writes the error file after the status turns: read until then
+                    self._errors[trial.trial_id] = line
+                errors.append(Text(f"  {trial.trial_id}: {line}", style="red"))
             else:  # restarted (tune --resume restarts errored trials): its next error is read anew
                 self._errors.pop(trial.trial_id, None)
         return Group(t, *errors, Text(self.footer(counts, max(len(trials), self.total)), style="bold"))

@@ -72,3 +72,24 @@ def test_it_survives_tunes_pickling_of_the_run_config():
     back = pickle.loads(pickle.dumps(c))
     assert (back.metric, back.mode, back.epochs, back.keys) == ("val/loss", "min", 2, ["optim.lr"])
     assert back.console is not None and back.live is None
+
+
+def test_a_failed_trials_line_appears_once_tune_has_written_its_error():
+    """Tune turns a trial's status to error before its error file exists: the view shows
+    ``error`` until then and the real line after (CI on 50f5776 kept the placeholder)."""
+    t = trial("t_00000", 1e30, [], Trial.ERROR)
+    calls = []
+
+    def get_error():
+        calls.append(1)
+        return "" if len(calls) == 1 else "Traceback ...\nRaydeepError: the training loss is inf at epoch 1/1"
+
+    t.get_error = get_error
+    c, first = view([t])
+    assert "t_00000: error" in first
+    out = io.StringIO()
+    c.console = Console(file=out, width=120)
+    c.report([t], done=True)
+    c.report([t], done=True)
+    assert "t_00000: RaydeepError: the training loss is inf at epoch 1/1" in out.getvalue()
+    assert len(calls) == 2  # read until it exists, then once
