@@ -30,6 +30,7 @@ from raydeep.datasets.reader import epoch_file_order
 from raydeep.datasets.resample import resampled_rows
 
 Arrays = dict[str, np.ndarray]
+SAMPLE_ID = "__sample_id"  # asked for by tests (RAYDEEP_SAMPLE_LOG): which sample a row is, logged per rank
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,19 @@ class EpochOrder:
 
     ``key``: ``(seed, epoch, rank)``; chunk ``c`` draws from ``(*key, c)``. ``shuffle``: permute each
     chunk; ``rates``: resample each chunk's rows by class first (needs ``label``). ``start``:
-    a saved ``Position`` (the source must then begin at its chunk: ``skip_rows``).
+    a saved ``Position`` (the source must then begin at its chunk: ``skip_rows``); ``position`` may
+    also be set before ``batches`` is called.
     """
 
     def __init__(self, *, batch_size: int, chunk_rows: int, key: Sequence[int], shuffle: bool = True,
-                 rates: Sequence[float] | None = None, label: str = "label", start: Position | None = None) -> None:
+                 rates: Sequence[float] | None = None, label: str = "label", start: Position | None = None,
+                 source_rows: int | None = None) -> None:
         if batch_size < 1 or chunk_rows < 1:
             raise ValueError(f"batch_size and chunk_rows must be >= 1, got {batch_size}, {chunk_rows}")
         self.batch_size, self.chunk_rows, self.key = batch_size, chunk_rows, [int(k) for k in key]
         self.shuffle, self.rates, self.label = shuffle, rates, label
         self.position = start or Position(epoch=int(key[1]) if len(key) > 1 else 0)
+        self.source_rows = source_rows  # the rank's rows this epoch (before resampling), for the record
 
     def draw(self, chunk: Arrays, c: int) -> Arrays:
         """Chunk ``c``'s samples in order: resampled, then permuted, from ``(*key, c)``."""

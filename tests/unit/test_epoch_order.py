@@ -105,3 +105,29 @@ def test_the_order_is_a_function_of_the_key_alone():
 def test_position_round_trips():
     p = Position(epoch=2, chunk=3, offset=4, samples=50, batches=7)
     assert Position(**p.to_dict()) == p
+
+
+def test_read_shard_reads_only_the_row_groups_a_range_needs(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from raydeep.datasets.reader import read_shard
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"id": np.arange(100)}), path, row_group_size=10)  # 10 row groups of 10
+    asked = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *args, row_groups=None, **kwargs):
+        asked.append(list(row_groups))
+        return real(self, *args, row_groups=row_groups, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    fs = pafs.LocalFileSystem()
+    for start, stop, batch in [(0, 100, 7), (35, 62, 4), (37, 38, 100), (90, 100, 3), (0, 10, 10)]:
+        got = [b.column("id").to_pylist() for b in read_shard(str(path), fs, ["id"], batch, start, stop)]
+        assert sum(got, []) == list(range(start, stop))
+        assert all(0 < len(b) <= batch for b in got)
+        assert asked[-1] == list(range(start // 10, (stop - 1) // 10 + 1))  # the groups before start: unread
+    assert list(read_shard(str(path), fs, ["id"], 10, 100, 100)) == []
