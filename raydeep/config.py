@@ -57,8 +57,8 @@ class DataConfig(Section):
     val: str
     test: str | None = None
     batch_size: int = Field(64, ge=1, description="micro-batch per worker")
-    shuffle_buffer: int = Field(1024, ge=0, description="rows each worker's shuffle window keeps back to mix with the next block (a "
-                                "batch mixes a whole block and these); 0 = stream order")
+    shuffle_buffer: int = Field(1024, ge=0, description="each worker permutes its training rows in chunks of this many "
+                                "(at least a batch), drawn from (seed, epoch, rank, chunk); 0 = stream order")
     materialize_max_mb: float = Field(
         256, ge=0,
         description="a split whose training columns take at most this many MiB in memory (decoded and "

@@ -22,9 +22,19 @@ class ProgressBoard:
         self.epochs: list[dict[str, Any]] = []
         self.events: list[str] = []
         self.startup_marks: dict[str, float] = {}
+        self.last_step: int | None = None  # the highest global step heard of, this run or (seen_step) before
 
     def update(self, live: dict[str, Any]) -> None:
         self.live = live
+        self.seen_step(live.get("global_step"))
+
+    def seen_step(self, step: int | None) -> None:
+        if step is not None:
+            self.last_step = max(int(step), self.last_step or 0)
+
+    def last_global_step(self) -> int | None:
+        """What a resumed worker group compares its checkpoint's step with: the steps redone."""
+        return self.last_step
 
     def epoch_end(self, metrics: dict[str, Any]) -> None:
         self.epochs.append(metrics)
