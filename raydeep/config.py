@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -57,8 +57,8 @@ class DataConfig(Section):
     val: str
     test: str | None = None
     batch_size: int = Field(64, ge=1, description="micro-batch per worker")
-    shuffle_buffer: int = Field(1024, ge=0, description="rows each worker's shuffle window keeps back to mix with the next block (a "
-                                "batch mixes a whole block and these); 0 = stream order")
+    shuffle_buffer: int = Field(1024, ge=0, description="each worker permutes its training rows in chunks of this many "
+                                "(at least a batch), drawn from (seed, epoch, rank, chunk); 0 = stream order")
     materialize_max_mb: float = Field(
         256, ge=0,
         description="a split whose training columns take at most this many MiB in memory (decoded and "
@@ -223,11 +223,37 @@ class EarlyStoppingConfig(Section):
     patience: int | None = Field(None, ge=1, description="epochs without improvement; null = off")
 
 
+class CheckpointEvery(Section):
+    """``run.checkpoint_every`` as a mapping: exactly one of ``epochs``, ``steps`` (optimizer steps,
+    counted over the run) or ``minutes`` (rank 0's clock). ``steps`` and ``minutes`` checkpoint
+    mid-epoch, with every rank's position in the epoch's sample order, and at every epoch's end."""
+
+    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1)
+    minutes: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "CheckpointEvery":
+        given = [k for k in ("epochs", "steps", "minutes") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of epochs, steps, minutes (got {', '.join(given) or 'none'}); "
+                             "e.g. {steps: 500}, or an integer for epochs")
+        return self
+
+    @property
+    def mid_epoch(self) -> bool:
+        """Whether checkpoints also come between epochs' ends."""
+        return self.epochs is None
+
+
 class RunSection(Section):
     epochs: int = Field(5, ge=1)
     seed: int = 0
     storage: str | None = Field(None, description="where checkpoints go; default: the run directory")
-    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last always is)")
+    checkpoint_every: Annotated[int, Field(ge=1)] | CheckpointEvery = Field(
+        1, description="N (epochs), {epochs: N}, {steps: N} (optimizer steps) or {minutes: M}; the last epoch always "
+        "saves one. steps/minutes also save at every epoch's end and resume mid-epoch at the exact next sample "
+        "(raydeep train only: a sweep refuses them)")
     num_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=-1, description="worker-group restarts; -1 = unlimited")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
@@ -238,6 +264,38 @@ class RunSection(Section):
     mlflow: MlflowSection | None = Field(None, description="log the run (or sweep) to MLflow; needs raydeep[mlflow]")
     log_every_steps: int = Field(10, ge=0, description="every N optimizer steps rank 0's mean training loss and the "
                                  "LR go to TensorBoard (step/train_loss, step/lr) and MLflow; 0: epochs only")
+
+    @field_validator("checkpoint_every", mode="before")
+    @classmethod
+    def _checkpoint_every(cls, v: Any) -> Any:
+        """One line for every wrong shape (pydantic's union errors name both arms)."""
+        shapes = "expected an integer (epochs) or one of {epochs: N}, {steps: N}, {minutes: M}"
+        if isinstance(v, CheckpointEvery):
+            return v
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v < 1:
+                raise ValueError(f"must be at least 1 ({shapes})")
+            return v
+        if not isinstance(v, dict):
+            raise ValueError(shapes)
+        unknown = sorted(set(v) - {"epochs", "steps", "minutes"})
+        given = [k for k in ("epochs", "steps", "minutes") if v.get(k) is not None]
+        if unknown or len(given) != 1:
+            what = f"unknown key {unknown[0]!r}" if unknown else f"{len(given)} of epochs, steps, minutes given"
+            raise ValueError(f"{what}; {shapes}")
+        key, value = given[0], v[given[0]]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key == "minutes" and not (number and value > 0):
+            raise ValueError(f"minutes must be a number > 0, got {value!r}")
+        if key != "minutes" and not (number and value == int(value) and value >= 1):
+            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        return CheckpointEvery(**{key: value if key == "minutes" else int(value)})
+
+    @property
+    def checkpoints(self) -> CheckpointEvery:
+        """``checkpoint_every`` with an integer read as epochs."""
+        every = self.checkpoint_every
+        return CheckpointEvery(epochs=every) if isinstance(every, int) else every
 
 
 class Config(Section):

@@ -54,3 +54,39 @@ def read_tensorboard(logdir) -> dict:
             text[t.removesuffix("/text_summary")] = value.reshape(-1)[0].decode()
     images = {t: (acc.Images(t)[-1].width, acc.Images(t)[-1].height) for t in tags.get("images", [])}
     return {"scalars": scalars, "text": text, "images": images}
+
+
+def read_sample_log(directory: Path) -> dict[int, list[tuple[int, int, str, list[int]]]]:
+    """rank -> [(epoch, global step, loss, sample ids)] as written (``loop.SampleLog``, ``RAYDEEP_SAMPLE_LOG``)."""
+    out = {}
+    for path in sorted(Path(directory).glob("ids_r*.txt")):
+        lines = []
+        for line in path.read_text().splitlines():
+            epoch, step, loss, *ids = line.split()
+            lines.append((int(epoch), int(step), loss, [int(i) for i in ids]))
+        out[int(path.stem.removeprefix("ids_r"))] = lines
+    return out
+
+
+def exactly_once_but_redone(log: dict[int, list], samples_per_epoch: list[int]) -> set[int]:
+    """The global steps some rank trained twice (a group restarted from a checkpoint behind where it
+    stopped), after checking that each was the same step again (the same samples, the same loss),
+    that no step is missing, and that, counting each step once, every epoch trained on every one of
+    its samples exactly once."""
+    redone: set[int] = set()
+    ids: dict[int, list[int]] = {}
+    for rank, lines in log.items():
+        first: dict[int, tuple] = {}
+        for epoch, step, loss, batch in lines:
+            if step in first:
+                assert first[step] == (epoch, loss, batch), f"rank {rank} redid step {step} differently"
+                redone.add(step)
+            else:
+                first[step] = (epoch, loss, batch)
+        assert sorted(first) == list(range(1, len(first) + 1)), f"rank {rank} skipped a step"
+        for epoch, _, batch in first.values():
+            ids.setdefault(epoch, []).extend(batch)
+    assert sorted(ids) == list(range(len(samples_per_epoch)))
+    for epoch, got in ids.items():
+        assert len(got) == len(set(got)) == samples_per_epoch[epoch], epoch
+    return redone

@@ -8,6 +8,10 @@ rows one by one, which held a worker to a third of pyarrow's rate (benchmarks/BE
 arrays in one step (a list column: one flatten and reshape, no copy), and batches are gathered
 from them with one fancy index each.
 
+The training split's batches are cut by ``epoch_order.EpochOrder`` (``order``): chunks of the
+rank's rows permuted from (seed, epoch, rank, chunk), with a position a resumed rank starts at.
+Without it (tests, benchmarks), the shuffle window below.
+
 Shuffle window: with ``shuffle_buffer`` > 0 the rows of each block are drawn in a random order
 together with the rows kept back from the blocks before it; at least ``shuffle_buffer`` rows
 are kept back to mix with the next block, and the last ones go out when the shard ends. So a
@@ -19,12 +23,13 @@ Every row of the shard is yielded exactly once; batches are ``batch_size`` rows 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raydeep.datasets.epoch_order import EpochOrder
 from raydeep.errors import DataError
 
 if TYPE_CHECKING:
@@ -164,12 +169,17 @@ def check_limits(arrays: Arrays, limits: dict[str, tuple[int, int, str]], where:
     return arrays
 
 
-def torch_batches(shard: DataIterator, *, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None,
-                  device: Any = None, prefetch_blocks: int = 1, limits: dict[str, tuple[int, int, str]] | None = None,
-                  where: str = "data", widths: dict[str, int] | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """The worker's batches of one epoch of ``shard`` as torch tensors on ``device`` (module doc).
+def torch_batches(shard: DataIterator | Iterable[pa.Table], *, batch_size: int, shuffle_buffer: int = 0,
+                  seed: int | None = None, device: Any = None, prefetch_blocks: int = 1,
+                  limits: dict[str, tuple[int, int, str]] | None = None, where: str = "data",
+                  widths: dict[str, int] | None = None, order: EpochOrder | None = None
+                  ) -> Iterator[dict[str, torch.Tensor]]:
+    """The worker's batches of one epoch of ``shard`` (a Ray ``DataIterator``, or pyarrow blocks) as
+    torch tensors on ``device`` (module doc).
 
-    ``shuffle_buffer`` 0 keeps the stream's order; otherwise rows are mixed through the window,
+    ``order``: batches cut by an ``epoch_order.EpochOrder`` (the training split: chunks permuted
+    from (seed, epoch, rank), and a position to resume at). Without it, ``shuffle_buffer`` 0 keeps
+    the stream's order; otherwise rows are mixed through the window,
     reproducibly from ``seed`` for a given block order. ``limits`` bounds columns' values and
     ``widths`` fixes list columns' widths (the plan's), both checked once per block (``check_limits``,
     ``block_arrays``; ``where`` names the split in their messages).
@@ -178,11 +188,12 @@ def torch_batches(shard: DataIterator, *, batch_size: int, shuffle_buffer: int =
 
     rng = np.random.default_rng(seed) if shuffle_buffer > 0 else None
     widths = dict(widths or {})  # block_arrays adds the first block's widths of the columns it lacks
-    blocks = (check_limits(block_arrays(b, widths, where), limits or {}, where)
-              for b in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks)
-              if b.num_rows)
+    source = (shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks)
+              if hasattr(shard, "iter_batches") else shard)
+    blocks = (check_limits(block_arrays(b, widths, where), limits or {}, where) for b in source if b.num_rows)
     to_gpu = device is not None and torch.device(device).type == "cuda"
-    for batch in shuffled_batches(blocks, batch_size, shuffle_buffer, rng):
+    batches = order.batches(blocks) if order is not None else shuffled_batches(blocks, batch_size, shuffle_buffer, rng)
+    for batch in batches:
         # Every batch array is a fresh gather (``_take``) or a row slice of one: writable and
         # contiguous, never a view into Ray's read-only block.
         tensors = {k: torch.from_numpy(v) for k, v in batch.items()}

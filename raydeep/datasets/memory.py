@@ -14,8 +14,10 @@ of w takes every w-th row, ``rows // w`` rows (the rest are dropped to keep rank
 between workers from epoch to epoch, and a run resumed at epoch k sees epoch k's rows. An
 unsplit split (validation) gives every worker all rows in file order.
 
-``InMemoryShard.iter_batches`` has the signature ``batches.torch_batches`` calls on a Ray
-``DataIterator``, so the worker's batcher and its shuffle window are the same for both.
+``InMemoryShard.epoch_blocks`` is one epoch of a training shard from a given row on (a
+mid-epoch resume), as ``streaming.StreamedShard.epoch_blocks`` is for a streamed one;
+``iter_batches`` has the signature ``batches.torch_batches`` calls on a Ray ``DataIterator``
+(validation).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raydeep.datasets.epoch_order import SAMPLE_ID
 from raydeep.datasets.resample import resampled_rows
 from raydeep.datasets.scan import fits_in_memory
 from raydeep.datasets.schema import LABEL_COLUMN
@@ -90,6 +93,21 @@ class InMemoryShard:
             drawn = drawn[rng.permutation(len(drawn))]
         kept = len(drawn) // self.world * self.world
         return drawn[:kept][self.rank::self.world]
+
+    def epoch_rows(self, epoch: int) -> int:
+        """How many rows ``epoch_blocks(epoch)`` yields."""
+        rows = self.rows(epoch)
+        return self.table.num_rows if rows is None else len(rows)
+
+    def epoch_blocks(self, epoch: int, skip: int = 0, ids: bool = False) -> Iterator[pa.Table]:
+        """This shard's rows of ``epoch`` (``rows``) in blocks of up to ``BLOCK_BYTES``, less the
+        first ``skip``; with ``ids``, each row's index in the table as ``SAMPLE_ID``."""
+        rows = self.rows(epoch)
+        rows = np.arange(self.table.num_rows) if rows is None else rows
+        for i in range(skip, len(rows), self.block_rows):
+            index = rows[i:i + self.block_rows]
+            block = self.table.take(index)
+            yield block.append_column(SAMPLE_ID, pa.array(index, pa.int64())) if ids else block
 
     def _labels(self) -> np.ndarray:
         return self.table.column(LABEL_COLUMN).to_numpy()

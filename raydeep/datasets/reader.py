@@ -30,8 +30,28 @@ def rows_per_block(rows: int, nbytes: float, block_bytes: int) -> int:
     return max(1, min(rows, int(block_bytes * rows // nbytes)))
 
 
-def read_shard(path: str, filesystem: pafs.FileSystem, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
-    """One shard's ``columns``, ``batch_rows`` rows at a time."""
+def read_shard(path: str, filesystem: pafs.FileSystem, columns: list[str], batch_rows: int, start: int = 0,
+               stop: int | None = None) -> Iterator[pa.Table]:
+    """One shard's ``columns``, ``batch_rows`` rows at a time; with ``start``/``stop``, only rows
+    ``[start, stop)``: row groups wholly outside are never read (the footer's row counts place them),
+    the first one's rows before ``start`` are read and dropped."""
     with filesystem.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
-            yield pa.Table.from_batches([batch])
+        pf = pq.ParquetFile(f)
+        md = pf.metadata
+        stop = md.num_rows if stop is None else min(stop, md.num_rows)
+        groups, at, pos = [], 0, None
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if at + n > start and at < stop:
+                groups.append(g)
+                pos = at if pos is None else pos
+            at += n
+        if not groups:
+            return
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns):
+            a, b = max(start - pos, 0), min(stop - pos, batch.num_rows)
+            if b > a:
+                yield pa.Table.from_batches([batch.slice(a, b - a)])
+            pos += batch.num_rows
+            if pos >= stop:
+                return

@@ -134,6 +134,10 @@ def check_space(cfg: Config, source: str) -> None:
     if t is None:
         raise ConfigError(f"{source}: no tune: section; add one (see configs/sweep-digits-lt.yaml), "
                           f"or run it with raydeep train")
+    if cfg.run.checkpoints.mid_epoch:  # a trial reports once per epoch (ASHA's rungs, PBT's segments)
+        raise ConfigError(f"{source}: run.checkpoint_every = {cfg.run.checkpoints.model_dump(exclude_none=True)}: "
+                          "a sweep checkpoints per epoch only; use an integer (epochs), or raydeep train for "
+                          "steps/minutes")
     where = f"{source}: tune.space"
     space = t.space
     for key in space:

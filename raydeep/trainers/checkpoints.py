@@ -23,6 +23,18 @@ STATE_FILE = "raydeep.json"
 # Each rank's micro-batches of the gradient accumulation window the checkpoint cut (loop.AccumulationWindow):
 # what a resumed worker replays; absent when no window was open. Training state only: evaluate never reads it.
 WINDOW_FILE = "accum_window_r{rank}.pt"
+# A mid-epoch checkpoint's (run.checkpoint_every: {steps|minutes}): each rank's place in the epoch's sample
+# order (datasets.epoch_order.Position), RNG state and partial epoch figures. Training state only.
+POSITION_FILE = "position_r{rank}.pt"
+MID_EPOCH = "mid_epoch"  # the key that marks a mid-epoch checkpoint's report (and raydeep.json's metrics)
+
+
+
+
+def resume_world_line(saved: int, now: int) -> str:
+    """Why a mid-epoch checkpoint cannot resume on another number of workers (driver and worker say it)."""
+    return (f"the latest checkpoint is mid-epoch and was saved by {saved} workers; it resumes only on {saved} "
+            f"(now {now}): set scaling.num_workers={saved}, or resume from an epoch's checkpoint")
 
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's registry of a run's checkpoints

@@ -24,7 +24,7 @@ from raydeep.config import Config, to_yaml
 from raydeep.datasets.storage import resolve_storage
 from raydeep.errors import ConfigError
 from raydeep.fileio import atomic_write_text
-from raydeep.trainers.checkpoints import SNAPSHOT, registered
+from raydeep.trainers.checkpoints import SNAPSHOT, STATE_FILE, registered, resume_world_line
 from raydeep.trainers.follow import METRICS, follow, process_start_time, startup_timeline
 from raydeep.trainers.launch import build_trainer, cluster_address_pinned
 from raydeep.trainers.mlflow_log import ended_status, open_run, run_artifacts, run_tags
@@ -89,6 +89,39 @@ def drop_unregistered(fs, folder: str, console: Console) -> None:
                       f"cut short): {', '.join(garbage)}")
 
 
+def check_resume(fs, folder: str, world: int, run_dir: Path) -> int | None:
+    """Before resuming: refuse, in one line, a mid-epoch latest checkpoint (``run.checkpoint_every:
+    {steps|minutes}``) saved by another number of workers (its position is per rank); return the
+    last global step the stopped run was seen at (``record_last_step``), if known."""
+    import pyarrow.fs as pafs
+
+    fs = fs or pafs.LocalFileSystem()
+    try:
+        with fs.open_input_stream(f"{folder}/{SNAPSHOT}") as f:
+            latest = registered(f.read().decode())[1]
+        with fs.open_input_stream(f"{folder}/{latest}/{STATE_FILE}") as f:
+            position = json.loads(f.read().decode()).get("position")
+    except (OSError, ValueError, TypeError):  # no checkpoint yet: the run starts over
+        position = None
+    if position and int(position["world_size"]) != world:
+        raise ConfigError(f"--resume {run_dir}: {resume_world_line(int(position['world_size']), world)}")
+    try:
+        return json.loads((run_dir / RUN_FILE).read_text()).get("last_global_step")
+    except (OSError, ValueError):
+        return None
+
+
+def record_last_step(run_dir: Path, board) -> None:
+    """Keep in run.json the last global step the board heard of, for a later --resume's count of
+    redone steps. Never fails the run's own ending."""
+    try:
+        step = ray.get(board.last_global_step.remote(), timeout=5)
+        info = json.loads((run_dir / RUN_FILE).read_text())
+        atomic_write_text(run_dir / RUN_FILE, json.dumps({**info, "last_global_step": step}) + "\n")
+    except Exception:
+        pass
+
+
 def storage_name(run_dir: Path, remote: bool) -> str:
     """The run's folder name in Ray Train's storage, recorded in ``run.json`` so --resume finds it.
 
@@ -130,6 +163,7 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
     info = connect(address, verbose=verbose)
     marks["ray_ready"] = time.time()
     plan = plan_run(cfg, info, data)
+    last_step = check_resume(storage_fs, f"{storage_path}/{name}", plan.world, run_dir) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RUN_FILE, json.dumps({"storage_name": name, "storage": cfg.run.storage}) + "\n")
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
@@ -141,6 +175,7 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
 
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     board = ProgressBoard.remote()
+    board.seen_step.remote(last_step)  # what the stopped run had reached: a resumed group counts the steps it redoes
     trainer = build_trainer(plan, name=name, storage_path=storage_path,
                             storage_filesystem=storage_fs, board=board, verbose=verbose)
     mlrun = None
@@ -164,6 +199,7 @@ def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, address: str
         write_plots(run_dir, summary, plan, console)
         events.image("confusion_matrix", run_dir / "confusion.png", step=summary["final"].get("global_step") or 0)
     except BaseException as exc:
+        record_last_step(run_dir, board)
         if mlrun is not None:  # what the dashboard shows: FAILED, or KILLED for Ctrl-C
             mlrun.artifacts(run_artifacts(run_dir))
             mlrun.end(ended_status(exc))

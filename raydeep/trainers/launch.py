@@ -19,9 +19,11 @@ from ray.train.torch import TorchTrainer
 
 from raydeep.config import Config
 from raydeep.datasets.memory import in_memory_split
-from raydeep.datasets.streaming import to_ray_dataset
+from raydeep.datasets.streaming import StreamedSplit, streamed_split, to_ray_dataset
 from raydeep.trainers.loop import train_loop_per_worker
 from raydeep.trainers.plan import RunPlan, worker_job
+
+SAMPLE_LOG_ENV = "RAYDEEP_SAMPLE_LOG"  # tests: a directory where each rank logs the samples it trained on
 
 try:  # private: runs go on if it moves (see cluster_address_pinned)
     from ray.train.v2._internal import constants as _train_constants
@@ -36,11 +38,11 @@ def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesy
     cache_bytes = int(cfg.data.materialize_max_mb * 2**20)
     held = {"train": in_memory_split(data.train, max_bytes=cache_bytes, seed=cfg.run.seed, rates=plan.sampling_rates),
             "val": in_memory_split(data.val, max_bytes=cache_bytes)}
-    job = worker_job(plan, board=board, verbose=verbose,
-                     in_memory={name: split for name, split in held.items() if split is not None})
+    if held["train"] is None:  # each worker streams its own ranges of each epoch (datasets/epoch_order.py)
+        held["train"] = train_split(plan)
+    job = worker_job(plan, board=board, verbose=verbose, sample_log=os.environ.get(SAMPLE_LOG_ENV) or None,
+                     splits={name: split for name, split in held.items() if split is not None})
     datasets = {}
-    if held["train"] is None:
-        datasets["train"] = train_dataset(plan)
     if held["val"] is None:
         datasets["val"] = to_ray_dataset(data.val, block_bytes=block_bytes(cfg))
     es = cfg.run.early_stopping
@@ -66,9 +68,8 @@ def build_trainer(plan: RunPlan, *, name: str, storage_path: str, storage_filesy
             callbacks=callbacks,
         ),
         datasets=datasets or None,
-        # Only the training set is split; see trainers/loop.py for why validation is not.
-        dataset_config=RayDataConfig(datasets_to_split=[n for n in ("train",) if n in datasets],
-                                     execution_options=ingest_options(cfg.data.read_ahead_mb)),
+        # Validation is not split (trainers/loop.py says why); training is never a Ray Train dataset.
+        dataset_config=RayDataConfig(datasets_to_split=[], execution_options=ingest_options(cfg.data.read_ahead_mb)),
     )
 
 
@@ -125,6 +126,10 @@ def block_bytes(cfg: Config) -> int | None:
     return int(cfg.data.block_mb * 2**20) if cfg.data.block_mb else None
 
 
-def train_dataset(plan: RunPlan) -> Any:
-    return to_ray_dataset(plan.data.train, shuffle_seed=plan.cfg.run.seed, rates=plan.sampling_rates,
-                          block_bytes=block_bytes(plan.cfg))
+def train_split(plan: RunPlan) -> StreamedSplit:
+    """The streamed training split: each worker reads its own ranges of each epoch as its own Ray Data
+    execution, with its share of ``data.read_ahead_mb``."""
+    read_ahead = plan.cfg.data.read_ahead_mb
+    return streamed_split(plan.data.train, seed=plan.cfg.run.seed, block_bytes=block_bytes(plan.cfg),
+                          read_ahead_bytes=int(read_ahead * 2**20 / plan.world) if read_ahead else None,
+                          rates=plan.sampling_rates)

@@ -11,7 +11,10 @@ error (``max_failures``), and would wait forever for a rank left in a collective
 loss under ``skip_batch`` is skipped by every rank alike (``train/skipped_steps``): no backward
 on a NaN loss, no optimizer or schedule step. Measurement (``EpochMeter``), early stopping
 (``EarlyStopping``), the epoch seed (``epoch_seed``), the accumulation window a checkpoint cuts
-(``AccumulationWindow``) and save/restore (``reporting.py``) sit behind one name each, so the
+(``AccumulationWindow``), when a checkpoint is due (``CheckpointClock``: epochs, or also every N
+steps or M minutes mid-epoch), the rank's place in the epoch's sample order
+(``datasets.epoch_order.EpochOrder``; a mid-epoch checkpoint saves it, ``resume_epoch`` puts it
+back: the exact next sample) and save/restore (``reporting.py``) sit behind one name each, so the
 loop reads top to bottom.
 
 Validation is NOT split across workers: every worker reads all of it. We chose this over
@@ -41,6 +44,7 @@ from ray.train.v2._internal.execution import context as train_context
 
 from raydeep.config import Config, EarlyStoppingConfig
 from raydeep.datasets.batches import torch_batches
+from raydeep.datasets.epoch_order import SAMPLE_ID, EpochOrder, Position
 from raydeep.datasets.schema import FeatureSpec
 from raydeep.errors import RaydeepError
 from raydeep.trainers.engine import (create_engine, held_parameter_bytes, input_dtype, l1_penalty,
@@ -48,7 +52,8 @@ from raydeep.trainers.engine import (create_engine, held_parameter_bytes, input_
 from raydeep.trainers.models import build_model
 from raydeep.trainers.plan import WorkerJob
 from raydeep.trainers.progress import StepTicker
-from raydeep.trainers.reporting import STOPPED, STOPPED_KIND, report_epoch, restore
+from raydeep.trainers.checkpoints import resume_world_line
+from raydeep.trainers.reporting import STOPPED, STOPPED_KIND, report_epoch, report_mid_epoch, restore
 from raydeep.trainers.schedules import Schedule
 from raydeep.trainers.tasks import Task, task_of
 
@@ -83,24 +88,22 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
         engine.backward(forward(x, y, epoch))
         engine.step()
     first_epoch = stopper.load_state_dict(saved) if saved else 0
-    resumed_from = int(engine.global_steps) if saved else None
     board = job.board if rank == 0 else None  # None in Tune trials: Tune draws its own table
-    ticker = StepTicker(board, log_every=cfg.run.log_every_steps)
-    if board is not None and saved:
-        board.event.remote(f"resumed at epoch {first_epoch}, global step {engine.global_steps}")
+    ticker, clock = StepTicker(board, log_every=cfg.run.log_every_steps), CheckpointClock(cfg, engine.global_steps, rank)
+    resumed = resume_note(saved, board, job, world, int(engine.global_steps))
     train_data = dataset_shard(job, "train", rank, world, first_epoch=first_epoch)
     val_data = dataset_shard(job, "val", rank, world)
     limits, dtype = value_limits(engine.module, feature), input_dtype(engine)
     held = held_parameter_bytes(engine.module)  # rank 0's: ~1/world of the model under ZeRO-3
-    stop = False
+    samples_log, stop = SampleLog.open(job.sample_log, rank), False
     for epoch in range(first_epoch, cfg.run.epochs):
-        seed = epoch_seed(cfg.run.seed, epoch, rank)
-        seed_everything(seed)  # each epoch reproducible on its own: a resumed run draws the same dropout masks
+        seed_everything(epoch_seed(cfg.run.seed, epoch, rank))  # each epoch reproducible on its own
         engine.train()
-        meter = EpochMeter(engine.device)
-        batches = torch_batches(train_data, batch_size=cfg.data.batch_size, shuffle_buffer=cfg.data.shuffle_buffer,
-                                seed=seed, device=engine.device, limits=limits, where="data.train",
-                                widths={feature.column: feature.width})
+        meter, order = EpochMeter(engine.device), epoch_order(cfg, epoch, rank, train_data)
+        resume_epoch(saved, epoch, order, meter, engine.device)  # a mid-epoch checkpoint's place, RNG, figures
+        blocks = train_data.epoch_blocks(epoch, order.position.chunk * order.chunk_rows, ids=samples_log is not None)
+        batches = torch_batches(blocks, batch_size=cfg.data.batch_size, device=engine.device, limits=limits,
+                                where="data.train", widths={feature.column: feature.width}, order=order)
         for batch in meter.timed(lockstep(batches, engine.device)):
             x, y = inputs(batch, feature, dtype), task.targets(batch, feature)
             window.before_forward()
@@ -114,25 +117,132 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
             engine.step()
             window.took(x, y, epoch)
             meter.step(loss, len(y), task.tokens(y))
+            samples_log and samples_log.write(epoch, int(engine.global_steps), loss, batch)
             marks.setdefault("first_step", time.time())
             ticker.tick(epoch=epoch, step=meter.steps, steps=job.steps.per_epoch, global_step=engine.global_steps,
                         samples_per_s=meter.rate(world), loss=loss, rows=len(y), lr=schedule)
+            if clock.mid_epoch_due(int(engine.global_steps), engine.device):
+                checkpoint_mid_epoch(engine, schedule, stopper, order, meter, job, window)
         marks.setdefault("first_batch", meter.first_batch_at)
         metrics = {"epoch": epoch, "global_step": engine.global_steps, **meter.summary(world), "param_bytes": held,
-                   "lr": schedule(max(engine.global_steps - 1, 0)),
+                   "lr": schedule(max(engine.global_steps - 1, 0)), **(resumed if epoch == first_epoch else {}),
                    **validation_pass(engine, val_data, task, cfg, loss_fn, epoch, feature, dtype)}
         schedule.observe(epoch, metrics.get(getattr(cfg.schedule, "metric", "val/loss")))  # plateau reads it
         stop = stopper.update(metrics, epoch)
-        due = stop or epoch + 1 == cfg.run.epochs or (epoch + 1) % cfg.run.checkpoint_every == 0
         report_epoch(metrics, board=board, startup=marks if epoch == first_epoch else None, engine=engine,
-                     schedule=schedule, state=stopper.state_dict(epoch + 1) if due else None, job=job,
-                     window=window)
+                     schedule=schedule, state=stopper.state_dict(epoch + 1) if clock.epoch_due(epoch, stop) else None,
+                     job=job, window=window)
+        clock.saved(int(engine.global_steps))
         if stop:
             break
-    return {"resumed_from_step": resumed_from, "stopped_early": stop}  # the metrics left by report_epoch
+    return {"resumed_from_step": resumed.get("resumed", {}).get("global_step"),
+            "stopped_early": stop}  # the metrics left by report_epoch
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+class CheckpointClock:
+    """When a checkpoint is due (``run.checkpoint_every``). ``{epochs: N}`` (or N): every N-th epoch's
+    end, the last epoch's and an early stop's. ``{steps: N}``: also after every N-th optimizer step
+    of the run; ``{minutes: M}``: also after the first step M minutes past the last checkpoint, by
+    rank 0's clock (one all-reduce per step, so every rank saves together). With either, every
+    epoch's end saves too: those checkpoints carry the validation metrics the ranking reads."""
+
+    def __init__(self, cfg: Config, global_step: int, rank: int) -> None:
+        self.every, self.epochs, self.rank = cfg.run.checkpoints, cfg.run.epochs, rank
+        self.last_time, self.last_step = time.monotonic(), global_step  # a resumed run's checkpoint is not due again
+
+    def epoch_due(self, epoch: int, stop: bool) -> bool:
+        return stop or epoch + 1 == self.epochs or self.every.mid_epoch or (epoch + 1) % self.every.epochs == 0
+
+    def mid_epoch_due(self, global_step: int, device: torch.device) -> bool:
+        if self.every.steps is not None:
+            due = global_step != self.last_step and global_step % self.every.steps == 0
+        elif self.every.minutes is not None:
+            late = self.rank == 0 and time.monotonic() - self.last_time >= self.every.minutes * 60
+            due = global_step != self.last_step and all_reduce_min(int(not late), device) == 0
+        else:
+            return False
+        if due:
+            self.saved(global_step)
+        return due
+
+    def saved(self, global_step: int) -> None:
+        self.last_time, self.last_step = time.monotonic(), global_step
+
+
+def epoch_order(cfg: Config, epoch: int, rank: int, shard: Any) -> EpochOrder:
+    """This rank's order of ``epoch`` (``datasets/epoch_order.py``): chunks of the shuffle buffer's
+    rows (at least a batch) permuted from (seed, epoch, rank); a streamed shard resamples per chunk."""
+    return EpochOrder(batch_size=cfg.data.batch_size, chunk_rows=max(cfg.data.shuffle_buffer, cfg.data.batch_size),
+                      key=(cfg.run.seed, epoch, rank), shuffle=cfg.data.shuffle_buffer > 0,
+                      rates=getattr(shard, "chunk_rates", None), source_rows=shard.epoch_rows(epoch))
+
+
+def resume_epoch(saved: dict[str, Any] | None, epoch: int, order: EpochOrder, meter: "EpochMeter",
+                 device: torch.device) -> None:
+    """Put a mid-epoch checkpoint's rank state back (once, in its epoch): the place in the sample
+    order, the RNG (dropout continues as if never stopped) and the epoch's figures so far."""
+    mine = (saved or {}).get("rank")
+    if not mine or int(mine["position"]["epoch"]) != epoch:
+        return
+    saved["rank"] = None
+    order.position = Position(**{k: int(v) for k, v in mine["position"].items()})
+    set_rng_state(mine["rng"], device)
+    meter.load_state_dict(mine["meter"])
+
+
+def checkpoint_mid_epoch(engine, schedule: Schedule, stopper: "EarlyStopping", order: EpochOrder,
+                         meter: "EpochMeter", job: WorkerJob, window: "AccumulationWindow") -> None:
+    """Save between epochs' ends: every rank's place (summed into the global position: a collective,
+    as the save is), its RNG and its figures of the epoch so far."""
+    p = order.position
+    samples, of = all_reduce_sum([float(p.samples), float(order.source_rows)], engine.device)
+    world = ray.train.get_context().get_world_size()
+    position = {"epoch": p.epoch, "samples": int(samples), "of": int(of), "batches": p.batches, "world_size": world,
+                "chunk_rows": order.chunk_rows, "global_step": int(engine.global_steps)}
+    rank_state = {"position": p.to_dict(), "rng": rng_state(engine.device), "meter": meter.state_dict()}
+    report_mid_epoch(engine, schedule, {**stopper.state_dict(p.epoch), "position": position}, job, window, rank_state)
+
+
+def resume_note(saved: dict[str, Any] | None, board, job: WorkerJob, world: int, global_step: int) -> dict[str, Any]:
+    """A resumed run's ``{"resumed": ...}`` for its first epoch's metrics (metrics.jsonl), and on rank
+    0 the console line: where it continues (epoch, step and sample of that epoch, global step) and
+    how many optimizer steps past that checkpoint the stopped or failed group had been seen to take
+    by the progress board (its updates come every 0.5 s: at least that many were redone)."""
+    if not saved:
+        return {}
+    at = saved.get("position") or {"epoch": int(saved["epoch"]), "samples": 0, "batches": 0, "of": None}
+    if at.get("world_size", world) != world:  # the driver refuses it first (driver.check_resume)
+        raise StopRun(resume_world_line(at["world_size"], world))
+    seen = ray.get(board.last_global_step.remote(), timeout=30) if board is not None else None
+    note = {"epoch": int(at["epoch"]), "step": int(at["batches"]), "sample": int(at["samples"]), "of": at.get("of"),
+            "global_step": global_step, "redone_steps": None if seen is None else max(0, seen - global_step)}
+    if board is not None:
+        of = f" of {note['of']}" if note["of"] else ""
+        redone = "" if seen is None else f"; at least {note['redone_steps']} step(s) past it redone"
+        board.event.remote(f"resumed at epoch {note['epoch']}, step {note['step']}, sample {note['sample']}{of} "
+                           f"(global step {global_step}){redone}")
+    return {"resumed": note}
+
+
+class SampleLog:
+    """Which samples each rank trained on, for tests (``RAYDEEP_SAMPLE_LOG=DIR`` on the driver): one
+    line per step, ``epoch global_step loss id id ...`` (the loss exact, as ``repr``), appended and
+    flushed to ``DIR/ids_r<rank>.txt``. Off (None) unless asked: the loop then reads no id column,
+    syncs no loss and writes nothing."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "a", buffering=1)
+
+    @classmethod
+    def open(cls, directory: str | None, rank: int) -> "SampleLog | None":
+        return None if directory is None else cls(f"{directory}/ids_r{rank}.txt")
+
+    def write(self, epoch: int, global_step: int, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        line = [epoch, global_step, repr(loss.detach().item()), *batch[SAMPLE_ID].tolist()]
+        self.file.write(" ".join(map(str, line)) + "\n")
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -338,6 +448,18 @@ class EpochMeter:
         self.step_ends = [self.t0]
         self.waits: list[float] = []  # per step, getting the batch: is the run input-bound?
         self.first_batch_at: float | None = None
+        self.before = 0  # rows of the epoch taken before a mid-epoch resume: not in this run's rate
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch's sums so far (a mid-epoch checkpoint's), not its times."""
+        return {"loss_sum": self.loss_sum.detach().cpu(), "seen": self.seen, "tokens": self.tokens.detach().cpu(),
+                "steps": self.steps, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.tokens = state["tokens"].to(self.device)
+        self.seen = self.before = int(state["seen"])
+        self.steps, self.skipped = int(state["steps"]), int(state["skipped"])
 
     def timed(self, batches: Iterable[dict[str, torch.Tensor]]):
         for batch in batches:
@@ -361,19 +483,19 @@ class EpochMeter:
         self.skipped += 1
 
     def rate(self, world: int) -> float:
-        return self.seen * world / (time.perf_counter() - self.t0)
+        return (self.seen - self.before) * world / (time.perf_counter() - self.t0)
 
     def summary(self, world: int) -> dict[str, Any]:
         """The epoch's figures, the loss and rows all-reduced over the ranks; times are rank 0's."""
         train_time = time.perf_counter() - self.t0
-        loss_total, seen_total, tokens_total = all_reduce_sum(
-            [self.loss_sum.item(), float(self.seen), float(self.tokens.item())], self.device)
+        loss_total, seen_total, tokens_total, before = all_reduce_sum(
+            [self.loss_sum.item(), float(self.seen), float(self.tokens.item()), float(self.before)], self.device)
         return {
             "train/loss": loss_total / seen_total if seen_total else float("nan"),  # every step skipped: no loss
             "train/samples": int(seen_total),
             "train/skipped_steps": self.skipped,  # the same on every rank: all skip together
-            "samples_per_s": seen_total / train_time,
-            **({"train/tokens_per_s": tokens_total / train_time} if tokens_total else {}),
+            "samples_per_s": (seen_total - before) / train_time,  # this run's: a resumed epoch's part
+            **({"train/tokens_per_s": tokens_total * (1 - before / seen_total) / train_time} if tokens_total else {}),
             "epoch_time_s": train_time,
             "data_wait_s": sum(self.waits),  # the first batch's wait included
             "first_batch_s": self.waits[0] if self.waits else None,
@@ -430,8 +552,9 @@ class EarlyStopping:
 
 def dataset_shard(job: WorkerJob, name: str, rank: int, world: int, first_epoch: int = 0):
     """This worker's ``name`` split: its rows of a split held in memory (``datasets/memory.py``; the
-    training split is dealt anew each epoch, validation is whole) or Ray Data's shard of a streamed one."""
-    held = job.in_memory.get(name)
+    training split is dealt anew each epoch, validation is whole), its own ranges of a streamed
+    training split (``streaming.StreamedSplit``), or Ray Data's whole stream of a streamed validation split."""
+    held = job.splits.get(name)
     if held is None:
         return ray.train.get_dataset_shard(name)
     return held.shard(rank, world, split=name == "train", first_epoch=first_epoch)

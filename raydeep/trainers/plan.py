@@ -266,7 +266,10 @@ class WorkerJob:
     steps: Steps
     board: Any = None  # the ProgressBoard actor handle; None in Tune trials (Tune draws its own table)
     verbose: bool = False
-    in_memory: dict[str, Any] = field(default_factory=dict)  # split name -> InMemorySplit
+    # split name -> what the workers cut their rows from: an InMemorySplit, or for a streamed training
+    # split a StreamedSplit (a streamed validation split comes whole from Ray Train's dataset)
+    splits: dict[str, Any] = field(default_factory=dict)
+    sample_log: str | None = None  # RAYDEEP_SAMPLE_LOG: tests log the samples each rank trained on (loop.SampleLog)
 
     @property
     def zero_stage(self) -> int:
@@ -274,7 +277,7 @@ class WorkerJob:
 
 
 def worker_job(plan: RunPlan, *, board: Any = None, verbose: bool = False,
-               in_memory: dict[str, Any] | None = None) -> WorkerJob:
+               splits: dict[str, Any] | None = None, sample_log: str | None = None) -> WorkerJob:
     return WorkerJob(config=plan.cfg, feature=plan.data.feature, label_names=plan.data.label_names,
                      class_weights=plan.class_weights, device=plan.device, ds_config=plan.ds_config,
-                     steps=plan.steps, board=board, verbose=verbose, in_memory=in_memory or {})
+                     steps=plan.steps, board=board, verbose=verbose, splits=splits or {}, sample_log=sample_log)

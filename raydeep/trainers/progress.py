@@ -23,9 +23,19 @@ class ProgressBoard:
         self.events: list[str] = []
         self.startup_marks: dict[str, float] = {}
         self.steps: list[dict[str, float]] = []  # every run.log_every_steps: rank 0's loss and LR
+        self.last_step: int | None = None  # the highest global step heard of, this run or (seen_step) before
 
     def update(self, live: dict[str, Any]) -> None:
         self.live = live
+        self.seen_step(live.get("global_step"))
+
+    def seen_step(self, step: int | None) -> None:
+        if step is not None:
+            self.last_step = max(int(step), self.last_step or 0)
+
+    def last_global_step(self) -> int | None:
+        """What a resumed worker group compares its checkpoint's step with: the steps redone."""
+        return self.last_step
 
     def step_log(self, record: dict[str, float]) -> None:
         self.steps.append(record)

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from raydeep.trainers.checkpoints import load_state_dict
+from raydeep.trainers.checkpoints import MID_EPOCH, load_state_dict
 from raydeep.trainers.follow import METRICS
 from raydeep.trainers.plan import RunPlan
 from raydeep.trainers.plots import plot_learning_curves
@@ -19,7 +19,8 @@ SUMMARY = "summary.json"
 
 
 def best_checkpoint(result, metric: str, mode: str) -> str | None:
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
+    scored = [(c, m) for c, m in (result.best_checkpoints or [])
+              if m.get(metric) is not None and not m.get(MID_EPOCH)]  # mid-epoch: no validation behind it
     if not scored:
         return None
     pick = max if mode == "max" else min

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ import psutil  # a Ray dependency
 import ray.train
 
 from raydeep.errors import ConfigError, DataError, RaydeepError, ResourceError
-from raydeep.trainers.checkpoints import ENGINE_TAG, STATE_FILE, WINDOW_FILE
+from raydeep.trainers.checkpoints import ENGINE_TAG, MID_EPOCH, POSITION_FILE, STATE_FILE, WINDOW_FILE
 
 # The key of the worker's return value that holds the one line of a run its workers ended together
 # on a deterministic error (a non-finite loss under run.on_nonfinite_loss: stop, a block of data
@@ -64,12 +65,29 @@ def report_epoch(metrics: dict[str, Any], *, board, startup: dict[str, float] | 
         save_and_report(engine, schedule, state, metrics, job, window)
 
 
+def report_mid_epoch(engine, schedule: "Schedule", state: dict[str, Any], job: "WorkerJob", window: Any,
+                     rank_state: dict[str, Any]) -> None:
+    """A checkpoint between epochs' ends (``run.checkpoint_every: {steps|minutes}``): ``state`` holds
+    the epoch in progress and ``position`` (every rank's place in its sample order, summed), each
+    rank's ``rank_state`` its own position, RNG and partial epoch figures. Its report says
+    ``mid_epoch`` and scores the ranking metric the worst finite value for its mode (not NaN: Ray's
+    checkpoint snapshot writes NaN as null, and a resumed run's ranking then fails on it), so an
+    epoch's checkpoint (with validation metrics) is always the better one to keep. The driver's
+    board never sees it: metrics.jsonl keeps one line per epoch."""
+    es = job.config.run.early_stopping
+    worst = -sys.float_info.max if es.mode == "max" else sys.float_info.max
+    metrics = {"epoch": state["epoch"], "global_step": int(engine.global_steps), MID_EPOCH: True,
+               "position": state["position"], es.metric: worst}
+    save_and_report(engine, schedule, state, metrics, job, window, rank_state)
+
+
 def save_and_report(engine, schedule: "Schedule", state: dict[str, Any], metrics: dict[str, Any],
-                    job: "WorkerJob", window: Any = None) -> None:
+                    job: "WorkerJob", window: Any = None, rank_state: dict[str, Any] | None = None) -> None:
     """Every rank saves its ZeRO shard and reports the directory; Ray merges them into one.
 
     ``state`` and the schedule's state ride in DeepSpeed's client state, so one
-    ``load_checkpoint`` restores weights, optimizer, counters and them together.
+    ``load_checkpoint`` restores weights, optimizer, counters and them together. ``rank_state``:
+    this rank's own file (DeepSpeed's client state is rank 0's alone).
     """
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -82,11 +100,15 @@ def save_and_report(engine, schedule: "Schedule", state: dict[str, Any], metrics
             import torch
 
             torch.save(open_window, tmp / WINDOW_FILE.format(rank=rank))
+        if rank_state is not None:
+            import torch
+
+            torch.save(rank_state, tmp / POSITION_FILE.format(rank=rank))
         if rank == 0:
             (tmp / STATE_FILE).write_text(json.dumps({
                 "config": job.config.model_dump(mode="json"), "feature": job.feature.to_dict(),
                 "label_names": job.label_names, "epoch": metrics["epoch"], "global_step": metrics["global_step"],
-                "zero_stage": job.zero_stage, "world_size": ctx.get_world_size(),
+                "zero_stage": job.zero_stage, "world_size": ctx.get_world_size(), "position": state.get("position"),
                 "metrics": {k: v for k, v in metrics.items() if k != "val/confusion"},
             }, indent=1))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
@@ -115,19 +137,28 @@ def remove_stale_checkpoint_dirs(tmp: str | None = None) -> list[str]:
 def restore(engine, schedule: "Schedule", window: Any = None) -> dict[str, Any] | None:
     """The saved loop state from Ray's latest checkpoint (weights, optimizer and schedule restored
     into ``engine`` and ``schedule``, this rank's open accumulation window into ``window``), or
-    None for a fresh run. The RNG needs no saving: each epoch reseeds from (seed, epoch, rank), and
-    the window's micro-batches carry the state each forward started from."""
+    None for a fresh run. At an epoch's end the RNG needs no saving: each epoch reseeds from (seed,
+    epoch, rank), and the window's micro-batches carry the state each forward started from; a
+    mid-epoch checkpoint holds each rank's RNG state with its position (``saved["rank"]``)."""
     remove_stale_checkpoint_dirs()  # what a worker killed mid-save on this node left behind
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
+    rank = ray.train.get_context().get_world_rank()
+    rank_state = None
     with checkpoint.as_directory() as d:
         _, client = engine.load_checkpoint(d, tag=ENGINE_TAG)
-        mine = Path(d) / WINDOW_FILE.format(rank=ray.train.get_context().get_world_rank())
+        mine = Path(d) / WINDOW_FILE.format(rank=rank)
         if window is not None and mine.is_file():
             import torch
 
             window.load_state_dict(torch.load(mine, map_location="cpu", weights_only=True))  # tensors and ints
+        position = Path(d) / POSITION_FILE.format(rank=rank)
+        if position.is_file():
+            import torch
+
+            rank_state = torch.load(position, map_location="cpu", weights_only=True)
     saved = dict(client["raydeep"])
+    saved["rank"] = rank_state  # a mid-epoch checkpoint's: this rank's place in the epoch
     schedule.load_state_dict(saved.pop("schedule"))
     return saved

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import BIN, ROOT, run_cli
-from tests.helpers import SYNTH, read_tensorboard, tiny_config, write_config
+from tests.helpers import SYNTH, exactly_once_but_redone, read_sample_log, read_tensorboard, tiny_config, write_config
 
 pytestmark = pytest.mark.ray
 
@@ -132,28 +132,47 @@ def _worker_pids(dashboard_url: str) -> list[int]:
     return [a.pid for a in actors]
 
 
+def wait_for_mid_epoch_checkpoint(run_dir, proc: subprocess.Popen, timeout: float = 240, log=None) -> dict:
+    """Until Ray Train has registered a mid-epoch checkpoint (``run.checkpoint_every: {steps: N}``);
+    its raydeep.json position."""
+    deadline = time.time() + timeout
+    while True:
+        for name in wait_for_registered(run_dir, 1, proc, timeout=max(1.0, deadline - time.time()), log=log):
+            try:
+                position = json.loads((run_dir / name / "raydeep.json").read_text()).get("position")
+            except (OSError, ValueError):
+                position = None
+            if position:
+                return position
+        assert time.time() < deadline, f"no mid-epoch checkpoint registered after {timeout:.0f} s"
+        time.sleep(0.2)
+
+
+RESUMED = re.compile(r"resumed at epoch (\d+), step (\d+), sample (\d+) of (\d+) \(global step (\d+)\)"
+                     r"; at least (\d+) step\(s\) past it redone")
+
+
 @pytest.mark.slow
-def test_killed_worker_run_resumes_from_last_checkpoint(ray_connected, tmp_path):
-    epochs = 15  # ~1 s each once running: the kill comes at epoch 2 or 3, well before the end
+def test_killed_worker_run_resumes_mid_epoch_at_the_exact_next_sample(ray_connected, tmp_path):
+    """A worker SIGKILLed mid-epoch (issue 20): Ray Train restarts the group (run.max_failures) from
+    the latest step checkpoint, and training continues at the exact next sample: each rank's log
+    of what it trained on holds every sample of every epoch once, but for the steps after that
+    checkpoint, which it trained again identically (the same samples, the same loss)."""
+    every, epochs = 100, 2  # 375 steps an epoch: the kill lands in epoch 0, after its first step checkpoint
     cfg = tiny_config(
-        data={"train": SYNTH.format(split="train", rows=3000), "val": SYNTH.format(split="val", rows=3000)},
-        run={"epochs": epochs, "seed": 0, "max_failures": 1, "checkpoint_every": 1},
+        data={"train": SYNTH.format(split="train", rows=12000), "val": SYNTH.format(split="val", rows=400)},
+        run={"epochs": epochs, "seed": 0, "max_failures": 1, "checkpoint_every": {"steps": every}},
     )
-    run_dir = tmp_path / "run"
+    run_dir, log = tmp_path / "run", tmp_path / "ids"
+    log.mkdir()
     proc = subprocess.Popen(
         [str(BIN / "raydeep"), "train", str(write_config(tmp_path / "run.yaml", cfg)),
          "--address", ray_connected.address, "--run-dir", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=os.environ.copy(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "RAYDEEP_SAMPLE_LOG": str(log)},
     )
     try:
-        metrics = run_dir / "metrics.jsonl"
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "run ended before the kill"
-        wait_for_registered(run_dir, 2, proc)  # the kill must find a checkpoint to resume from
+        position = wait_for_mid_epoch_checkpoint(run_dir, proc)  # the kill must find one to resume from
         pids = _worker_pids(ray_connected.dashboard_url)
         assert len(pids) == 2, pids
         os.kill(pids[1], signal.SIGKILL)
@@ -162,27 +181,38 @@ def test_killed_worker_run_resumes_from_last_checkpoint(ray_connected, tmp_path)
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-3000:]
-    resumed = re.search(r"resumed at epoch (\d+), global step (\d+)", out)
+    resumed = RESUMED.search(" ".join(out.split()))  # the console wraps long lines
     assert resumed, out[-3000:]
-    epoch, step = int(resumed.group(1)), int(resumed.group(2))
-    assert epoch >= 2 and step > 0  # continued from a checkpoint, not from zero
+    epoch, step, sample, of, global_step, seen_redone = map(int, resumed.groups())
+    assert position["epoch"] == 0 and epoch == 0 and step > 0 and global_step == step  # mid-epoch, not from zero
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == list(range(epochs))  # one line per epoch, mid-epoch reports aside
+    assert lines[0]["resumed"] == {"epoch": 0, "step": step, "sample": sample, "of": of, "global_step": global_step,
+                                   "redone_steps": seen_redone}
+    assert sample == step * 2 * 16 and of == lines[0]["train/samples"]  # 2 ranks x batch 16
+    redone = exactly_once_but_redone(read_sample_log(log), [m["train/samples"] for m in lines])
+    assert redone == set(range(global_step + 1, global_step + 1 + len(redone)))  # the steps after that checkpoint
+    assert seen_redone <= len(redone) <= every
     summary = json.loads((run_dir / "summary.json").read_text())
-    spe = step // epoch
-    assert summary["final"]["epoch"] == epochs - 1
-    assert summary["final"]["global_step"] == epochs * spe
-    assert summary["final"]["resumed_from_step"] == step
+    assert summary["final"]["global_step"] == epochs * lines[0]["global_step"]  # the LR schedule's steps, exactly
+    assert summary["final"]["resumed_from_step"] == global_step
+    print(f"\nresumed at step {global_step}, {len(redone)} step(s) redone ({seen_redone} seen by the board)")
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_workers_writes_no_summary_and_resume_finishes(ray_connected, tmp_path):
     """SIGINT mid-run (issue 19 item 8): Ray Train's abort stops the workers and removes their
-    placement group, the driver exits 130 naming how to resume, and --resume finishes the run."""
+    placement group, the driver exits 130 naming how to resume, and --resume finishes the run; from
+    a step checkpoint (issue 20) at the exact next sample of that epoch, every sample once but
+    for the steps after that checkpoint, redone identically."""
     from ray.util.state import list_placement_groups
 
-    epochs = 8
-    cfg = tiny_config(data={"train": SYNTH.format(split="train", rows=2000), "val": SYNTH.format(split="val", rows=1000)},
-                      run={"epochs": epochs, "seed": 0, "checkpoint_every": 1})
-    run_dir = tmp_path / "run"
+    epochs, every = 2, 50
+    cfg = tiny_config(data={"train": SYNTH.format(split="train", rows=6000), "val": SYNTH.format(split="val", rows=1000)},
+                      run={"epochs": epochs, "seed": 0, "checkpoint_every": {"steps": every}})
+    run_dir, ids = tmp_path / "run", tmp_path / "ids"
+    ids.mkdir()
+    env = {**os.environ, "RAYDEEP_SAMPLE_LOG": str(ids)}
 
     def live_groups() -> set[str]:
         return {g.placement_group_id for g in list_placement_groups(address=ray_connected.dashboard_url)
@@ -193,9 +223,9 @@ def test_ctrl_c_stops_the_workers_writes_no_summary_and_resume_finishes(ray_conn
     with open(log_out, "w") as out_f, open(log_err, "w") as err_f:
         proc = subprocess.Popen([str(BIN / "raydeep"), "train", str(write_config(tmp_path / "run.yaml", cfg)),
                                  "--address", ray_connected.address, "--run-dir", str(run_dir)],
-                                stdout=out_f, stderr=err_f, cwd=ROOT, env=os.environ.copy())
+                                stdout=out_f, stderr=err_f, cwd=ROOT, env=env)
         try:
-            wait_for_registered(run_dir, 1, proc, log=log_err)
+            wait_for_mid_epoch_checkpoint(run_dir, proc, log=log_err)
             assert _worker_pids(ray_connected.dashboard_url), "no worker alive before the Ctrl-C"
             t0 = time.time()
             proc.send_signal(signal.SIGINT)
@@ -222,8 +252,17 @@ def test_ctrl_c_stops_the_workers_writes_no_summary_and_resume_finishes(ray_conn
         time.sleep(0.5)
     print(f"\nstopped {stopped_in:.1f} s after SIGINT")
 
-    resumed = run_cli("train", "--resume", str(run_dir), "--address", ray_connected.address, timeout=600)
+    resumed = run_cli("train", "--resume", str(run_dir), "--address", ray_connected.address, timeout=600,
+                      env={"RAYDEEP_SAMPLE_LOG": str(ids)})
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert re.search(r"resumed at epoch [1-9]", resumed.stdout), resumed.stdout[-3000:]
+    at = RESUMED.search(" ".join(resumed.stdout.split()))  # the console wraps long lines
+    assert at, resumed.stdout[-3000:]
+    epoch, step, sample, of, global_step, seen_redone = map(int, at.groups())
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["final"]["epoch"] == epochs - 1 and summary["final"]["resumed_from_step"] > 0
+    assert summary["final"]["epoch"] == epochs - 1 and summary["final"]["resumed_from_step"] == global_step > 0
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == list(range(epochs)) and lines[epoch]["resumed"]["sample"] == sample
+    assert 0 < step < lines[0]["global_step"] and sample == step * 2 * 16 and of == lines[epoch]["train/samples"]
+    redone = exactly_once_but_redone(read_sample_log(ids), [m["train/samples"] for m in lines])
+    assert redone == set(range(global_step + 1, global_step + 1 + len(redone)))
+    assert seen_redone <= len(redone) <= every

@@ -320,3 +320,40 @@ def test_open_split_refuses_an_unfinished_prepare(tmp_path: Path) -> None:
     (tmp_path / "_raydeep.incomplete").write_text("")
     with pytest.raises(DataError, match="did not finish"):
         open_split(str(tmp_path), key="data.train")
+
+
+def test_each_rank_streams_its_own_ranges_of_the_epoch_and_resumes_them_by_count(ray_connected, id_split) -> None:
+    # What replaced streaming_split for training (datasets/epoch_order.py, streaming.StreamedShard):
+    # rank r of 2 reads its own ranges of the epoch's (seed, epoch)-permuted file order, as its own
+    # Ray Data execution, in that order; every kept row once per epoch, equal shares; a rank told
+    # to skip k rows (a mid-epoch resume) gets exactly the rest of its order, the files in the same
+    # order, without reading what it skips.
+    import ray
+
+    from raydeep.datasets.epoch_order import SAMPLE_ID, assign_ranges
+    from raydeep.datasets.streaming import StreamedShard, streamed_split
+
+    split = open_split(id_split, key="data.train")
+    streamed = streamed_split(split, seed=7, block_bytes=1024)  # several blocks per shard
+
+    @ray.remote(num_cpus=0.25)
+    def read(rank: int, epoch: int, skip: int) -> list[tuple[int, int, int]]:
+        blocks = StreamedShard(streamed, rank, 2).epoch_blocks(epoch, skip, ids=True)
+        return [(int(i) >> 32, int(i) & 0xFFFFFFFF, int(x[0])) for b in blocks
+                for i, x in zip(b.column(SAMPLE_ID).to_pylist(), b.column("input_ids").to_pylist())]
+
+    seen = {}
+    for epoch in (0, 1):
+        ranks = ray.get([read.remote(r, epoch, 0) for r in (0, 1)])
+        seen[epoch] = ranks
+        rows = [x for _, _, x in ranks[0] + ranks[1]]
+        assert len(ranks[0]) == len(ranks[1]) == N_ROWS // 2 and len(set(rows)) == N_ROWS - 1  # one trimmed
+        expected, _ = assign_ranges(streamed.rows, 7, epoch, 2)
+        for rank, got in enumerate(ranks):
+            files = [f for i, (f, _, _) in enumerate(got) if i == 0 or got[i - 1][0] != f]
+            assert files == [r.file for r in expected[rank]]  # the epoch's file order, as assigned
+        # the sample id names the file and row the feature came from (write_split: consecutive rows per shard)
+        offsets = np.cumsum([0, *streamed.rows])
+        assert all(x == offsets[f] + row for f, row, x in ranks[0] + ranks[1])
+    assert seen[0] != seen[1]  # a new order every epoch
+    assert ray.get(read.remote(1, 1, 137)) == seen[1][1][137:]  # mid-file: the rest of that file, then the others

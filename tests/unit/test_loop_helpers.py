@@ -56,3 +56,29 @@ def test_steps_of_a_run_count_optimizer_steps_after_accumulation():
     cfg = validate(tiny_config(data={"batch_size": 16}, optim={"grad_accum": 4}, run={"epochs": 3}), "t.yaml")
     s = Steps.of(cfg, 278, 2)
     assert (s.per_epoch, s.optimizer_per_epoch, s.total) == (9, 2, 6)  # 27 micro-batches // 4
+
+
+def test_checkpoint_clock_epochs_steps_and_minutes(monkeypatch):
+    import torch
+
+    from raydeep.config import validate
+    from raydeep.trainers import loop
+    from raydeep.trainers.loop import CheckpointClock
+
+    def clock(every, step=0, rank=0):
+        return CheckpointClock(validate(tiny_config(run={"epochs": 6, "checkpoint_every": every}), "t"), step, rank)
+
+    cpu = torch.device("cpu")
+    c = clock(2)  # as before: every 2nd epoch's end, the last, an early stop; never mid-epoch
+    assert [c.epoch_due(e, False) for e in range(6)] == [False, True, False, True, False, True]
+    assert c.epoch_due(0, True) and not any(c.mid_epoch_due(s, cpu) for s in range(1, 50))
+    c = clock({"steps": 10})  # every 10th optimizer step, once (accumulation repeats a step), and every epoch's end
+    assert [s for s in [1, 9, 10, 10, 11, 20, 20, 25, 30] if c.mid_epoch_due(s, cpu)] == [10, 20, 30]
+    assert all(c.epoch_due(e, False) for e in range(6))
+    assert not clock({"steps": 10}, step=20).mid_epoch_due(20, cpu)  # a resumed run's own checkpoint is not due again
+    now = [100.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    c, other = clock({"minutes": 1}), clock({"minutes": 1}, rank=1)
+    assert not c.mid_epoch_due(1, cpu)
+    now[0] += 61  # rank 0's clock decides (an all-reduce; here a world of one)
+    assert c.mid_epoch_due(2, cpu) and not c.mid_epoch_due(3, cpu) and not other.mid_epoch_due(4, cpu)
