@@ -133,7 +133,8 @@ def to_ray_dataset(split: ParquetSplit, *, shuffle_seed: int | None = None, rate
     window, ``batches.torch_batches``). ``rates``: per-class resampling, drawn anew every epoch
     (needs the seed). Blocks hold at most ``block_bytes`` (``data.block_mb``; None: Ray Data's
     128 MiB). Epochs count this dataset's executions. The training split no longer goes this way
-    (``StreamedSplit``: each rank its own ranges per epoch); validation, whole to every worker, does. Why this shape, measured: benchmarks/BENCHMARKS.md, "The streamed path's shape".
+    (``StreamedSplit``: each rank its own ranges per epoch); validation, whole to every worker, does.
+    Why this shape, measured: benchmarks/BENCHMARKS.md, "The streamed path's shape".
     A split the driver did not scan in full (``scan.check_rows``) has its feature rows checked as read.
     """
     columns = split.columns  # the feature, and the label unless the split has none (causal LM)

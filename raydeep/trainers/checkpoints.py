@@ -34,7 +34,7 @@ MID_EPOCH = "mid_epoch"  # the key that marks a mid-epoch checkpoint's report (a
 def resume_world_line(saved: int, now: int) -> str:
     """Why a mid-epoch checkpoint cannot resume on another number of workers (driver and worker say it)."""
     return (f"the latest checkpoint is mid-epoch and was saved by {saved} workers; it resumes only on {saved} "
-            f"(now {now}): set scaling.num_workers={saved}, or resume from an epoch's checkpoint")
+            f"(now {now}): set scaling.num_workers={saved}; the world size can change only from an epoch's checkpoint")
 
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's registry of a run's checkpoints

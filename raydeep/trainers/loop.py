@@ -196,14 +196,16 @@ def resume_epoch(saved: dict[str, Any] | None, epoch: int, order: EpochOrder, me
 def checkpoint_mid_epoch(engine, schedule: Schedule, stopper: "EarlyStopping", order: EpochOrder,
                          meter: "EpochMeter", job: WorkerJob, window: "AccumulationWindow") -> None:
     """Save between epochs' ends: every rank's place (summed into the global position: a collective,
-    as the save is), its RNG and its figures of the epoch so far."""
-    p = order.position
+    as the save is), its RNG and its figures of the epoch so far. Its time counts in the epoch's
+    ``checkpoint_s``."""
+    t0, p = time.perf_counter(), order.position
     samples, of = all_reduce_sum([float(p.samples), float(order.source_rows)], engine.device)
     world = ray.train.get_context().get_world_size()
     position = {"epoch": p.epoch, "samples": int(samples), "of": int(of), "batches": p.batches, "world_size": world,
                 "chunk_rows": order.chunk_rows, "global_step": int(engine.global_steps)}
     rank_state = {"position": p.to_dict(), "rng": rng_state(engine.device), "meter": meter.state_dict()}
     report_mid_epoch(engine, schedule, {**stopper.state_dict(p.epoch), "position": position}, job, window, rank_state)
+    meter.checkpoint_s += time.perf_counter() - t0
 
 
 def resume_note(saved: dict[str, Any] | None, board, job: WorkerJob, world: int, global_step: int) -> dict[str, Any]:
@@ -449,6 +451,7 @@ class EpochMeter:
         self.waits: list[float] = []  # per step, getting the batch: is the run input-bound?
         self.first_batch_at: float | None = None
         self.before = 0  # rows of the epoch taken before a mid-epoch resume: not in this run's rate
+        self.checkpoint_s = 0.0  # in mid-epoch checkpoints (run.checkpoint_every: {steps|minutes})
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch's sums so far (a mid-epoch checkpoint's), not its times."""
@@ -498,6 +501,7 @@ class EpochMeter:
             **({"train/tokens_per_s": tokens_total * (1 - before / seen_total) / train_time} if tokens_total else {}),
             "epoch_time_s": train_time,
             "data_wait_s": sum(self.waits),  # the first batch's wait included
+            "checkpoint_s": self.checkpoint_s,
             "first_batch_s": self.waits[0] if self.waits else None,
             **step_time_percentiles(self.step_ends),
         }

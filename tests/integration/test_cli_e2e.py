@@ -158,9 +158,12 @@ def test_killed_worker_run_resumes_mid_epoch_at_the_exact_next_sample(ray_connec
     the latest step checkpoint, and training continues at the exact next sample: each rank's log
     of what it trained on holds every sample of every epoch once, but for the steps after that
     checkpoint, which it trained again identically (the same samples, the same loss)."""
-    every, epochs = 100, 2  # 375 steps an epoch: the kill lands in epoch 0, after its first step checkpoint
+    # 500 steps an epoch: the kill lands in epoch 0, after its first step checkpoint. Ray Train registers
+    # a checkpoint up to ~2 s after its report, and the workers go on meanwhile: an interval longer
+    # than that keeps the redone steps within one interval.
+    every, epochs = 150, 2
     cfg = tiny_config(
-        data={"train": SYNTH.format(split="train", rows=12000), "val": SYNTH.format(split="val", rows=400)},
+        data={"train": SYNTH.format(split="train", rows=16000), "val": SYNTH.format(split="val", rows=400)},
         run={"epochs": epochs, "seed": 0, "max_failures": 1, "checkpoint_every": {"steps": every}},
     )
     run_dir, log = tmp_path / "run", tmp_path / "ids"

@@ -59,3 +59,27 @@ def test_a_sweep_refuses_mid_epoch_checkpoints(every, refused):
     with pytest.raises(ConfigError) as exc:
         check_space(cfg, "sweep.yaml")
     assert "a sweep checkpoints per epoch only" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_resume_refuses_another_world_size_on_a_mid_epoch_checkpoint(tmp_path):
+    import json
+
+    from raydeep.trainers.driver import check_resume
+
+    def checkpoint(name: str, position):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "raydeep.json").write_text(json.dumps({"position": position}))
+        snap = {"checkpoint_results": [{"checkpoint_dir_name": name}], "latest_checkpoint_result": {"checkpoint_dir_name": name}}
+        (tmp_path / "checkpoint_manager_snapshot.json").write_text(json.dumps(snap))
+
+    (tmp_path / "run.json").write_text(json.dumps({"storage_name": "x", "last_global_step": 57}))
+    assert check_resume(None, str(tmp_path), 3, tmp_path) == 57  # no checkpoint yet: anything goes
+    checkpoint("checkpoint_a", None)  # an epoch's end: any world size
+    assert check_resume(None, str(tmp_path), 3, tmp_path) == 57
+    checkpoint("checkpoint_b", {"epoch": 1, "world_size": 2, "samples": 64})
+    assert check_resume(None, str(tmp_path), 2, tmp_path) == 57
+    with pytest.raises(ConfigError) as exc:
+        check_resume(None, str(tmp_path), 3, tmp_path)
+    assert str(exc.value) == (f"--resume {tmp_path}: the latest checkpoint is mid-epoch and was saved by 2 workers; it "
+                              "resumes only on 2 (now 3): set scaling.num_workers=2; the world size can change only from an "
+                              "epoch's checkpoint")
