@@ -90,3 +90,29 @@ def exactly_once_but_redone(log: dict[int, list], samples_per_epoch: list[int]) 
     for epoch, got in ids.items():
         assert len(got) == len(set(got)) == samples_per_epoch[epoch], epoch
     return redone
+
+
+def elastic_exactly_once(log: dict[int, list], resumed_at: int) -> tuple[dict[int, list[int]], int]:
+    """(epoch -> the samples trained, each once; the old group's steps past the checkpoint) for a run
+    stopped after global step ``resumed_at``'s checkpoint and resumed on ONE worker (an elastic
+    resume): the old ranks' steps up to that checkpoint, then the new rank 0's lines (appended to
+    ``ids_r0.txt`` after the old rank 0's). Asserts no sample twice in an epoch and no step missing."""
+    old_rank0 = log[0]
+    cut = next((i for i in range(1, len(old_rank0)) if old_rank0[i][1] <= old_rank0[i - 1][1]), None)
+    if cut is None:  # the old group stopped at the checkpoint: every line past it is the new rank's
+        cut = next((i for i, line in enumerate(old_rank0) if line[1] > resumed_at), len(old_rank0))
+    new = old_rank0[cut:]
+    assert [line[1] for line in new] == list(range(resumed_at + 1, resumed_at + 1 + len(new))), "a step is missing"
+    per_epoch: dict[int, list[int]] = {}
+    redone = 0
+    for rank, lines in log.items():
+        mine = lines[:cut] if rank == 0 else lines
+        assert [line[1] for line in mine] == list(range(1, len(mine) + 1)), f"old rank {rank} skipped a step"
+        redone = max(redone, sum(1 for line in mine if line[1] > resumed_at))
+        for epoch, _, _, batch in (line for line in mine if line[1] <= resumed_at):
+            per_epoch.setdefault(epoch, []).extend(batch)
+    for epoch, _, _, batch in new:
+        per_epoch.setdefault(epoch, []).extend(batch)
+    for epoch, got in per_epoch.items():
+        assert len(got) == len(set(got)), f"epoch {epoch}: a sample trained twice"
+    return per_epoch, redone

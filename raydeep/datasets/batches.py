@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raydeep.datasets.epoch_order import EpochOrder
+from raydeep.datasets.epoch_order import EpochOrder, PlannedOrder
 from raydeep.errors import DataError
 
 if TYPE_CHECKING:
@@ -172,13 +172,14 @@ def check_limits(arrays: Arrays, limits: dict[str, tuple[int, int, str]], where:
 def torch_batches(shard: DataIterator | Iterable[pa.Table], *, batch_size: int, shuffle_buffer: int = 0,
                   seed: int | None = None, device: Any = None, prefetch_blocks: int = 1,
                   limits: dict[str, tuple[int, int, str]] | None = None, where: str = "data",
-                  widths: dict[str, int] | None = None, order: EpochOrder | None = None
+                  widths: dict[str, int] | None = None, order: EpochOrder | PlannedOrder | None = None
                   ) -> Iterator[dict[str, torch.Tensor]]:
     """The worker's batches of one epoch of ``shard`` (a Ray ``DataIterator``, or pyarrow blocks) as
     torch tensors on ``device`` (module doc).
 
     ``order``: batches cut by an ``epoch_order.EpochOrder`` (the training split: chunks permuted
-    from (seed, epoch, rank), and a position to resume at). Without it, ``shuffle_buffer`` 0 keeps
+    from (seed, epoch, rank), and a position to resume at), or by a ``PlannedOrder`` (an epoch
+    resumed on another number of workers; ``shard`` is then ``(old_rank, skip) -> blocks``). Without it, ``shuffle_buffer`` 0 keeps
     the stream's order; otherwise rows are mixed through the window,
     reproducibly from ``seed`` for a given block order. ``limits`` bounds columns' values and
     ``widths`` fixes list columns' widths (the plan's), both checked once per block (``check_limits``,
@@ -188,11 +189,17 @@ def torch_batches(shard: DataIterator | Iterable[pa.Table], *, batch_size: int, 
 
     rng = np.random.default_rng(seed) if shuffle_buffer > 0 else None
     widths = dict(widths or {})  # block_arrays adds the first block's widths of the columns it lacks
-    source = (shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks)
-              if hasattr(shard, "iter_batches") else shard)
-    blocks = (check_limits(block_arrays(b, widths, where), limits or {}, where) for b in source if b.num_rows)
+    def arrays(source: Iterable[pa.Table]) -> Iterator[Arrays]:
+        return (check_limits(block_arrays(b, widths, where), limits or {}, where) for b in source if b.num_rows)
+
+    if isinstance(order, PlannedOrder):  # an elastic resume: shard(old_rank, skip) is an old rank's rows
+        batches = order.batches(order.samples(lambda rank, skip: arrays(shard(rank, skip))))
+    else:
+        source = (shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks)
+                  if hasattr(shard, "iter_batches") else shard)
+        batches = (order.batches(arrays(source)) if order is not None
+                   else shuffled_batches(arrays(source), batch_size, shuffle_buffer, rng))
     to_gpu = device is not None and torch.device(device).type == "cuda"
-    batches = order.batches(blocks) if order is not None else shuffled_batches(blocks, batch_size, shuffle_buffer, rng)
     for batch in batches:
         # Every batch array is a fresh gather (``_take``) or a row slice of one: writable and
         # contiguous, never a view into Ray's read-only block.

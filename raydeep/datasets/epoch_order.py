@@ -142,6 +142,14 @@ class EpochOrder:
         self.position = start or Position(epoch=int(key[1]) if len(key) > 1 else 0)
         self.source_rows = source_rows  # the rank's rows this epoch (before resampling), for the record
 
+    def left(self) -> list[Piece] | None:
+        """This rank's remaining samples as ``Piece``s of its own order (what an elastic resume deals),
+        or None where a chunk's draw is resampled: its size is unknown until it is read."""
+        if self.rates is not None or self.source_rows is None or len(self.key) < 3:
+            return None
+        p = self.position
+        return [Piece(self.key[2], p.chunk * self.chunk_rows + p.offset, self.source_rows)]
+
     def draw(self, chunk: Arrays, c: int) -> Arrays:
         """Chunk ``c``'s samples in order: resampled, then permuted, from ``(*key, c)``."""
         if not self.shuffle and self.rates is None:
@@ -191,4 +199,121 @@ class EpochOrder:
         p = self.position
         chunk, offset = (queue[0][0], queue[0][1]) if queue else (next_chunk, 0)
         self.position = Position(p.epoch, chunk, offset, p.samples + _rows(batch), p.batches + 1)
+        return batch
+
+
+# --- elastic resume: an epoch's remaining samples dealt over another number of workers ----------
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Samples ``[start, stop)`` of rank ``rank``'s order of an epoch, as the epoch was first dealt
+    (``EpochOrder`` of ``(seed, epoch, rank)`` over that rank's source rows, in the world the epoch
+    began with). Without per-chunk resampling a rank's order holds exactly its source rows, so
+    sample ``i`` is drawn from chunk ``i // chunk_rows`` and its place is known by counting."""
+
+    rank: int
+    start: int
+    stop: int
+
+    @property
+    def samples(self) -> int:
+        return self.stop - self.start
+
+
+def remaining(pieces: Sequence[Piece], taken: int) -> list[Piece]:
+    """``pieces`` without their first ``taken`` samples."""
+    out = []
+    for p in pieces:
+        if taken >= p.samples:
+            taken -= p.samples
+            continue
+        out.append(Piece(p.rank, p.start + taken, p.stop))
+        taken = 0
+    return out
+
+
+def deal_remainder(left: Sequence[Sequence[Piece]], world: int) -> tuple[list[list[Piece]], int]:
+    """(each new rank's pieces, samples trimmed): every old rank's remaining pieces (``left``, in old
+    rank order) laid end to end and cut into ``world`` equal runs; the last ``total % world``
+    samples are trimmed, as an epoch's first deal trims its rows. Pure: a function of the
+    checkpoint alone, so every new rank computes the same deal."""
+    if world < 1:
+        raise ValueError(f"world must be >= 1, got {world}")
+    flat = [p for pieces in left for p in pieces if p.samples > 0]
+    total = sum(p.samples for p in flat)
+    per = total // world
+    ranks: list[list[Piece]] = [[] for _ in range(world)]
+    pos = 0
+    for p in flat:
+        a = p.start
+        while a < p.stop and pos < per * world:
+            r = pos // per
+            take = min(p.stop - a, (r + 1) * per - pos)
+            ranks[r].append(Piece(p.rank, a, a + take))
+            a, pos = a + take, pos + take
+    return ranks, total - per * world
+
+
+class PlannedOrder:
+    """One rank's batches of an epoch resumed on another number of workers: its ``pieces`` of the
+    old ranks' orders (``deal_remainder``), each drawn exactly as its old rank drew it (chunks of
+    ``chunk_rows`` permuted from ``(seed, epoch, old rank, chunk)``), taken in order and cut into
+    batches. ``world``: the number of ranks the epoch was first dealt to (the pieces' ranks are
+    theirs). ``source(old_rank, skip)``: that old rank's source rows of the epoch from row ``skip``
+    on, as blocks. ``taken`` counts the samples yielded; ``left()`` is what a checkpoint saves."""
+
+    def __init__(self, *, pieces: Sequence[Piece], batch_size: int, chunk_rows: int, seed: int, epoch: int,
+                 shuffle: bool, world: int, start: Position | None = None) -> None:
+        self.pieces, self.batch_size, self.chunk_rows, self.world = list(pieces), batch_size, chunk_rows, world
+        self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
+        self.position = start or Position(epoch=epoch)
+        self.taken = 0
+        self.source_rows = sum(p.samples for p in self.pieces) + self.position.samples  # the epoch's, for the record
+
+    def left(self) -> list[Piece]:
+        return remaining(self.pieces, self.taken)
+
+    def samples(self, source) -> Iterator[Arrays]:
+        """The pieces' samples, in order, as runs of up to ``chunk_rows``."""
+        c = self.chunk_rows
+        for p in self.pieces:
+            first = p.start // c
+            order = EpochOrder(batch_size=c, chunk_rows=c, key=(self.seed, self.epoch, p.rank), shuffle=self.shuffle,
+                               start=Position(self.epoch, first, p.start % c))
+            need = p.samples
+            blocks = source(p.rank, first * c)
+            try:
+                for run in order.batches(blocks):
+                    k = min(need, _rows(run))
+                    yield _slice(run, 0, k)
+                    need -= k
+                    if not need:
+                        break
+            finally:
+                close = getattr(blocks, "close", None)
+                close and close()
+            if need:
+                raise ValueError(f"old rank {p.rank}'s order ended {need} sample(s) before {p.stop}: "
+                                 "the data changed since the checkpoint")
+
+    def batches(self, runs: Iterator[Arrays]) -> Iterator[Arrays]:
+        """``runs`` re-cut into batches of ``batch_size`` (the last shorter), counted before each is yielded."""
+        waiting: list[Arrays] = []
+        held = 0
+        for run in runs:
+            waiting.append(run)
+            held += _rows(run)
+            while held >= self.batch_size:
+                joined = _concat(waiting)
+                yield self._count(_slice(joined, 0, self.batch_size))
+                held -= self.batch_size
+                waiting = [_slice(joined, self.batch_size)] if held else []
+        if held:
+            yield self._count(_concat(waiting))
+
+    def _count(self, batch: Arrays) -> Arrays:
+        n, p = _rows(batch), self.position
+        self.taken += n
+        self.position = Position(p.epoch, 0, 0, p.samples + n, p.batches + 1)
         return batch

@@ -94,6 +94,10 @@ class InMemoryShard:
         kept = len(drawn) // self.world * self.world
         return drawn[:kept][self.rank::self.world]
 
+    def as_rank(self, rank: int, world: int) -> InMemoryShard:
+        """The same data as rank ``rank`` of ``world`` saw it (an elastic resume reads the old ranks' rows)."""
+        return InMemoryShard(self.table, rank, world, seed=self.seed, split=self.split, rates=self.rates)
+
     def epoch_rows(self, epoch: int) -> int:
         """How many rows ``epoch_blocks(epoch)`` yields."""
         rows = self.rows(epoch)

@@ -189,6 +189,10 @@ class StreamedShard:
     def chunk_rates(self) -> list[float] | None:
         return self.split.rates
 
+    def as_rank(self, rank: int, world: int) -> "StreamedShard":
+        """The same split as rank ``rank`` of ``world`` reads it (an elastic resume reads the old ranks' ranges)."""
+        return StreamedShard(self.split, rank, world)
+
     def epoch_rows(self, epoch: int) -> int:
         """This rank's rows of ``epoch`` (before resampling)."""
         return sum(r.rows for r in self.ranges(epoch))

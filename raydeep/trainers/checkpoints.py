@@ -31,10 +31,15 @@ MID_EPOCH = "mid_epoch"  # the key that marks a mid-epoch checkpoint's report (a
 
 
 
-def resume_world_line(saved: int, now: int) -> str:
-    """Why a mid-epoch checkpoint cannot resume on another number of workers (driver and worker say it)."""
-    return (f"the latest checkpoint is mid-epoch and was saved by {saved} workers; it resumes only on {saved} "
-            f"(now {now}): set scaling.num_workers={saved}; the world size can change only from an epoch's checkpoint")
+def resume_world_line(saved: int, now: int, why: str = "resampled") -> str:
+    """Why a mid-epoch checkpoint cannot resume on another number of workers (driver and worker say it):
+    ``resampled``: a streamed split resampled per chunk (imbalance.sampling), whose draws' sizes are
+    unknown until read; ``window``: it cut a gradient-accumulation window (one old rank's micro-batches)."""
+    reason = ("its split is streamed and resampled per chunk (imbalance.sampling), so the samples left "
+              "cannot be counted without reading them" if why == "resampled" else
+              "it cut a gradient-accumulation window, whose micro-batches belong to one old worker")
+    return (f"the latest checkpoint is mid-epoch and was saved by {saved} workers, and {reason}: it resumes only "
+            f"on {saved} (now {now}); set scaling.num_workers={saved}, or resume from an epoch's checkpoint")
 
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's registry of a run's checkpoints

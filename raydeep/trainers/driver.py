@@ -91,7 +91,8 @@ def drop_unregistered(fs, folder: str, console: Console) -> None:
 
 def check_resume(fs, folder: str, world: int, run_dir: Path) -> int | None:
     """Before resuming: refuse, in one line, a mid-epoch latest checkpoint (``run.checkpoint_every:
-    {steps|minutes}``) saved by another number of workers (its position is per rank); return the
+    {steps|minutes}``) saved by another number of workers whose remaining samples cannot be dealt
+    anew (a streamed split resampled per chunk: ``position["elastic"]`` false); return the
     last global step the stopped run was seen at (``record_last_step``), if known."""
     import pyarrow.fs as pafs
 
@@ -103,7 +104,7 @@ def check_resume(fs, folder: str, world: int, run_dir: Path) -> int | None:
             position = json.loads(f.read().decode()).get("position")
     except (OSError, ValueError, TypeError):  # no checkpoint yet: the run starts over
         position = None
-    if position and int(position["world_size"]) != world:
+    if position and int(position["world_size"]) != world and not position.get("elastic"):
         raise ConfigError(f"--resume {run_dir}: {resume_world_line(int(position['world_size']), world)}")
     try:
         return json.loads((run_dir / RUN_FILE).read_text()).get("last_global_step")

@@ -44,7 +44,7 @@ from ray.train.v2._internal.execution import context as train_context
 
 from raydeep.config import Config, EarlyStoppingConfig
 from raydeep.datasets.batches import torch_batches
-from raydeep.datasets.epoch_order import SAMPLE_ID, EpochOrder, Position
+from raydeep.datasets.epoch_order import SAMPLE_ID, EpochOrder, Piece, PlannedOrder, Position, deal_remainder
 from raydeep.datasets.schema import FeatureSpec
 from raydeep.errors import RaydeepError
 from raydeep.trainers.engine import (create_engine, held_parameter_bytes, input_dtype, l1_penalty,
@@ -99,9 +99,9 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
     for epoch in range(first_epoch, cfg.run.epochs):
         seed_everything(epoch_seed(cfg.run.seed, epoch, rank))  # each epoch reproducible on its own
         engine.train()
-        meter, order = EpochMeter(engine.device), epoch_order(cfg, epoch, rank, train_data)
-        resume_epoch(saved, epoch, order, meter, engine.device)  # a mid-epoch checkpoint's place, RNG, figures
-        blocks = train_data.epoch_blocks(epoch, order.position.chunk * order.chunk_rows, ids=samples_log is not None)
+        meter = EpochMeter(engine.device)  # a mid-epoch checkpoint's place, RNG and figures put back:
+        order = resume_epoch(saved, epoch, epoch_order(cfg, epoch, rank, train_data), meter, engine.device, world)
+        blocks = epoch_source(train_data, order, epoch, ids=samples_log is not None)
         batches = torch_batches(blocks, batch_size=cfg.data.batch_size, device=engine.device, limits=limits,
                                 where="data.train", widths={feature.column: feature.width}, order=order)
         for batch in meter.timed(lockstep(batches, engine.device)):
@@ -181,16 +181,60 @@ def epoch_order(cfg: Config, epoch: int, rank: int, shard: Any) -> EpochOrder:
 
 
 def resume_epoch(saved: dict[str, Any] | None, epoch: int, order: EpochOrder, meter: "EpochMeter",
-                 device: torch.device) -> None:
-    """Put a mid-epoch checkpoint's rank state back (once, in its epoch): the place in the sample
-    order, the RNG (dropout continues as if never stopped) and the epoch's figures so far."""
-    mine = (saved or {}).get("rank")
-    if not mine or int(mine["position"]["epoch"]) != epoch:
-        return
-    saved["rank"] = None
-    order.position = Position(**{k: int(v) for k, v in mine["position"].items()})
-    set_rng_state(mine["rng"], device)
-    meter.load_state_dict(mine["meter"])
+                 device: torch.device, world: int) -> EpochOrder | PlannedOrder:
+    """This rank's order of ``epoch``, with a mid-epoch checkpoint's state put back (once, in its
+    epoch). On the world that saved it: the place in the sample order, the RNG (dropout continues
+    as if never stopped) and the epoch's figures so far. On another number of workers (an elastic
+    resume): the old ranks' remaining samples dealt over the new ones (``deal_remainder``), the
+    figures merged; the RNG starts from the epoch's seed."""
+    at, ranks = (saved or {}).get("position"), (saved or {}).get("ranks") or {}
+    if not at or int(at["epoch"]) != epoch or not ranks:
+        return order
+    saved["ranks"], rank, old = None, ray.train.get_context().get_world_rank(), int(at["world_size"])
+    if old == world and "left" not in ranks.get(rank, {}):  # no elastic deal before: exactly where this rank was
+        order.position = Position(**{k: int(v) for k, v in ranks[rank]["position"].items()})
+        set_rng_state(ranks[rank]["rng"], device)
+        meter.load_state_dict(ranks[rank]["meter"])
+        return order
+    pieces, _ = elastic_deal(saved, at, ranks, world)
+    meter.load_state_dict(merged_meter([ranks[r]["meter"] for r in range(old)], rank))
+    taken = sum(int(ranks[r]["position"]["samples"]) for r in range(old)) if rank == 0 else 0
+    return PlannedOrder(pieces=pieces[rank], batch_size=order.batch_size, chunk_rows=int(at["chunk_rows"]),
+                        seed=order.key[0], epoch=epoch, shuffle=order.shuffle, world=int(at.get("dealt_by", old)),
+                        start=Position(epoch, 0, 0, taken, int(ranks[0]["position"]["batches"])))
+
+
+def elastic_deal(saved: dict[str, Any], at: dict[str, Any], ranks: dict[int, Any], world: int
+                 ) -> tuple[list[list[Piece]], int]:
+    """The old ranks' remaining samples dealt over ``world`` new ranks, and how many were trimmed;
+    a one-line StopRun where they cannot be: per-chunk resampled draws (their sizes are unknown
+    until read) or a gradient-accumulation window the checkpoint cut (its micro-batches are one
+    old rank's)."""
+    old = int(at["world_size"])
+    left = [ranks[r]["left"] if "left" in ranks[r] else ranks[r].get("own") for r in range(old)]
+    if any(pieces is None for pieces in left) or saved.get("windows"):
+        raise StopRun(resume_world_line(old, world, why="window" if saved.get("windows") else "resampled"))
+    return deal_remainder([[Piece(*q) for q in pieces] for pieces in left], world)
+
+
+def merged_meter(states: list[dict[str, Any]], rank: int) -> dict[str, Any]:
+    """The old ranks' epoch figures for new rank ``rank`` of an elastic resume: the sums all on rank
+    0 (the epoch's summary sums over ranks), the step counts (equal on every old rank) everywhere."""
+    first = states[0]
+    if rank != 0:
+        return {"loss_sum": first["loss_sum"] * 0, "tokens": first["tokens"] * 0, "seen": 0,
+                "steps": first["steps"], "skipped": first["skipped"]}
+    return {"loss_sum": sum(s["loss_sum"] for s in states), "tokens": sum(s["tokens"] for s in states),
+            "seen": sum(int(s["seen"]) for s in states), "steps": first["steps"], "skipped": first["skipped"]}
+
+
+def epoch_source(shard: Any, order: EpochOrder | PlannedOrder, epoch: int, ids: bool):
+    """What ``torch_batches`` reads for ``order``: this rank's rows of the epoch from its position's
+    chunk on, or for an elastic resume the old ranks' rows (``(old_rank, skip) -> blocks``)."""
+    if isinstance(order, PlannedOrder):
+        old = order.world
+        return lambda r, skip: shard.as_rank(r, old).epoch_blocks(epoch, skip, ids=ids)
+    return shard.epoch_blocks(epoch, order.position.chunk * order.chunk_rows, ids=ids)
 
 
 def checkpoint_mid_epoch(engine, schedule: Schedule, stopper: "EarlyStopping", order: EpochOrder,
@@ -202,8 +246,12 @@ def checkpoint_mid_epoch(engine, schedule: Schedule, stopper: "EarlyStopping", o
     samples, of = all_reduce_sum([float(p.samples), float(order.source_rows)], engine.device)
     world = ray.train.get_context().get_world_size()
     position = {"epoch": p.epoch, "samples": int(samples), "of": int(of), "batches": p.batches, "world_size": world,
-                "chunk_rows": order.chunk_rows, "global_step": int(engine.global_steps)}
-    rank_state = {"position": p.to_dict(), "rng": rng_state(engine.device), "meter": meter.state_dict()}
+                "chunk_rows": order.chunk_rows, "global_step": int(engine.global_steps),
+                "elastic": order.left() is not None, "dealt_by": getattr(order, "world", world)}
+    left = order.left()  # what an elastic resume deals: None where the draws are resampled
+    rank_state = {"position": p.to_dict(), "rng": rng_state(engine.device), "meter": meter.state_dict(),
+                  ("left" if isinstance(order, PlannedOrder) else "own"): None if left is None else
+                  [[q.rank, q.start, q.stop] for q in left]}
     report_mid_epoch(engine, schedule, {**stopper.state_dict(p.epoch), "position": position}, job, window, rank_state)
     meter.checkpoint_s += time.perf_counter() - t0
 
@@ -216,16 +264,21 @@ def resume_note(saved: dict[str, Any] | None, board, job: WorkerJob, world: int,
     if not saved:
         return {}
     at = saved.get("position") or {"epoch": int(saved["epoch"]), "samples": 0, "batches": 0, "of": None}
-    if at.get("world_size", world) != world:  # the driver refuses it first (driver.check_resume)
-        raise StopRun(resume_world_line(at["world_size"], world))
     seen = ray.get(board.last_global_step.remote(), timeout=30) if board is not None else None
     note = {"epoch": int(at["epoch"]), "step": int(at["batches"]), "sample": int(at["samples"]), "of": at.get("of"),
             "global_step": global_step, "redone_steps": None if seen is None else max(0, seen - global_step)}
+    ranks = saved.get("ranks") or {}
+    if ranks and saved.get("position") and int(at["world_size"]) != world:  # elastic: the remainder dealt anew
+        pieces, trimmed = elastic_deal(saved, at, ranks, world)
+        note.update(saved_by=int(at["world_size"]), left=sum(p.samples for r in pieces for p in r) + trimmed,
+                    trimmed=trimmed)
     if board is not None:
         of = f" of {note['of']}" if note["of"] else ""
         redone = "" if seen is None else f"; at least {note['redone_steps']} step(s) past it redone"
+        dealt = ("" if "left" not in note else f"; saved by {note['saved_by']} workers, its {note['left']} samples "
+                 f"left dealt over {world} ({note['trimmed']} trimmed for equal shares)")
         board.event.remote(f"resumed at epoch {note['epoch']}, step {note['step']}, sample {note['sample']}{of} "
-                           f"(global step {global_step}){redone}")
+                           f"(global step {global_step}){redone}{dealt}")
     return {"resumed": note}
 
 

@@ -134,31 +134,59 @@ def remove_stale_checkpoint_dirs(tmp: str | None = None) -> list[str]:
     return removed
 
 
+def load_engine_checkpoint(engine, directory: str, world: int) -> dict[str, Any]:
+    """Load a checkpoint into ``engine``; its client state. Saved by another number of workers with
+    the optimizer state partitioned (ZeRO 1-3, or bf16's optimizer: ``*_optim_states.pt``), which
+    DeepSpeed refuses to load on a new world size, it is first converted into DeepSpeed's
+    *universal* checkpoint (``ds_to_universal``, in this process, into a temporary folder of this
+    rank's own) and loaded as one: weights, optimizer moments and counters, repartitioned."""
+    tagged = Path(directory) / ENGINE_TAG
+    try:
+        saved_world = int(json.loads((Path(directory) / STATE_FILE).read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        saved_world = world
+    if saved_world == world or not any(tagged.glob("*_optim_states.pt")):
+        return engine.load_checkpoint(directory, tag=ENGINE_TAG)[1]
+    import argparse
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    with tempfile.TemporaryDirectory(prefix="raydeep-universal-") as out:
+        ds_to_universal(argparse.Namespace(  # every field ds_to_universal reads; 1 worker: in-process
+            input_folder=str(tagged), output_folder=str(Path(out) / ENGINE_TAG), num_extract_workers=1,
+            num_merge_workers=1, keep_temp_folder=False, strict=True,
+            inject_missing_state=True))  # a plain nn.Module saves no universal_checkpoint_info
+        engine._config.load_universal_checkpoint = True  # read only while loading (engine.load_universal_checkpoint)
+        try:
+            return engine.load_checkpoint(out, tag=ENGINE_TAG)[1]
+        finally:
+            engine._config.load_universal_checkpoint = False
+
+
 def restore(engine, schedule: "Schedule", window: Any = None) -> dict[str, Any] | None:
     """The saved loop state from Ray's latest checkpoint (weights, optimizer and schedule restored
     into ``engine`` and ``schedule``, this rank's open accumulation window into ``window``), or
     None for a fresh run. At an epoch's end the RNG needs no saving: each epoch reseeds from (seed,
     epoch, rank), and the window's micro-batches carry the state each forward started from; a
-    mid-epoch checkpoint holds each rank's RNG state with its position (``saved["rank"]``)."""
+    mid-epoch checkpoint holds each rank's RNG state with its position (``saved["ranks"]``, every
+    rank's, by rank; ``saved["windows"]``: how many ranks' windows it cut)."""
     remove_stale_checkpoint_dirs()  # what a worker killed mid-save on this node left behind
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
+    import torch
+
     rank = ray.train.get_context().get_world_rank()
-    rank_state = None
     with checkpoint.as_directory() as d:
-        _, client = engine.load_checkpoint(d, tag=ENGINE_TAG)
+        client = load_engine_checkpoint(engine, d, ray.train.get_context().get_world_size())
         mine = Path(d) / WINDOW_FILE.format(rank=rank)
         if window is not None and mine.is_file():
-            import torch
-
             window.load_state_dict(torch.load(mine, map_location="cpu", weights_only=True))  # tensors and ints
-        position = Path(d) / POSITION_FILE.format(rank=rank)
-        if position.is_file():
-            import torch
-
-            rank_state = torch.load(position, map_location="cpu", weights_only=True)
+        windows = len(list(Path(d).glob(WINDOW_FILE.format(rank="*"))))
+        ranks = {int(p.stem.rsplit("_r", 1)[1]): torch.load(p, map_location="cpu", weights_only=True)
+                 for p in Path(d).glob(POSITION_FILE.format(rank="*"))}  # a few KiB each
     saved = dict(client["raydeep"])
-    saved["rank"] = rank_state  # a mid-epoch checkpoint's: this rank's place in the epoch
+    saved["ranks"] = ranks  # a mid-epoch checkpoint's: every rank's place in the epoch (an elastic resume deals them)
+    saved["windows"] = windows
     schedule.load_state_dict(saved.pop("schedule"))
     return saved

@@ -61,7 +61,7 @@ def test_a_sweep_refuses_mid_epoch_checkpoints(every, refused):
     assert "a sweep checkpoints per epoch only" in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_resume_refuses_another_world_size_on_a_mid_epoch_checkpoint(tmp_path):
+def test_resume_on_another_world_size_is_refused_only_where_the_remainder_cannot_be_dealt(tmp_path):
     import json
 
     from raydeep.trainers.driver import check_resume
@@ -76,10 +76,13 @@ def test_resume_refuses_another_world_size_on_a_mid_epoch_checkpoint(tmp_path):
     assert check_resume(None, str(tmp_path), 3, tmp_path) == 57  # no checkpoint yet: anything goes
     checkpoint("checkpoint_a", None)  # an epoch's end: any world size
     assert check_resume(None, str(tmp_path), 3, tmp_path) == 57
-    checkpoint("checkpoint_b", {"epoch": 1, "world_size": 2, "samples": 64})
+    checkpoint("checkpoint_b", {"epoch": 1, "world_size": 2, "samples": 64, "elastic": True})
+    assert check_resume(None, str(tmp_path), 3, tmp_path) == 57  # its samples left are dealt over 3
+    checkpoint("checkpoint_c", {"epoch": 1, "world_size": 2, "samples": 64, "elastic": False})
     assert check_resume(None, str(tmp_path), 2, tmp_path) == 57
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(ConfigError) as exc:  # resampled per chunk: what is left cannot be counted unread
         check_resume(None, str(tmp_path), 3, tmp_path)
-    assert str(exc.value) == (f"--resume {tmp_path}: the latest checkpoint is mid-epoch and was saved by 2 workers; it "
-                              "resumes only on 2 (now 3): set scaling.num_workers=2; the world size can change only from an "
-                              "epoch's checkpoint")
+    assert str(exc.value) == (
+        f"--resume {tmp_path}: the latest checkpoint is mid-epoch and was saved by 2 workers, and its split is "
+        "streamed and resampled per chunk (imbalance.sampling), so the samples left cannot be counted without "
+        "reading them: it resumes only on 2 (now 3); set scaling.num_workers=2, or resume from an epoch's checkpoint")

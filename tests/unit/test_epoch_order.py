@@ -131,3 +131,63 @@ def test_read_shard_reads_only_the_row_groups_a_range_needs(tmp_path, monkeypatc
         assert all(0 < len(b) <= batch for b in got)
         assert asked[-1] == list(range(start // 10, (stop - 1) // 10 + 1))  # the groups before start: unread
     assert list(read_shard(str(path), fs, ["id"], 10, 100, 100)) == []
+
+
+# --- elastic resume --------------------------------------------------------------------------
+
+
+def rank_order(ids: np.ndarray, rank: int, chunk_rows: int, shuffle: bool = True) -> list[int]:
+    """Rank ``rank``'s whole epoch order of its source ``ids`` (EpochOrder, seed 3, epoch 1)."""
+    order = EpochOrder(batch_size=1000, chunk_rows=chunk_rows, key=(3, 1, rank), shuffle=shuffle)
+    return [int(i) for b in order.batches(iter([{"id": ids}])) for i in b["id"]]
+
+
+@pytest.mark.parametrize("old,new", [(2, 1), (3, 2), (1, 3), (2, 2), (4, 3)])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_an_elastic_resume_trains_every_remaining_sample_once_in_the_old_ranks_orders(old, new, shuffle):
+    from raydeep.datasets.epoch_order import PlannedOrder, deal_remainder
+
+    C, B = 8, 5
+    rows = 61
+    sources = [np.arange(r * 1000, r * 1000 + rows) for r in range(old)]  # each old rank's source rows
+    full = [rank_order(s, r, C, shuffle) for r, s in enumerate(sources)]
+    # The old ranks took 3 batches each (lockstep), checkpointed, and failed: 15 samples each.
+    taken = 3 * B
+    befores, lefts = [], []
+    for r, s in enumerate(sources):
+        order = EpochOrder(batch_size=B, chunk_rows=C, key=(3, 1, r), shuffle=shuffle, source_rows=rows)
+        it = order.batches(iter([{"id": s}]))
+        befores += [int(i) for _ in range(3) for i in next(it)["id"]]
+        lefts.append(order.left())
+    assert all(p[0].start == taken and p[0].stop == rows for p in lefts)
+    pieces, trimmed = deal_remainder(lefts, new)
+    assert trimmed == (old * (rows - taken)) % new
+    seen = []
+    for r in range(new):
+        planned = PlannedOrder(pieces=pieces[r], batch_size=B, chunk_rows=C, seed=3, epoch=1, shuffle=shuffle, world=old)
+        mine = [int(i) for b in planned.batches(planned.samples(lambda o, skip: iter([{"id": sources[o][skip:]}])))
+                for i in b["id"]]
+        assert len(mine) == (old * (rows - taken)) // new and planned.taken == len(mine)  # equal shares
+        seen += mine
+    remaining = [i for r in range(old) for i in full[r][taken:]]  # the old ranks' own orders, after the checkpoint
+    assert seen == remaining[:len(remaining) - trimmed]  # exactly those, in that order, none twice, none before
+    assert not set(seen) & set(befores)
+
+
+def test_an_elastic_deal_of_a_dealt_epoch_carries_on_from_the_pieces_left():
+    from raydeep.datasets.epoch_order import Piece, deal_remainder, remaining
+
+    first, trimmed = deal_remainder([[Piece(0, 10, 30)], [Piece(1, 10, 30)]], 3)  # 40 samples over 3: 13 each
+    assert trimmed == 1 and [sum(p.samples for p in r) for r in first] == [13, 13, 13]
+    assert first[1] == [Piece(0, 23, 30), Piece(1, 10, 16)]
+    left = [remaining(r, 5) for r in first]  # 5 taken by each of the 3, then a failure: 2 more workers
+    again, trimmed = deal_remainder(left, 2)
+    assert trimmed == 0 and again == [[Piece(0, 15, 23), Piece(0, 28, 30), Piece(1, 10, 12)],
+                                      [Piece(1, 12, 16), Piece(1, 21, 29)]]
+    assert deal_remainder([[Piece(0, 5, 5)], []], 2) == ([[], []], 0)  # nothing left
+
+
+def test_a_resampled_order_cannot_be_dealt():
+    order = EpochOrder(batch_size=4, chunk_rows=8, key=(0, 0, 1), rates=[1.0, 2.0], source_rows=40)
+    assert order.left() is None
+    assert EpochOrder(batch_size=4, chunk_rows=8, key=(0, 0, 1), source_rows=40).left()[0].rank == 1
