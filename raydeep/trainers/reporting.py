@@ -134,33 +134,51 @@ def remove_stale_checkpoint_dirs(tmp: str | None = None) -> list[str]:
     return removed
 
 
-def load_engine_checkpoint(engine, directory: str, world: int) -> dict[str, Any]:
+def load_engine_checkpoint(engine, directory: str, key: str) -> dict[str, Any]:
     """Load a checkpoint into ``engine``; its client state. Saved by another number of workers with
     the optimizer state partitioned (ZeRO 1-3, or bf16's optimizer: ``*_optim_states.pt``), which
     DeepSpeed refuses to load on a new world size, it is first converted into DeepSpeed's
-    *universal* checkpoint (``ds_to_universal``, in this process, into a temporary folder of this
-    rank's own) and loaded as one: weights, optimizer moments and counters, repartitioned."""
+    *universal* checkpoint (``ds_to_universal``, in-process) and loaded as one: weights, optimizer
+    moments and counters, repartitioned. One conversion per node, by its local rank 0, into a
+    folder named by ``key`` (the checkpoint's storage path); the node's other ranks wait at a
+    barrier (it reads the whole optimizer state: eight ranks converting at once would hold it
+    eight times)."""
     tagged = Path(directory) / ENGINE_TAG
+    ctx = ray.train.get_context()
     try:
         saved_world = int(json.loads((Path(directory) / STATE_FILE).read_text())["world_size"])
     except (OSError, ValueError, KeyError, TypeError):
-        saved_world = world
-    if saved_world == world or not any(tagged.glob("*_optim_states.pt")):
+        saved_world = ctx.get_world_size()
+    if saved_world == ctx.get_world_size() or not any(tagged.glob("*_optim_states.pt")):
         return engine.load_checkpoint(directory, tag=ENGINE_TAG)[1]
     import argparse
+    import hashlib
 
+    import torch.distributed as dist
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
-    with tempfile.TemporaryDirectory(prefix="raydeep-universal-") as out:
-        ds_to_universal(argparse.Namespace(  # every field ds_to_universal reads; 1 worker: in-process
-            input_folder=str(tagged), output_folder=str(Path(out) / ENGINE_TAG), num_extract_workers=1,
-            num_merge_workers=1, keep_temp_folder=False, strict=True,
-            inject_missing_state=True))  # a plain nn.Module saves no universal_checkpoint_info
-        engine._config.load_universal_checkpoint = True  # read only while loading (engine.load_universal_checkpoint)
+    out = Path(tempfile.gettempdir()) / f"raydeep-universal-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+    converter, failed = ctx.get_local_rank() == 0, None
+    if converter:
         try:
-            return engine.load_checkpoint(out, tag=ENGINE_TAG)[1]
-        finally:
-            engine._config.load_universal_checkpoint = False
+            shutil.rmtree(out, ignore_errors=True)
+            ds_to_universal(argparse.Namespace(  # every field ds_to_universal reads; 1 worker: in-process
+                input_folder=str(tagged), output_folder=str(out / ENGINE_TAG), num_extract_workers=1,
+                num_merge_workers=1, keep_temp_folder=False, strict=True,
+                inject_missing_state=True))  # a plain nn.Module saves no universal_checkpoint_info
+        except Exception as exc:  # noqa: BLE001 - raised after the barrier, so no rank waits forever
+            failed = exc
+    dist.barrier()  # the node's converted folder is complete
+    if failed is not None:
+        raise failed
+    engine._config.load_universal_checkpoint = True  # read only while loading (engine.load_universal_checkpoint)
+    try:
+        return engine.load_checkpoint(str(out), tag=ENGINE_TAG)[1]
+    finally:
+        engine._config.load_universal_checkpoint = False
+        dist.barrier()  # every rank of the node has read it
+        if converter:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def restore(engine, schedule: "Schedule", window: Any = None) -> dict[str, Any] | None:
@@ -178,7 +196,7 @@ def restore(engine, schedule: "Schedule", window: Any = None) -> dict[str, Any] 
 
     rank = ray.train.get_context().get_world_rank()
     with checkpoint.as_directory() as d:
-        client = load_engine_checkpoint(engine, d, ray.train.get_context().get_world_size())
+        client = load_engine_checkpoint(engine, d, key=str(checkpoint.path))
         mine = Path(d) / WINDOW_FILE.format(rank=rank)
         if window is not None and mine.is_file():
             window.load_state_dict(torch.load(mine, map_location="cpu", weights_only=True))  # tensors and ints
