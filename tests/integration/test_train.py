@@ -57,6 +57,30 @@ def test_zero_stage_trains_and_checkpoints_every_shard(ray_connected, tmp_path, 
     assert result["accuracy"] == pytest.approx(final["val/accuracy"], abs=tolerance)
 
 
+@pytest.mark.slow
+def test_resume_on_fewer_workers_repartitions_the_zero3_state(ray_connected, tmp_path):
+    """DeepSpeed refuses a ZeRO 1-3 checkpoint on another number of ranks ("Automatic adjustment of
+    ZeRO's optimizer state partitioning with a new world size is not currently supported"): raydeep
+    converts it to DeepSpeed's universal checkpoint and loads that (reporting.load_engine_checkpoint).
+    Saved by 2 workers at ZeRO-3, resumed on 1: the global step continues and training goes on from
+    the saved weights. (1 -> 2 at ZeRO-1 was run by hand on 2026-12-03; 2 -> 1 mid-epoch at ZeRO-1 is
+    the elastic Ctrl-C test.)"""
+    run_dir = tmp_path / "run"
+    first = train(validate(tiny_config(deepspeed={"zero_stage": 3}), "test"), run_dir=run_dir,
+                  address=ray_connected.address)
+    cfg = validate(tiny_config(deepspeed={"zero_stage": 3}, run={"epochs": 2, "seed": 0},
+                               scaling={"num_workers": 1, "cpus_per_worker": 1}), "test")
+    second = train(cfg, run_dir=run_dir, address=ray_connected.address, resume=True)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = first["final"]["global_step"]
+    assert second["final"]["resumed_from_step"] == steps and lines[1]["resumed"]["global_step"] == steps
+    # Epoch 1 on 1 worker: the whole split (2 workers trim rows % 2), batch 16, one step per batch.
+    assert lines[1]["train/samples"] - lines[0]["train/samples"] in (0, 1)
+    assert second["final"]["global_step"] == steps + math.ceil(lines[1]["train/samples"] / 16)
+    assert math.isfinite(lines[1]["train/loss"]) and lines[1]["train/loss"] < lines[0]["train/loss"]
+    assert json.loads((Path(second["latest_checkpoint"]) / "raydeep.json").read_text())["world_size"] == 1
+
+
 def test_resume_continues_from_saved_epoch_and_step(ray_connected, tmp_path):
     import shutil
 
