@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -278,6 +279,8 @@ def test_ctrl_c_stops_the_workers_writes_no_summary_and_resume_finishes(ray_conn
     epoch, step, sample, of, global_step, seen_redone = map(int, at.groups())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final"]["epoch"] == epochs - 1 and summary["final"]["resumed_from_step"] == global_step > 0
+    best = json.loads((Path(summary["best"]["checkpoint"]) / "raydeep.json").read_text())
+    assert best["position"] is None and "mid_epoch" not in best["metrics"]  # an epoch's, never a mid-epoch one
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == list(range(epochs)) and lines[epoch]["resumed"]["sample"] == sample
     assert 0 < step < lines[0]["global_step"] and sample == step * 2 * 16 and of == lines[epoch]["train/samples"]
