@@ -17,6 +17,12 @@ rank, the shards), never of timing or of how its blocks were cut, and its place 
 skips ``chunk * chunk_rows`` source rows by row counts without reading them
 (``skip_rows``), draws chunk ``chunk`` again and drops the ``offset`` samples it had taken:
 it continues at the exact next sample.
+
+On another number of workers (an elastic resume), each old rank's remaining samples are
+``Piece``s of its order; ``deal_remainder`` lays them end to end and cuts them into equal runs
+over the new ranks, and a ``PlannedOrder`` draws each piece as its old rank did. Possible where
+a chunk's draw keeps its size (no per-chunk resampling): then sample ``i`` of a rank's order
+comes from chunk ``i // chunk_rows``, known by counting.
 """
 
 from __future__ import annotations
