@@ -27,7 +27,7 @@ comes from chunk ``i // chunk_rows``, known by counting.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -71,16 +71,21 @@ def assign_ranges(rows: Sequence[int], seed: int | None, epoch: int, world: int)
     return ranks, total - end
 
 
-def skip_rows(ranges: Sequence[Range], n: int) -> list[Range]:
-    """``ranges`` without their first ``n`` rows (by count: nothing is read)."""
+def _drop(spans: Sequence[Any], n: int) -> list[Any]:
+    """``spans`` (frozen dataclasses with ``start``/``stop``) without their first ``n`` items."""
     out = []
-    for r in ranges:
-        if n >= r.rows:
-            n -= r.rows
+    for s in spans:
+        if n >= s.stop - s.start:
+            n -= s.stop - s.start
             continue
-        out.append(Range(r.file, r.start + n, r.stop))
+        out.append(replace(s, start=s.start + n))
         n = 0
     return out
+
+
+def skip_rows(ranges: Sequence[Range], n: int) -> list[Range]:
+    """``ranges`` without their first ``n`` rows (by count: nothing is read)."""
+    return _drop(ranges, n)
 
 
 @dataclass(frozen=True)
@@ -229,14 +234,7 @@ class Piece:
 
 def remaining(pieces: Sequence[Piece], taken: int) -> list[Piece]:
     """``pieces`` without their first ``taken`` samples."""
-    out = []
-    for p in pieces:
-        if taken >= p.samples:
-            taken -= p.samples
-            continue
-        out.append(Piece(p.rank, p.start + taken, p.stop))
-        taken = 0
-    return out
+    return _drop(pieces, taken)
 
 
 def deal_remainder(left: Sequence[Sequence[Piece]], world: int) -> tuple[list[list[Piece]], int]:
